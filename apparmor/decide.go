@@ -1,0 +1,256 @@
+package apparmor
+
+import (
+	"fmt"
+	"strings"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Source says where a resolved profile came from.
+type Source string
+
+const (
+	SourceNone       Source = ""
+	SourceField      Source = "apparmor"         // config.linux.security_context.apparmor
+	SourceDeprecated Source = "apparmor_profile" // the deprecated string field
+	SourceAnnotation Source = "annotation"       // the pod's beta annotation
+	SourceDefault    Source = "policy default"   // the node policy's defaultProfile
+)
+
+// Host yields the host snapshot a decision checks against. It is only asked
+// when a check needs it. *Snapshot is a Host that returns itself.
+type Host interface {
+	Snapshot() *Snapshot
+}
+
+// Snapshot makes a fixed *Snapshot usable as a Host.
+func (s *Snapshot) Snapshot() *Snapshot { return s }
+
+// Decision is the outcome of an accepted request.
+type Decision struct {
+	Profile Profile
+	Source  Source
+	// Modified: the request was changed and must be re-encoded; otherwise
+	// the original bytes can be forwarded.
+	Modified bool
+}
+
+// Refusal reasons, the ErrorInfo reason and the message prefix.
+const (
+	ReasonBlocked   = "Blocked"
+	ReasonForbidden = "Forbidden"
+	ReasonInvalid   = "InvalidProfile"
+)
+
+// ErrorDomain is the ErrorInfo domain of armorshim's refusals.
+const ErrorDomain = "armorshim.io"
+
+// Refusal is a CreateContainer request armorshim will not forward.
+type Refusal struct {
+	Code    codes.Code
+	Reason  string // ReasonBlocked, ReasonForbidden or ReasonInvalid
+	Cause   string // short machine-readable cause, e.g. "not-loaded"
+	Message string // what the kubelet shows the operator
+	Profile string // the reference the refusal is about, if any
+	Target  Target
+}
+
+func (r *Refusal) Error() string { return r.Message }
+
+// GRPCStatus is the status returned to the caller, with a google.rpc.ErrorInfo
+// detail naming reason, profile, container, pod and namespace.
+func (r *Refusal) GRPCStatus() *status.Status {
+	st := status.New(r.Code, r.Message)
+	md := map[string]string{"cause": r.Cause}
+	for k, v := range map[string]string{
+		"profile": r.Profile, "container": r.Target.Container,
+		"pod": r.Target.Pod, "namespace": r.Target.Namespace,
+	} {
+		if v != "" {
+			md[k] = v
+		}
+	}
+	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: r.Reason, Domain: ErrorDomain, Metadata: md}); err == nil {
+		return withInfo
+	}
+	return st
+}
+
+// Target names the container a request creates, for messages and logs.
+type Target struct {
+	Namespace, Pod, Container string
+}
+
+// TargetOf reads the container, pod and namespace names from a request,
+// falling back to the kubelet's container labels.
+func TargetOf(req *runtimeapi.CreateContainerRequest) Target {
+	t := Target{
+		Container: req.GetConfig().GetMetadata().GetName(),
+		Pod:       req.GetSandboxConfig().GetMetadata().GetName(),
+		Namespace: req.GetSandboxConfig().GetMetadata().GetNamespace(),
+	}
+	labels := req.GetConfig().GetLabels()
+	if t.Pod == "" {
+		t.Pod = labels["io.kubernetes.pod.name"]
+	}
+	if t.Namespace == "" {
+		t.Namespace = labels["io.kubernetes.pod.namespace"]
+	}
+	if t.Container == "" {
+		t.Container = labels["io.kubernetes.container.name"]
+	}
+	return t
+}
+
+// Resolve returns the profile a request asks for: the apparmor field first,
+// else the deprecated apparmor_profile string, else the beta annotation for
+// this container in the sandbox config, else None.
+func Resolve(req *runtimeapi.CreateContainerRequest) (Profile, Source, error) {
+	sc := req.GetConfig().GetLinux().GetSecurityContext()
+	if sp := sc.GetApparmor(); sp != nil {
+		p, err := fromSecurityProfile(sp)
+		return p, SourceField, err
+	}
+	if ref := sc.GetApparmorProfile(); ref != "" {
+		p, err := ParseReference(ref)
+		return p, SourceDeprecated, err
+	}
+	if name := req.GetConfig().GetMetadata().GetName(); name != "" {
+		if ref, ok := req.GetSandboxConfig().GetAnnotations()[AnnotationPrefix+name]; ok {
+			p, err := ParseReference(ref)
+			return p, SourceAnnotation, err
+		}
+	}
+	return Profile{}, SourceNone, nil
+}
+
+func fromSecurityProfile(sp *runtimeapi.SecurityProfile) (Profile, error) {
+	switch sp.GetProfileType() {
+	case runtimeapi.SecurityProfile_RuntimeDefault, runtimeapi.SecurityProfile_Unconfined:
+		p := Profile{Type: RuntimeDefault}
+		if sp.GetProfileType() == runtimeapi.SecurityProfile_Unconfined {
+			p.Type = Unconfined
+		}
+		if sp.GetLocalhostRef() != "" {
+			return Profile{}, &InvalidError{Ref: p.String(), Reason: fmt.Sprintf("localhost_ref %q is only valid with profile type Localhost", sp.GetLocalhostRef())}
+		}
+		return p, nil
+	case runtimeapi.SecurityProfile_Localhost:
+		// critest sends the ref with the prefix, the kubelet without it.
+		name := strings.TrimPrefix(sp.GetLocalhostRef(), LocalhostPrefix)
+		if reason := ValidateName(name); reason != "" {
+			return Profile{}, &InvalidError{Ref: LocalhostPrefix + name, Reason: reason}
+		}
+		return Profile{Type: Localhost, Name: name}, nil
+	}
+	return Profile{}, &InvalidError{Ref: sp.GetProfileType().String(), Reason: "unknown profile type"}
+}
+
+// Decide resolves the profile of a CreateContainer request, applies the node
+// policy, checks the host where the profile needs it and, on success, sets
+// both CRI fields of req to the resolved profile. A refusal is a *Refusal.
+func Decide(req *runtimeapi.CreateContainerRequest, host Host, pol *Policy) (Decision, error) {
+	p, src, err := Resolve(req)
+	if err != nil {
+		return Decision{}, &Refusal{
+			Code: codes.InvalidArgument, Reason: ReasonInvalid, Cause: "invalid",
+			Message: err.Error(), Target: TargetOf(req),
+		}
+	}
+	if pol == nil {
+		pol = &Policy{}
+	}
+	if p.Type == None && pol.Default.Type != None {
+		p, src = pol.Default, SourceDefault
+	}
+	if r := pol.check(p); r != nil {
+		r.Target = TargetOf(req)
+		return Decision{}, r
+	}
+	if r := checkHost(p, host, pol); r != nil {
+		r.Target = TargetOf(req)
+		return Decision{}, r
+	}
+	return Decision{Profile: p, Source: src, Modified: apply(req, p)}, nil
+}
+
+func blocked(cause string, p Profile, format string, args ...any) *Refusal {
+	return &Refusal{
+		Code: codes.FailedPrecondition, Reason: ReasonBlocked, Cause: cause, Profile: p.String(),
+		Message: "Blocked: Cannot enforce AppArmor: " + fmt.Sprintf(format, args...),
+	}
+}
+
+func checkHost(p Profile, host Host, pol *Policy) *Refusal {
+	if p.Type != Localhost && p.Type != RuntimeDefault {
+		return nil
+	}
+	var snap *Snapshot
+	if host != nil {
+		snap = host.Snapshot()
+	}
+	switch {
+	case snap == nil:
+		return blocked("host-unreadable", p, "the host's AppArmor state is unknown")
+	case snap.Err != nil:
+		return blocked("host-unreadable", p, "cannot read the host's AppArmor state: %v", snap.Err)
+	case !snap.Enabled:
+		return blocked("not-enabled", p, "AppArmor is not enabled on the host")
+	}
+	if p.Type != Localhost {
+		return nil
+	}
+	mode, loaded := snap.Profiles[p.Name]
+	if !loaded {
+		return blocked("not-loaded", p, "profile %q is not loaded", quoted(p.Name))
+	}
+	if pol.RequireEnforce && mode != ModeEnforce {
+		return blocked("not-enforce", p, "profile %q is loaded in %s mode, but this node requires enforce mode", quoted(p.Name), mode)
+	}
+	return nil
+}
+
+// apply sets both CRI fields to p and reports whether req changed.
+func apply(req *runtimeapi.CreateContainerRequest, p Profile) bool {
+	if p.Type == None {
+		return false
+	}
+	want := &runtimeapi.SecurityProfile{LocalhostRef: p.Name}
+	switch p.Type {
+	case RuntimeDefault:
+		want.ProfileType = runtimeapi.SecurityProfile_RuntimeDefault
+	case Unconfined:
+		want.ProfileType = runtimeapi.SecurityProfile_Unconfined
+	case Localhost:
+		want.ProfileType = runtimeapi.SecurityProfile_Localhost
+	}
+	sc := req.GetConfig().GetLinux().GetSecurityContext()
+	if have := sc.GetApparmor(); have != nil && have.GetProfileType() == want.ProfileType &&
+		have.GetLocalhostRef() == want.LocalhostRef && sc.GetApparmorProfile() == p.String() {
+		return false
+	}
+	if req.Config == nil {
+		req.Config = &runtimeapi.ContainerConfig{}
+	}
+	if req.Config.Linux == nil {
+		req.Config.Linux = &runtimeapi.LinuxContainerConfig{}
+	}
+	if req.Config.Linux.SecurityContext == nil {
+		req.Config.Linux.SecurityContext = &runtimeapi.LinuxContainerSecurityContext{}
+	}
+	req.Config.Linux.SecurityContext.Apparmor = want
+	req.Config.Linux.SecurityContext.ApparmorProfile = p.String()
+	return true
+}
+
+// quoted bounds a name for messages; %q adds the quotes.
+func quoted(name string) string {
+	if len(name) > maxQuoted {
+		return name[:maxQuoted] + "..."
+	}
+	return name
+}
