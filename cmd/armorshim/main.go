@@ -1,0 +1,146 @@
+// Command armorshim is a CRI proxy that runs between the kubelet and
+// containerd and decides each container's AppArmor confinement.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"runtime/debug"
+
+	"k8s.io/klog/v2"
+
+	"github.com/armorshim/armorshim/shim"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func usage() {
+	fmt.Fprintf(os.Stderr, `Usage: armorshim [serve] [flags]   serve CRI between the kubelet and the runtime (default)
+       armorshim check [--profile NAME ...]   show the host's AppArmor state
+       armorshim version
+
+Run "armorshim COMMAND -h" for a command's flags.
+`)
+}
+
+func main() {
+	args := os.Args[1:]
+	cmd := "serve"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		os.Exit(serve(args))
+	case "check":
+		os.Exit(check(args))
+	case "version":
+		fmt.Println("armorshim", versionString())
+	case "help":
+		usage()
+	default:
+		fmt.Fprintf(os.Stderr, "armorshim: unknown command %q\n", cmd)
+		usage()
+		os.Exit(2)
+	}
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return bi.Main.Version
+	}
+	return "(unknown)"
+}
+
+// serveFlags binds the serve flags to a configuration; only flags set on the
+// command line override the file.
+type serveFlags struct {
+	fs         *flag.FlagSet
+	configPath string
+	values     *shim.Config
+}
+
+func newServeFlags() *serveFlags {
+	d := shim.DefaultConfig()
+	f := &serveFlags{fs: flag.NewFlagSet("armorshim serve", flag.ContinueOnError), values: d}
+	fs := f.fs
+	fs.StringVar(&f.configPath, "config", "", "YAML configuration file ("+shim.APIVersion+", kind "+shim.Kind+"); flags set on the command line override it")
+	fs.StringVar(&d.Listen, "listen", d.Listen, "socket to serve CRI on: unix:///path, or fd:// for a socket passed by systemd")
+	fs.StringVar(&d.SocketGroup, "socket-group", d.SocketGroup, "group owning the socket (name or gid); mode is 0660")
+	fs.StringVar(&d.RuntimeEndpoint, "runtime-endpoint", d.RuntimeEndpoint, "the container runtime's CRI socket")
+	fs.StringVar(&d.ImageEndpoint, "image-endpoint", d.ImageEndpoint, "the image service's CRI socket (default: the runtime endpoint)")
+	fs.StringVar(&d.Sysfs, "sysfs", d.Sysfs, "root of sysfs: AppArmor state is read below it")
+	fs.StringVar(&d.Procfs, "procfs", d.Procfs, "root of procfs")
+	fs.IntVar(&d.MaxMessageSize, "max-message-size", d.MaxMessageSize, "largest CRI message in bytes, both ways (the kubelet's limit is 16 MiB)")
+	fs.Var(durationFlag{&d.ShutdownTimeout}, "shutdown-timeout", "how long in-flight calls may finish on SIGTERM/SIGINT")
+	klog.InitFlags(fs)
+	return f
+}
+
+// config returns the file's configuration with the set flags applied.
+func (f *serveFlags) config() (*shim.Config, error) {
+	cfg := shim.DefaultConfig()
+	if f.configPath != "" {
+		var err error
+		if cfg, err = shim.LoadConfig(f.configPath); err != nil {
+			return nil, err
+		}
+	}
+	set := map[string]func(){
+		"listen":           func() { cfg.Listen = f.values.Listen },
+		"socket-group":     func() { cfg.SocketGroup = f.values.SocketGroup },
+		"runtime-endpoint": func() { cfg.RuntimeEndpoint = f.values.RuntimeEndpoint },
+		"image-endpoint":   func() { cfg.ImageEndpoint = f.values.ImageEndpoint },
+		"sysfs":            func() { cfg.Sysfs = f.values.Sysfs },
+		"procfs":           func() { cfg.Procfs = f.values.Procfs },
+		"max-message-size": func() { cfg.MaxMessageSize = f.values.MaxMessageSize },
+		"shutdown-timeout": func() { cfg.ShutdownTimeout = f.values.ShutdownTimeout },
+	}
+	f.fs.Visit(func(fl *flag.Flag) {
+		if apply, ok := set[fl.Name]; ok {
+			apply()
+		}
+	})
+	if _, err := cfg.Complete(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func serve(args []string) int {
+	f := newServeFlags()
+	if err := f.fs.Parse(args); err != nil {
+		return 2
+	}
+	if f.fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "armorshim serve: unexpected arguments %q\n", f.fs.Args())
+		return 2
+	}
+	defer klog.Flush()
+	cfg, err := f.config()
+	if err != nil {
+		klog.ErrorS(err, "Invalid configuration")
+		return 1
+	}
+	var reload func() (*shim.Config, error)
+	if f.configPath != "" {
+		reload = f.config
+	}
+	srv, err := shim.New(cfg, reload)
+	if err != nil {
+		klog.ErrorS(err, "Cannot start")
+		return 1
+	}
+	klog.InfoS("Starting armorshim", "version", versionString())
+	if err := srv.Run(context.Background()); err != nil {
+		klog.ErrorS(err, "armorshim stopped")
+		return 1
+	}
+	return 0
+}

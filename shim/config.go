@@ -1,0 +1,195 @@
+package shim
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/armorshim/armorshim/apparmor"
+)
+
+// Configuration file identity.
+const (
+	APIVersion = "armorshim.io/v1alpha1"
+	Kind       = "ArmorshimConfiguration"
+)
+
+// DefaultMaxMessageSize matches the kubelet's CRI client limit.
+const DefaultMaxMessageSize = 16 << 20
+
+// Config is armorshim's configuration: the YAML file, overridden by flags.
+type Config struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+
+	// Listen is the socket armorshim serves on: unix:///path, a bare path,
+	// or fd:// for a socket passed by systemd.
+	Listen string `json:"listen,omitempty"`
+	// SocketGroup owns the socket (name or numeric gid); mode is 0660.
+	SocketGroup string `json:"socketGroup,omitempty"`
+	// RuntimeEndpoint and ImageEndpoint are the backend CRI sockets;
+	// ImageEndpoint defaults to RuntimeEndpoint.
+	RuntimeEndpoint string `json:"runtimeEndpoint,omitempty"`
+	ImageEndpoint   string `json:"imageEndpoint,omitempty"`
+	// Sysfs and Procfs are the roots of all host reads.
+	Sysfs  string `json:"sysfs,omitempty"`
+	Procfs string `json:"procfs,omitempty"`
+	// MaxMessageSize bounds every message, both ways, in bytes.
+	MaxMessageSize int `json:"maxMessageSize,omitempty"`
+	// ShutdownTimeout bounds how long in-flight calls may run on shutdown.
+	ShutdownTimeout Duration `json:"shutdownTimeout,omitempty"`
+
+	Policy PolicyConfig `json:"policy,omitempty"`
+}
+
+// PolicyConfig is the node's AppArmor policy as written in the file.
+type PolicyConfig struct {
+	// Enabled: false switches AppArmor off on this node: containers asking
+	// for any profile are refused (Forbidden). Default true.
+	Enabled *bool `json:"enabled,omitempty"`
+	// DefaultProfile applies to containers that ask for no profile.
+	DefaultProfile string `json:"defaultProfile,omitempty"`
+	// AllowedProfiles, when set, lists the only profiles containers may use:
+	// a YAML list, a comma-separated string, or both mixed.
+	AllowedProfiles *StringList `json:"allowedProfiles,omitempty"`
+	// RequireEnforce refuses localhost profiles not loaded in enforce mode.
+	RequireEnforce bool `json:"requireEnforce,omitempty"`
+}
+
+// DefaultConfig returns the configuration used when no file is given.
+func DefaultConfig() *Config {
+	return &Config{
+		APIVersion:      APIVersion,
+		Kind:            Kind,
+		Listen:          "unix:///run/armorshim/armorshim.sock",
+		RuntimeEndpoint: "unix:///run/containerd/containerd.sock",
+		Sysfs:           "/sys",
+		Procfs:          "/proc",
+		MaxMessageSize:  DefaultMaxMessageSize,
+		ShutdownTimeout: Duration(30 * time.Second),
+	}
+}
+
+// LoadConfig reads a configuration file over the defaults. Unknown fields,
+// a wrong apiVersion or kind and invalid values are errors naming the file
+// and the field.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	cfg := DefaultConfig()
+	cfg.APIVersion, cfg.Kind = "", ""
+	if err := yaml.UnmarshalStrict(data, cfg); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if cfg.APIVersion != APIVersion || cfg.Kind != Kind {
+		return nil, fmt.Errorf("config %s: apiVersion/kind is %q/%q, want %q/%q", path, cfg.APIVersion, cfg.Kind, APIVersion, Kind)
+	}
+	if _, err := cfg.Complete(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Complete fills derived defaults, validates the configuration and returns
+// the AppArmor policy it describes.
+func (c *Config) Complete() (*apparmor.Policy, error) {
+	if c.ImageEndpoint == "" {
+		c.ImageEndpoint = c.RuntimeEndpoint
+	}
+	for field, v := range map[string]string{"listen": c.Listen, "runtimeEndpoint": c.RuntimeEndpoint, "sysfs": c.Sysfs, "procfs": c.Procfs} {
+		if v == "" {
+			return nil, fmt.Errorf("%s: must not be empty", field)
+		}
+	}
+	if c.MaxMessageSize < 4<<20 {
+		return nil, fmt.Errorf("maxMessageSize: %d is below 4 MiB", c.MaxMessageSize)
+	}
+	if c.ShutdownTimeout < 0 {
+		return nil, fmt.Errorf("shutdownTimeout: must not be negative")
+	}
+	return c.Policy.Build()
+}
+
+// Build turns the policy section into an apparmor.Policy.
+func (pc *PolicyConfig) Build() (*apparmor.Policy, error) {
+	pol := &apparmor.Policy{
+		Disabled:       pc.Enabled != nil && !*pc.Enabled,
+		RequireEnforce: pc.RequireEnforce,
+	}
+	if pc.DefaultProfile != "" {
+		p, err := apparmor.ParseReference(pc.DefaultProfile)
+		if err != nil {
+			return nil, fmt.Errorf("policy.defaultProfile: %w", err)
+		}
+		pol.Default = p
+	}
+	if pc.AllowedProfiles != nil {
+		allowed, err := apparmor.ParseProfileList(*pc.AllowedProfiles)
+		if err != nil {
+			return nil, fmt.Errorf("policy.allowedProfiles: %w", err)
+		}
+		if len(allowed) == 0 {
+			return nil, fmt.Errorf("policy.allowedProfiles: the list is empty; remove the field to allow every profile")
+		}
+		pol.Allowed = allowed
+	}
+	if err := pol.Validate(); err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	return pol, nil
+}
+
+// Duration is a time.Duration written as "30s" in the file.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"30s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// StringList accepts a YAML list of strings or a single string.
+type StringList []string
+
+func (l *StringList) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*l = StringList{one}
+		return nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return fmt.Errorf("must be a string or a list of strings")
+	}
+	*l = many
+	return nil
+}
+
+// socketPath returns the filesystem path of a unix:// endpoint or bare path.
+func socketPath(endpoint string) (string, error) {
+	switch {
+	case strings.HasPrefix(endpoint, "unix://"):
+		endpoint = strings.TrimPrefix(endpoint, "unix://")
+	case strings.Contains(endpoint, "://"):
+		return "", fmt.Errorf("endpoint %q: only unix:// sockets are supported", endpoint)
+	}
+	if !strings.HasPrefix(endpoint, "/") {
+		return "", fmt.Errorf("endpoint %q: the socket path must be absolute", endpoint)
+	}
+	return endpoint, nil
+}

@@ -1,0 +1,210 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+	"k8s.io/klog/v2"
+
+	"github.com/armorshim/armorshim/cri"
+	"github.com/armorshim/armorshim/host"
+)
+
+// Server is one armorshim instance: a listener, the backend connections and
+// the gRPC server hosting the proxy.
+type Server struct {
+	cfg     *Config
+	reload  func() (*Config, error)
+	host    *host.Reader
+	proxy   *cri.Proxy
+	grpc    *grpc.Server
+	backend []*grpc.ClientConn
+}
+
+// New builds a Server from a completed configuration. reload, if not nil,
+// returns the configuration to apply on SIGHUP. No connection is made and no
+// socket is opened yet.
+func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
+	pol, err := cfg.Complete()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, reload: reload, host: host.NewReader(cfg.Sysfs, cfg.Procfs)}
+	runtimeConn, err := Dial(cfg.RuntimeEndpoint, cfg.MaxMessageSize)
+	if err != nil {
+		return nil, fmt.Errorf("runtime endpoint: %w", err)
+	}
+	s.backend = append(s.backend, runtimeConn)
+	imageConn := runtimeConn
+	if cfg.ImageEndpoint != cfg.RuntimeEndpoint {
+		if imageConn, err = Dial(cfg.ImageEndpoint, cfg.MaxMessageSize); err != nil {
+			runtimeConn.Close()
+			return nil, fmt.Errorf("image endpoint: %w", err)
+		}
+		s.backend = append(s.backend, imageConn)
+	}
+	s.proxy = cri.New(runtimeConn, imageConn, s.host, pol)
+	s.grpc = grpc.NewServer(
+		grpc.UnknownServiceHandler(s.proxy.Handle),
+		grpc.ForceServerCodecV2(cri.Codec{}),
+		grpc.MaxRecvMsgSize(cfg.MaxMessageSize),
+		grpc.MaxSendMsgSize(cfg.MaxMessageSize),
+	)
+	return s, nil
+}
+
+// Dial opens a long-lived connection to a backend CRI socket. It does not
+// wait for the backend: calls fail fast with Unavailable while it is down,
+// and the connection comes back within about a second once it is up.
+func Dial(endpoint string, maxMessageSize int) (*grpc.ClientConn, error) {
+	path, err := socketPath(endpoint)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient("unix://"+path,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(
+			grpc.ForceCodecV2(cri.Codec{}),
+			grpc.MaxCallRecvMsgSize(maxMessageSize),
+			grpc.MaxCallSendMsgSize(maxMessageSize),
+		),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+		grpc.WithIdleTimeout(0), // one connection for the life of the process
+	)
+	if err != nil {
+		return nil, err
+	}
+	conn.Connect()
+	return conn, nil
+}
+
+// Serve serves on l until ctx ends, then drains: it stops accepting, lets
+// in-flight calls finish for at most ShutdownTimeout, and closes the
+// listener (which removes a socket armorshim created).
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	defer s.closeBackends()
+	errc := make(chan error, 1)
+	go func() { errc <- s.grpc.Serve(l) }()
+	klog.InfoS("Serving", "listen", l.Addr().String(), "runtimeEndpoint", s.cfg.RuntimeEndpoint, "imageEndpoint", s.cfg.ImageEndpoint)
+	notify(daemon.SdNotifyReady, "STATUS=Serving CRI on "+l.Addr().String())
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	notify(daemon.SdNotifyStopping, "STATUS=Draining in-flight calls")
+	klog.InfoS("Shutting down: draining in-flight calls", "timeout", time.Duration(s.cfg.ShutdownTimeout))
+	done := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Duration(s.cfg.ShutdownTimeout)):
+		klog.InfoS("Shutdown timeout reached: ending the remaining calls")
+		s.grpc.Stop()
+		<-done
+	}
+	return nil
+}
+
+// Reload applies a new configuration's policy. A configuration that fails to
+// load keeps the one in force. Fields other than the policy need a restart.
+func (s *Server) Reload() error {
+	if s.reload == nil {
+		return errors.New("no configuration file to reload")
+	}
+	cfg, err := s.reload()
+	if err != nil {
+		return err
+	}
+	pol, err := cfg.Complete()
+	if err != nil {
+		return err
+	}
+	if restart := s.cfg.restartFields(cfg); len(restart) > 0 {
+		klog.InfoS("Configuration changes that take effect only after a restart", "fields", restart)
+	}
+	s.proxy.SetPolicy(pol)
+	s.cfg.Policy = cfg.Policy
+	return nil
+}
+
+func (c *Config) restartFields(n *Config) []string {
+	var out []string
+	for name, changed := range map[string]bool{
+		"listen":          c.Listen != n.Listen,
+		"socketGroup":     c.SocketGroup != n.SocketGroup,
+		"runtimeEndpoint": c.RuntimeEndpoint != n.RuntimeEndpoint,
+		"imageEndpoint":   c.ImageEndpoint != n.ImageEndpoint,
+		"sysfs":           c.Sysfs != n.Sysfs,
+		"procfs":          c.Procfs != n.Procfs,
+		"maxMessageSize":  c.MaxMessageSize != n.MaxMessageSize,
+		"shutdownTimeout": c.ShutdownTimeout != n.ShutdownTimeout,
+	} {
+		if changed {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+func (s *Server) closeBackends() {
+	for _, c := range s.backend {
+		c.Close()
+	}
+	s.host.Close()
+}
+
+// Run listens, serves and handles signals: SIGTERM and SIGINT drain and
+// stop, SIGHUP reloads the configuration.
+func (s *Server) Run(ctx context.Context) error {
+	l, err := Listen(s.cfg.Listen, s.cfg.SocketGroup)
+	if err != nil {
+		s.closeBackends()
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				notify(daemon.SdNotifyReloading)
+				if err := s.Reload(); err != nil {
+					klog.ErrorS(err, "Configuration reload failed; keeping the configuration in force")
+				} else {
+					klog.InfoS("Configuration reloaded")
+				}
+				notify(daemon.SdNotifyReady)
+			}
+		}
+	}()
+	return s.Serve(ctx, l)
+}
+
+// notify tells systemd (when it started us with NOTIFY_SOCKET) our state.
+func notify(states ...string) {
+	state := strings.Join(states, "\n")
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		klog.V(2).InfoS("sd_notify failed", "state", state, "err", err)
+	}
+}
