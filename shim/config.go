@@ -90,18 +90,23 @@ func LoadConfig(path string) (*Config, error) {
 	if cfg.APIVersion != APIVersion || cfg.Kind != Kind {
 		return nil, fmt.Errorf("config %s: apiVersion/kind is %q/%q, want %q/%q", path, cfg.APIVersion, cfg.Kind, APIVersion, Kind)
 	}
-	if _, err := cfg.Complete(); err != nil {
+	if _, err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return cfg, nil
 }
 
-// Complete fills derived defaults, validates the configuration and returns
-// the AppArmor policy it describes.
-func (c *Config) Complete() (*apparmor.Policy, error) {
+// Image returns the image service endpoint: ImageEndpoint, or the runtime's.
+func (c *Config) Image() string {
 	if c.ImageEndpoint == "" {
-		c.ImageEndpoint = c.RuntimeEndpoint
+		return c.RuntimeEndpoint
 	}
+	return c.ImageEndpoint
+}
+
+// Validate checks the configuration and returns the AppArmor policy it
+// describes.
+func (c *Config) Validate() (*apparmor.Policy, error) {
 	for field, v := range map[string]string{"listen": c.Listen, "runtimeEndpoint": c.RuntimeEndpoint, "sysfs": c.Sysfs, "procfs": c.Procfs} {
 		if v == "" {
 			return nil, fmt.Errorf("%s: must not be empty", field)

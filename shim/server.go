@@ -36,7 +36,7 @@ type Server struct {
 // returns the configuration to apply on SIGHUP. No connection is made and no
 // socket is opened yet.
 func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
-	pol, err := cfg.Complete()
+	pol, err := cfg.Validate()
 	if err != nil {
 		return nil, err
 	}
@@ -47,8 +47,8 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 	}
 	s.backend = append(s.backend, runtimeConn)
 	imageConn := runtimeConn
-	if cfg.ImageEndpoint != cfg.RuntimeEndpoint {
-		if imageConn, err = Dial(cfg.ImageEndpoint, cfg.MaxMessageSize); err != nil {
+	if cfg.Image() != cfg.RuntimeEndpoint {
+		if imageConn, err = Dial(cfg.Image(), cfg.MaxMessageSize); err != nil {
 			runtimeConn.Close()
 			return nil, fmt.Errorf("image endpoint: %w", err)
 		}
@@ -99,7 +99,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	defer s.closeBackends()
 	errc := make(chan error, 1)
 	go func() { errc <- s.grpc.Serve(l) }()
-	klog.InfoS("Serving", "listen", l.Addr().String(), "runtimeEndpoint", s.cfg.RuntimeEndpoint, "imageEndpoint", s.cfg.ImageEndpoint)
+	klog.InfoS("Serving", "listen", l.Addr().String(), "runtimeEndpoint", s.cfg.RuntimeEndpoint, "imageEndpoint", s.cfg.Image())
 	notify(daemon.SdNotifyReady, "STATUS=Serving CRI on "+l.Addr().String())
 
 	select {
@@ -131,7 +131,7 @@ func (s *Server) Reload() error {
 	if err != nil {
 		return err
 	}
-	pol, err := cfg.Complete()
+	pol, err := cfg.Validate()
 	if err != nil {
 		return err
 	}
@@ -149,7 +149,7 @@ func (c *Config) restartFields(n *Config) []string {
 		"listen":          c.Listen != n.Listen,
 		"socketGroup":     c.SocketGroup != n.SocketGroup,
 		"runtimeEndpoint": c.RuntimeEndpoint != n.RuntimeEndpoint,
-		"imageEndpoint":   c.ImageEndpoint != n.ImageEndpoint,
+		"imageEndpoint":   c.Image() != n.Image(),
 		"sysfs":           c.Sysfs != n.Sysfs,
 		"procfs":          c.Procfs != n.Procfs,
 		"maxMessageSize":  c.MaxMessageSize != n.MaxMessageSize,

@@ -107,7 +107,7 @@ func (f *serveFlags) config() (*shim.Config, error) {
 			apply()
 		}
 	})
-	if _, err := cfg.Complete(); err != nil {
+	if _, err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	return cfg, nil

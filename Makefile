@@ -1,0 +1,55 @@
+# armorshim. `make demo` builds and shows it at work; `make test` runs every test.
+GO       ?= go
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+FUZZTIME ?= 10s
+FUZZ_PKGS := ./apparmor ./host
+
+.PHONY: all build demo test unit fuzz integration install clean FORCE
+
+all: build
+
+build: bin/armorshim
+
+bin/armorshim: FORCE
+	$(GO) build -ldflags "$(LDFLAGS)" -o $@ ./cmd/armorshim
+
+# A fake CRI runtime, a fake securityfs and the real armorshim in between:
+# one container forwarded, one blocked, then allowed once its profile loads.
+demo: build
+	$(GO) run ./cmd/armorshim-demo --armorshim bin/armorshim
+
+# Everything CI runs.
+test: unit fuzz
+
+unit:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+# Each fuzz target for FUZZTIME, after its seed corpus ran in `unit`.
+fuzz:
+	@set -e; for pkg in $(FUZZ_PKGS); do \
+	  for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$target ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+install: build
+	install -D -m 0755 bin/armorshim $(DESTDIR)$(PREFIX)/bin/armorshim
+	install -D -m 0644 systemd/armorshim.service $(DESTDIR)/etc/systemd/system/armorshim.service
+	install -D -m 0644 systemd/kubelet.service.d/90-armorshim.conf $(DESTDIR)/etc/systemd/system/kubelet.service.d/90-armorshim.conf
+	install -D -m 0644 systemd/kubelet.conf.d/90-armorshim.conf $(DESTDIR)/etc/kubernetes/kubelet.conf.d/90-armorshim.conf
+	@if [ -e $(DESTDIR)/etc/armorshim/config.yaml ]; then \
+	  echo "keeping existing $(DESTDIR)/etc/armorshim/config.yaml"; \
+	else \
+	  install -D -m 0644 systemd/config.yaml $(DESTDIR)/etc/armorshim/config.yaml; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then \
+	  systemctl daemon-reload; \
+	fi
+
+clean:
+	rm -rf bin
