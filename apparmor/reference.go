@@ -29,6 +29,18 @@ const (
 	Localhost
 )
 
+func (t Type) String() string {
+	switch t {
+	case RuntimeDefault:
+		return "runtime-default"
+	case Unconfined:
+		return "unconfined"
+	case Localhost:
+		return "localhost"
+	}
+	return "none"
+}
+
 // Profile is a parsed, validated profile reference. The zero value is None.
 type Profile struct {
 	Type Type

@@ -27,6 +27,7 @@ func (p *Proxy) createContainer(_ context.Context, in *Frame) (*Frame, error) {
 		in.Free()
 		var r *apparmor.Refusal
 		if errors.As(err, &r) {
+			p.metrics.observeDecision("refused", r.Reason, r.Cause)
 			// Never log the request itself: its environment holds secrets.
 			klog.InfoS("Refused CreateContainer",
 				"pod", klog.KRef(r.Target.Namespace, r.Target.Pod), "container", r.Target.Container,
@@ -34,6 +35,7 @@ func (p *Proxy) createContainer(_ context.Context, in *Frame) (*Frame, error) {
 		}
 		return nil, err
 	}
+	p.metrics.observeDecision("forwarded", "", dec.Profile.Type.String())
 	if dec.Profile.Type != apparmor.None {
 		t := apparmor.TargetOf(req)
 		klog.V(2).InfoS("Forwarding CreateContainer", "pod", klog.KRef(t.Namespace, t.Pod),

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -21,14 +22,24 @@ type Proxy struct {
 	image   grpc.ClientConnInterface
 	host    apparmor.Host
 	policy  atomic.Pointer[apparmor.Policy]
+	metrics *Metrics
 }
+
+// Option configures a Proxy.
+type Option func(*Proxy)
+
+// WithMetrics counts calls and decisions in m.
+func WithMetrics(m *Metrics) Option { return func(p *Proxy) { p.metrics = m } }
 
 // New returns a Proxy forwarding RuntimeService (and unknown services) to
 // runtime and ImageService to image. Both must use Codec for their calls
 // (grpc.WithDefaultCallOptions(grpc.ForceCodecV2(Codec{}))). host feeds the
 // AppArmor decision; pol may be nil for the default policy.
-func New(runtime, image grpc.ClientConnInterface, host apparmor.Host, pol *apparmor.Policy) *Proxy {
+func New(runtime, image grpc.ClientConnInterface, host apparmor.Host, pol *apparmor.Policy, opts ...Option) *Proxy {
 	p := &Proxy{runtime: runtime, image: image, host: host}
+	for _, o := range opts {
+		o(p)
+	}
 	p.SetPolicy(pol)
 	return p
 }
@@ -51,6 +62,16 @@ func (p *Proxy) Handle(_ any, ss grpc.ServerStream) error {
 	if !ok {
 		return status.Error(codes.Internal, "armorshim: no method in stream")
 	}
+	if p.metrics == nil {
+		return p.handle(ss, method)
+	}
+	start := time.Now()
+	err := p.handle(ss, method)
+	p.metrics.observeCall(method, status.Code(err), time.Since(start))
+	return err
+}
+
+func (p *Proxy) handle(ss grpc.ServerStream, method string) error {
 	conn := p.runtime
 	if isImageMethod(method) {
 		conn = p.image

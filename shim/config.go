@@ -42,6 +42,9 @@ type Config struct {
 	MaxMessageSize int `json:"maxMessageSize,omitempty"`
 	// ShutdownTimeout bounds how long in-flight calls may run on shutdown.
 	ShutdownTimeout Duration `json:"shutdownTimeout,omitempty"`
+	// MetricsAddress serves Prometheus metrics on a loopback host:port, e.g.
+	// 127.0.0.1:9753; empty turns them off.
+	MetricsAddress string `json:"metricsAddress,omitempty"`
 
 	Policy PolicyConfig `json:"policy,omitempty"`
 }
@@ -114,6 +117,11 @@ func (c *Config) Validate() (*apparmor.Policy, error) {
 	}
 	if c.MaxMessageSize < 4<<20 {
 		return nil, fmt.Errorf("maxMessageSize: %d is below 4 MiB", c.MaxMessageSize)
+	}
+	if c.MetricsAddress != "" {
+		if err := checkLoopback(c.MetricsAddress); err != nil {
+			return nil, fmt.Errorf("metricsAddress: %w", err)
+		}
 	}
 	if c.ShutdownTimeout < 0 {
 		return nil, fmt.Errorf("shutdownTimeout: must not be negative")

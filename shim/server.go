@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"k8s.io/klog/v2"
 
 	"github.com/armorshim/armorshim/cri"
@@ -29,7 +30,9 @@ type Server struct {
 	host    *host.Reader
 	proxy   *cri.Proxy
 	grpc    *grpc.Server
-	backend []*grpc.ClientConn
+	obs     *observer
+	runtime *grpc.ClientConn
+	image   *grpc.ClientConn // the runtime connection when the endpoints are one
 }
 
 // New builds a Server from a completed configuration. reload, if not nil,
@@ -41,26 +44,25 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, reload: reload, host: host.NewReader(cfg.Sysfs, cfg.Procfs)}
-	runtimeConn, err := Dial(cfg.RuntimeEndpoint, cfg.MaxMessageSize)
-	if err != nil {
+	if s.runtime, err = Dial(cfg.RuntimeEndpoint, cfg.MaxMessageSize); err != nil {
 		return nil, fmt.Errorf("runtime endpoint: %w", err)
 	}
-	s.backend = append(s.backend, runtimeConn)
-	imageConn := runtimeConn
+	s.image = s.runtime
 	if cfg.Image() != cfg.RuntimeEndpoint {
-		if imageConn, err = Dial(cfg.Image(), cfg.MaxMessageSize); err != nil {
-			runtimeConn.Close()
+		if s.image, err = Dial(cfg.Image(), cfg.MaxMessageSize); err != nil {
+			s.runtime.Close()
 			return nil, fmt.Errorf("image endpoint: %w", err)
 		}
-		s.backend = append(s.backend, imageConn)
 	}
-	s.proxy = cri.New(runtimeConn, imageConn, s.host, pol)
+	s.obs = newObserver(s.host)
+	s.proxy = cri.New(s.runtime, s.image, s.host, pol, cri.WithMetrics(cri.NewMetrics(s.obs.reg)))
 	s.grpc = grpc.NewServer(
 		grpc.UnknownServiceHandler(s.proxy.Handle),
 		grpc.ForceServerCodecV2(cri.Codec{}),
 		grpc.MaxRecvMsgSize(cfg.MaxMessageSize),
 		grpc.MaxSendMsgSize(cfg.MaxMessageSize),
 	)
+	healthpb.RegisterHealthServer(s.grpc, s.obs.health)
 	return s, nil
 }
 
@@ -97,6 +99,18 @@ func Dial(endpoint string, maxMessageSize int) (*grpc.ClientConn, error) {
 // listener (which removes a socket armorshim created).
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	defer s.closeBackends()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go s.obs.watch(watchCtx, "runtime", s.runtime, RuntimeHealthService)
+	if s.image != s.runtime {
+		go s.obs.watch(watchCtx, "image", s.image, "")
+	}
+	if s.cfg.MetricsAddress != "" {
+		if err := s.obs.serveMetrics(watchCtx, s.cfg.MetricsAddress); err != nil {
+			l.Close()
+			return err
+		}
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.grpc.Serve(l) }()
 	klog.InfoS("Serving", "listen", l.Addr().String(), "runtimeEndpoint", s.cfg.RuntimeEndpoint, "imageEndpoint", s.cfg.Image())
@@ -108,6 +122,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	case <-ctx.Done():
 	}
 	notify(daemon.SdNotifyStopping, "STATUS=Draining in-flight calls")
+	s.obs.health.Shutdown()
 	klog.InfoS("Shutting down: draining in-flight calls", "timeout", time.Duration(s.cfg.ShutdownTimeout))
 	done := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(done) }()
@@ -154,6 +169,7 @@ func (c *Config) restartFields(n *Config) []string {
 		"procfs":          c.Procfs != n.Procfs,
 		"maxMessageSize":  c.MaxMessageSize != n.MaxMessageSize,
 		"shutdownTimeout": c.ShutdownTimeout != n.ShutdownTimeout,
+		"metricsAddress":  c.MetricsAddress != n.MetricsAddress,
 	} {
 		if changed {
 			out = append(out, name)
@@ -163,8 +179,9 @@ func (c *Config) restartFields(n *Config) []string {
 }
 
 func (s *Server) closeBackends() {
-	for _, c := range s.backend {
-		c.Close()
+	s.runtime.Close()
+	if s.image != s.runtime {
+		s.image.Close()
 	}
 	s.host.Close()
 }

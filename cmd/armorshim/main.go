@@ -79,6 +79,7 @@ func newServeFlags() *serveFlags {
 	fs.StringVar(&d.Procfs, "procfs", d.Procfs, "root of procfs")
 	fs.IntVar(&d.MaxMessageSize, "max-message-size", d.MaxMessageSize, "largest CRI message in bytes, both ways (the kubelet's limit is 16 MiB)")
 	fs.Var(durationFlag{&d.ShutdownTimeout}, "shutdown-timeout", "how long in-flight calls may finish on SIGTERM/SIGINT")
+	fs.StringVar(&d.MetricsAddress, "metrics-address", d.MetricsAddress, "loopback host:port serving Prometheus metrics at /metrics, e.g. 127.0.0.1:9753 (default: off)")
 	klog.InitFlags(fs)
 	return f
 }
@@ -101,6 +102,7 @@ func (f *serveFlags) config() (*shim.Config, error) {
 		"procfs":           func() { cfg.Procfs = f.values.Procfs },
 		"max-message-size": func() { cfg.MaxMessageSize = f.values.MaxMessageSize },
 		"shutdown-timeout": func() { cfg.ShutdownTimeout = f.values.ShutdownTimeout },
+		"metrics-address":  func() { cfg.MetricsAddress = f.values.MetricsAddress },
 	}
 	f.fs.Visit(func(fl *flag.Flag) {
 		if apply, ok := set[fl.Name]; ok {
