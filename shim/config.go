@@ -47,6 +47,30 @@ type Config struct {
 	MetricsAddress string `json:"metricsAddress,omitempty"`
 
 	Policy PolicyConfig `json:"policy,omitempty"`
+
+	Profiles     ProfilesConfig     `json:"profiles,omitempty"`
+	NodeFeatures NodeFeaturesConfig `json:"nodeFeatures,omitempty"`
+}
+
+// ProfilesConfig is the profile directory armorshim keeps loaded.
+type ProfilesConfig struct {
+	// Directory holds AppArmor profile files; each is loaded with
+	// apparmor_parser --replace at start and whenever it is added or
+	// changed. Empty turns loading off.
+	Directory string `json:"directory,omitempty"`
+	// Parser is the apparmor_parser command.
+	Parser string `json:"parser,omitempty"`
+	// SyncInterval is how often the directory is checked for changes.
+	SyncInterval Duration `json:"syncInterval,omitempty"`
+}
+
+// NodeFeaturesConfig is the node-feature-discovery feature file.
+type NodeFeaturesConfig struct {
+	// Directory is NFD's features.d; empty turns the file off.
+	Directory string `json:"directory,omitempty"`
+	// Expiry is how long NFD keeps the labels if armorshim stops
+	// refreshing them; armorshim rewrites the file at half of it.
+	Expiry Duration `json:"expiry,omitempty"`
 }
 
 // PolicyConfig is the node's AppArmor policy as written in the file.
@@ -74,6 +98,15 @@ func DefaultConfig() *Config {
 		Procfs:          "/proc",
 		MaxMessageSize:  DefaultMaxMessageSize,
 		ShutdownTimeout: Duration(30 * time.Second),
+		Profiles: ProfilesConfig{
+			Directory:    "/etc/armorshim/profiles.d",
+			Parser:       "apparmor_parser",
+			SyncInterval: Duration(2 * time.Second),
+		},
+		NodeFeatures: NodeFeaturesConfig{
+			Directory: "/etc/kubernetes/node-feature-discovery/features.d",
+			Expiry:    Duration(time.Hour),
+		},
 	}
 }
 
@@ -122,6 +155,12 @@ func (c *Config) Validate() (*apparmor.Policy, error) {
 		if err := checkLoopback(c.MetricsAddress); err != nil {
 			return nil, fmt.Errorf("metricsAddress: %w", err)
 		}
+	}
+	if c.Profiles.Directory != "" && c.Profiles.SyncInterval < Duration(100*time.Millisecond) {
+		return nil, fmt.Errorf("profiles.syncInterval: must be at least 100ms")
+	}
+	if c.NodeFeatures.Directory != "" && c.NodeFeatures.Expiry < Duration(time.Minute) {
+		return nil, fmt.Errorf("nodeFeatures.expiry: must be at least 1m")
 	}
 	if c.ShutdownTimeout < 0 {
 		return nil, fmt.Errorf("shutdownTimeout: must not be negative")

@@ -31,6 +31,7 @@ type Server struct {
 	proxy   *cri.Proxy
 	grpc    *grpc.Server
 	obs     *observer
+	loader  *host.Loader
 	runtime *grpc.ClientConn
 	image   *grpc.ClientConn // the runtime connection when the endpoints are one
 }
@@ -55,6 +56,9 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 		}
 	}
 	s.obs = newObserver(s.host)
+	if s.loader = newLoader(cfg.Profiles, s.host); s.loader != nil {
+		registerLoaderMetrics(s.obs.reg, s.loader)
+	}
 	s.proxy = cri.New(s.runtime, s.image, s.host, pol, cri.WithMetrics(cri.NewMetrics(s.obs.reg)))
 	s.grpc = grpc.NewServer(
 		grpc.UnknownServiceHandler(s.proxy.Handle),
@@ -104,6 +108,13 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	go s.obs.watch(watchCtx, "runtime", s.runtime, RuntimeHealthService)
 	if s.image != s.runtime {
 		go s.obs.watch(watchCtx, "image", s.image, "")
+	}
+	if s.loader != nil {
+		go s.loader.Run(watchCtx, time.Duration(s.cfg.Profiles.SyncInterval))
+	}
+	if s.cfg.NodeFeatures.Directory != "" {
+		w := &featureWriter{cfg: s.cfg.NodeFeatures, host: s.host}
+		go w.run(watchCtx, 2*time.Second)
 	}
 	if s.cfg.MetricsAddress != "" {
 		if err := s.obs.serveMetrics(watchCtx, s.cfg.MetricsAddress); err != nil {
@@ -170,6 +181,8 @@ func (c *Config) restartFields(n *Config) []string {
 		"maxMessageSize":  c.MaxMessageSize != n.MaxMessageSize,
 		"shutdownTimeout": c.ShutdownTimeout != n.ShutdownTimeout,
 		"metricsAddress":  c.MetricsAddress != n.MetricsAddress,
+		"profiles":        c.Profiles != n.Profiles,
+		"nodeFeatures":    c.NodeFeatures != n.NodeFeatures,
 	} {
 		if changed {
 			out = append(out, name)

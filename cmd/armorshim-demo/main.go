@@ -83,8 +83,8 @@ func run(bin string) error {
 	profiles := "apparmor-test-deny-write (enforce)\napparmor-test-audit-write (enforce)\ndocker-default (enforce)\nk8s-nginx (enforce)\n" + denyWrite + " (enforce)\n"
 	for path, data := range map[string]string{
 		filepath.Join(sys, "module", "apparmor", "parameters", "enabled"): "Y\n",
-		filepath.Join(sec, "profiles"): profiles,
-		filepath.Join(sec, "revision"): "1\n",
+		filepath.Join(sec, "profiles"):                                    profiles,
+		filepath.Join(sec, "revision"):                                    "1\n",
 	} {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return err
@@ -114,8 +114,13 @@ func run(bin string) error {
 
 	// armorshim in front of it, with its embedded defaults but for the paths.
 	shimSock := filepath.Join(dir, "armorshim.sock")
+	features := filepath.Join(dir, "features.d")
+	if err := os.Mkdir(features, 0o755); err != nil {
+		return err
+	}
 	cmd := exec.Command(bin, "serve", "--listen", "unix://"+shimSock,
-		"--runtime-endpoint", "unix://"+runtimeSock, "--sysfs", sys)
+		"--runtime-endpoint", "unix://"+runtimeSock, "--sysfs", sys,
+		"--profiles-dir=", "--node-features-dir", features)
 	cmd.Stdout, cmd.Stderr = prefixed("  armorshim| "), prefixed("  armorshim| ")
 	step("Start armorshim", "%s", strings.Join(cmd.Args, " "))
 	if err := cmd.Start(); err != nil {
@@ -188,6 +193,14 @@ func run(bin string) error {
 	}
 	fmt.Printf("  -> forwarded: container %s created\n  -> the runtime received %s\n", resp.ContainerId, rec.last())
 
+	step("Node labels", "the node-feature-discovery file armorshim keeps in step with the loaded profiles")
+	if err := waitForContent(filepath.Join(features, "armorshim-apparmor"), allowWrite); err != nil {
+		return err
+	}
+	nfd, _ := os.ReadFile(filepath.Join(features, "armorshim-apparmor"))
+	fmt.Printf("    %s\n", strings.ReplaceAll(strings.TrimSpace(string(nfd)), "\n", "\n    "))
+	fmt.Printf("  -> a pod that needs the profile selects such nodes with\n     nodeSelector: {apparmor.armorshim.io/%s: enforce}\n", allowWrite)
+
 	step("An invalid reference", "annotation %s: foo/bar", annotation)
 	_, err = create("hello-invalid", "foo/bar")
 	st = status.Convert(err)
@@ -219,6 +232,18 @@ func waitFor(sock string) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("armorshim did not listen on %s within 10s", sock)
+}
+
+// waitForContent waits until the file at path holds want.
+func waitForContent(path, want string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(path); err == nil && strings.Contains(string(b), want) {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not mention %s within 10s", path, want)
 }
 
 func appendFile(path, data string) error {

@@ -1,15 +1,21 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/armorshim/armorshim/apparmor"
 	"github.com/armorshim/armorshim/host"
+	"github.com/armorshim/armorshim/shim"
 )
 
 type listFlag []string
@@ -17,49 +23,255 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
+const defaultConfigPath = "/etc/armorshim/config.yaml"
+
+// checkReport is what `armorshim check` prints, as text or JSON.
+type checkReport struct {
+	AppArmor struct {
+		Enabled bool   `json:"enabled"`
+		Detail  string `json:"detail,omitempty"`
+		Error   string `json:"error,omitempty"`
+	} `json:"apparmor"`
+	Profiles         []profileState `json:"profiles"`
+	Policy           policyReport   `json:"policy"`
+	ProfileDirectory *dirReport     `json:"profileDirectory,omitempty"`
+	Wanted           []wantState    `json:"wanted"`
+	Missing          []string       `json:"missing"`
+	OK               bool           `json:"ok"`
+}
+
+type profileState struct {
+	Name string `json:"name"`
+	Mode string `json:"mode"`
+}
+
+type policyReport struct {
+	Config          string   `json:"config,omitempty"`
+	Enabled         bool     `json:"enabled"`
+	DefaultProfile  string   `json:"defaultProfile,omitempty"`
+	AllowedProfiles []string `json:"allowedProfiles,omitempty"`
+	RequireEnforce  bool     `json:"requireEnforce"`
+}
+
+type dirReport struct {
+	Path  string     `json:"path"`
+	Error string     `json:"error,omitempty"`
+	Files []dirEntry `json:"files,omitempty"`
+}
+
+type dirEntry struct {
+	File     string   `json:"file"`
+	Profiles []string `json:"profiles"`
+}
+
+type wantState struct {
+	Name   string `json:"name"`
+	From   string `json:"from"`
+	Loaded bool   `json:"loaded"`
+	Mode   string `json:"mode,omitempty"`
+}
+
 func check(args []string) int {
 	fs := flag.NewFlagSet("armorshim check", flag.ContinueOnError)
 	sysfs := fs.String("sysfs", "/sys", "root of sysfs")
 	procfs := fs.String("procfs", "/proc", "root of procfs")
+	configPath := fs.String("config", defaultConfigPath, "armorshim's configuration, for the policy and the profile directory (defaults are used if the default file does not exist)")
+	output := fs.String("output", "text", "text or json")
 	var wanted listFlag
 	fs.Var(&wanted, "profile", "a profile that must be loaded (NAME or localhost/NAME); repeatable")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	snap := host.NewReader(*sysfs, *procfs).Snapshot()
-	return report(os.Stdout, snap, wanted)
+	if *output != "text" && *output != "json" {
+		fmt.Fprintf(os.Stderr, "armorshim check: --output must be text or json\n")
+		return 2
+	}
+	cfg, usedPath, err := loadConfigForCheck(*configPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "armorshim check:", err)
+		return 1
+	}
+	pol, _ := cfg.Validate()
+	r := buildReport(host.NewReader(*sysfs, *procfs).Snapshot(), pol, wanted)
+	r.Policy.Config = usedPath
+	if cfg.Profiles.Directory != "" {
+		r.addDirectory(&host.Loader{Dir: cfg.Profiles.Directory, Parser: cfg.Profiles.Parser})
+	}
+	r.finish()
+	if *output == "json" {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(r)
+	} else {
+		r.print(os.Stdout)
+	}
+	if !r.OK {
+		return 1
+	}
+	return 0
 }
 
-// report prints the host state and returns the exit code: 0 only if
-// AppArmor is enabled and every wanted profile is loaded.
-func report(w io.Writer, snap *apparmor.Snapshot, wanted []string) int {
+// loadConfigForCheck reads path; the default path may be absent.
+func loadConfigForCheck(path string) (*shim.Config, string, error) {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) && path == defaultConfigPath {
+		return shim.DefaultConfig(), "", nil
+	}
+	cfg, err := shim.LoadConfig(path)
+	return cfg, path, err
+}
+
+func buildReport(snap *apparmor.Snapshot, pol *apparmor.Policy, wanted []string) *checkReport {
+	r := &checkReport{Profiles: []profileState{}, Wanted: []wantState{}, Missing: []string{}}
+	r.AppArmor.Enabled = snap.Err == nil && snap.Enabled
+	r.AppArmor.Detail = snap.Detail
+	if snap.Err != nil {
+		r.AppArmor.Error = snap.Err.Error()
+	}
+	for name, mode := range snap.Profiles {
+		r.Profiles = append(r.Profiles, profileState{Name: name, Mode: string(mode)})
+	}
+	sort.Slice(r.Profiles, func(i, j int) bool { return r.Profiles[i].Name < r.Profiles[j].Name })
+
+	r.Policy.Enabled = !pol.Disabled
+	r.Policy.DefaultProfile = pol.Default.String()
+	r.Policy.RequireEnforce = pol.RequireEnforce
+	for _, p := range pol.Allowed {
+		r.Policy.AllowedProfiles = append(r.Policy.AllowedProfiles, p.String())
+	}
+	for _, ref := range wanted {
+		r.want(strings.TrimPrefix(ref, apparmor.LocalhostPrefix), "--profile", snap)
+	}
+	for _, p := range append([]apparmor.Profile{pol.Default}, pol.Allowed...) {
+		if p.Type == apparmor.Localhost {
+			r.want(p.Name, "policy", snap)
+		}
+	}
+	return r
+}
+
+func (r *checkReport) want(name, from string, snap *apparmor.Snapshot) {
+	for _, w := range r.Wanted {
+		if w.Name == name {
+			return
+		}
+	}
+	mode, loaded := snap.Profiles[name]
+	r.Wanted = append(r.Wanted, wantState{Name: name, From: from, Loaded: loaded, Mode: string(mode)})
+}
+
+// addDirectory lists the profile directory's files and wants their profiles.
+func (r *checkReport) addDirectory(l *host.Loader) {
+	d := &dirReport{Path: l.Dir}
+	r.ProfileDirectory = d
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	names, err := l.Names(ctx)
+	if err != nil {
+		d.Error = err.Error()
+		return
+	}
+	loaded := map[string]string{}
+	for _, p := range r.Profiles {
+		loaded[p.Name] = p.Mode
+	}
+	files := make([]string, 0, len(names))
+	for f := range names {
+		files = append(files, f)
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		d.Files = append(d.Files, dirEntry{File: f, Profiles: append([]string{}, names[f]...)})
+		for _, p := range names[f] {
+			mode, ok := loaded[p]
+			r.Wanted = append(r.Wanted, wantState{Name: p, From: "directory " + f, Loaded: ok, Mode: mode})
+		}
+	}
+}
+
+func (r *checkReport) finish() {
+	for _, w := range r.Wanted {
+		if !w.Loaded {
+			r.Missing = append(r.Missing, w.Name)
+		}
+	}
+	r.OK = r.AppArmor.Enabled && len(r.Missing) == 0
+}
+
+func (r *checkReport) print(w io.Writer) {
 	switch {
-	case snap.Err != nil:
-		fmt.Fprintf(w, "AppArmor state cannot be read: %v\n", snap.Err)
-		return 1
-	case !snap.Enabled:
-		fmt.Fprintf(w, "AppArmor is not enabled on the host: %s\n", snap.Detail)
-		return 1
+	case r.AppArmor.Error != "":
+		fmt.Fprintf(w, "AppArmor state cannot be read: %s\n", r.AppArmor.Error)
+	case !r.AppArmor.Enabled:
+		fmt.Fprintf(w, "AppArmor is not enabled on the host: %s\n", r.AppArmor.Detail)
+	default:
+		fmt.Fprintln(w, "AppArmor enabled")
+		fmt.Fprintf(w, "Loaded profiles (%d):\n", len(r.Profiles))
+		for _, p := range r.Profiles {
+			fmt.Fprintf(w, "  %s (%s)\n", p.Name, p.Mode)
+		}
 	}
-	fmt.Fprintln(w, "AppArmor enabled")
-	names := make([]string, 0, len(snap.Profiles))
-	for name := range snap.Profiles {
-		names = append(names, name)
+	src := r.Policy.Config
+	if src == "" {
+		src = "defaults"
 	}
-	sort.Strings(names)
-	fmt.Fprintf(w, "Loaded profiles (%d):\n", len(names))
-	for _, name := range names {
-		fmt.Fprintf(w, "  %s (%s)\n", name, snap.Profiles[name])
+	fmt.Fprintf(w, "Policy (%s): enabled=%t defaultProfile=%q allowedProfiles=%q requireEnforce=%t\n",
+		src, r.Policy.Enabled, r.Policy.DefaultProfile, r.Policy.AllowedProfiles, r.Policy.RequireEnforce)
+	if d := r.ProfileDirectory; d != nil {
+		fmt.Fprintf(w, "Profile directory %s:", d.Path)
+		if d.Error != "" {
+			fmt.Fprintf(w, " %s\n", d.Error)
+		} else {
+			fmt.Fprintf(w, " %d files\n", len(d.Files))
+			for _, f := range d.Files {
+				fmt.Fprintf(w, "  %s: %s\n", f.File, strings.Join(f.Profiles, ", "))
+			}
+		}
+	}
+	for _, p := range r.Wanted {
+		if p.Loaded {
+			fmt.Fprintf(w, "profile %q: loaded (%s) [%s]\n", p.Name, p.Mode, p.From)
+		} else {
+			fmt.Fprintf(w, "profile %q: not loaded [%s]\n", p.Name, p.From)
+		}
+	}
+	if len(r.Missing) > 0 {
+		fmt.Fprintf(w, "Missing profiles: %s\n", strings.Join(r.Missing, ", "))
+	}
+}
+
+// load is `armorshim load DIR`: load every profile file of DIR once.
+func load(args []string) int {
+	fs := flag.NewFlagSet("armorshim load", flag.ContinueOnError)
+	parser := fs.String("parser", "apparmor_parser", "the apparmor_parser command")
+	sysfs := fs.String("sysfs", "/sys", "root of sysfs")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(os.Stderr, "usage: armorshim load [--parser CMD] DIR")
+		return 2
+	}
+	h := host.NewReader(*sysfs, "/proc")
+	l := &host.Loader{Dir: fs.Arg(0), Parser: *parser, Enabled: func() bool {
+		s := h.Snapshot()
+		return s.Err == nil && s.Enabled
+	}}
+	done, err := l.Sync(context.Background())
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "armorshim load: %v\n", err)
+		return 1
 	}
 	code := 0
-	for _, ref := range wanted {
-		name := strings.TrimPrefix(ref, apparmor.LocalhostPrefix)
-		if mode, ok := snap.Profiles[name]; ok {
-			fmt.Fprintf(w, "profile %q: loaded (%s)\n", name, mode)
+	for _, f := range done {
+		if f.Loaded {
+			fmt.Printf("loaded %s\n", f.Name)
 		} else {
-			fmt.Fprintf(w, "profile %q: not loaded\n", name)
+			fmt.Printf("FAILED %s: %s\n", f.Name, f.Error)
 			code = 1
 		}
+	}
+	if len(done) == 0 {
+		fmt.Printf("no profile files in %s\n", fs.Arg(0))
 	}
 	return code
 }

@@ -19,7 +19,8 @@ var version = ""
 
 func usage() {
 	fmt.Fprintf(os.Stderr, `Usage: armorshim [serve] [flags]   serve CRI between the kubelet and the runtime (default)
-       armorshim check [--profile NAME ...]   show the host's AppArmor state
+       armorshim check [--profile NAME ...] [--output json]   show the node's AppArmor state
+       armorshim load DIR                     load every profile file of DIR once
        armorshim version
 
 Run "armorshim COMMAND -h" for a command's flags.
@@ -37,6 +38,8 @@ func main() {
 		os.Exit(serve(args))
 	case "check":
 		os.Exit(check(args))
+	case "load":
+		os.Exit(load(args))
 	case "version":
 		fmt.Println("armorshim", versionString())
 	case "help":
@@ -79,6 +82,8 @@ func newServeFlags() *serveFlags {
 	fs.StringVar(&d.Procfs, "procfs", d.Procfs, "root of procfs")
 	fs.IntVar(&d.MaxMessageSize, "max-message-size", d.MaxMessageSize, "largest CRI message in bytes, both ways (the kubelet's limit is 16 MiB)")
 	fs.Var(durationFlag{&d.ShutdownTimeout}, "shutdown-timeout", "how long in-flight calls may finish on SIGTERM/SIGINT")
+	fs.StringVar(&d.Profiles.Directory, "profiles-dir", d.Profiles.Directory, "directory of AppArmor profile files to keep loaded with apparmor_parser (empty: off)")
+	fs.StringVar(&d.NodeFeatures.Directory, "node-features-dir", d.NodeFeatures.Directory, "node-feature-discovery features.d directory to write AppArmor labels to (empty: off)")
 	fs.StringVar(&d.MetricsAddress, "metrics-address", d.MetricsAddress, "loopback host:port serving Prometheus metrics at /metrics, e.g. 127.0.0.1:9753 (default: off)")
 	klog.InitFlags(fs)
 	return f
@@ -94,15 +99,17 @@ func (f *serveFlags) config() (*shim.Config, error) {
 		}
 	}
 	set := map[string]func(){
-		"listen":           func() { cfg.Listen = f.values.Listen },
-		"socket-group":     func() { cfg.SocketGroup = f.values.SocketGroup },
-		"runtime-endpoint": func() { cfg.RuntimeEndpoint = f.values.RuntimeEndpoint },
-		"image-endpoint":   func() { cfg.ImageEndpoint = f.values.ImageEndpoint },
-		"sysfs":            func() { cfg.Sysfs = f.values.Sysfs },
-		"procfs":           func() { cfg.Procfs = f.values.Procfs },
-		"max-message-size": func() { cfg.MaxMessageSize = f.values.MaxMessageSize },
-		"shutdown-timeout": func() { cfg.ShutdownTimeout = f.values.ShutdownTimeout },
-		"metrics-address":  func() { cfg.MetricsAddress = f.values.MetricsAddress },
+		"listen":            func() { cfg.Listen = f.values.Listen },
+		"socket-group":      func() { cfg.SocketGroup = f.values.SocketGroup },
+		"runtime-endpoint":  func() { cfg.RuntimeEndpoint = f.values.RuntimeEndpoint },
+		"image-endpoint":    func() { cfg.ImageEndpoint = f.values.ImageEndpoint },
+		"sysfs":             func() { cfg.Sysfs = f.values.Sysfs },
+		"procfs":            func() { cfg.Procfs = f.values.Procfs },
+		"max-message-size":  func() { cfg.MaxMessageSize = f.values.MaxMessageSize },
+		"shutdown-timeout":  func() { cfg.ShutdownTimeout = f.values.ShutdownTimeout },
+		"metrics-address":   func() { cfg.MetricsAddress = f.values.MetricsAddress },
+		"profiles-dir":      func() { cfg.Profiles.Directory = f.values.Profiles.Directory },
+		"node-features-dir": func() { cfg.NodeFeatures.Directory = f.values.NodeFeatures.Directory },
 	}
 	f.fs.Visit(func(fl *flag.Flag) {
 		if apply, ok := set[fl.Name]; ok {

@@ -1,0 +1,106 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
+
+	"github.com/armorshim/armorshim/host"
+)
+
+// newLoader returns the profile directory loader of cfg, or nil when off.
+func newLoader(cfg ProfilesConfig, h *host.Reader) *host.Loader {
+	if cfg.Directory == "" {
+		return nil
+	}
+	return &host.Loader{
+		Dir:    cfg.Directory,
+		Parser: cfg.Parser,
+		Enabled: func() bool {
+			snap := h.Snapshot()
+			return snap.Err == nil && snap.Enabled
+		},
+	}
+}
+
+// registerLoaderMetrics exposes the loader's file states.
+func registerLoaderMetrics(reg prometheus.Registerer, l *host.Loader) {
+	count := func(loaded bool) func() float64 {
+		return func() float64 {
+			files, _ := l.Status()
+			n := 0
+			for _, f := range files {
+				if f.Loaded == loaded {
+					n++
+				}
+			}
+			return float64(n)
+		}
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "armorshim_profile_files", Help: "Files of the profile directory whose last load succeeded.",
+			ConstLabels: prometheus.Labels{"state": "loaded"},
+		}, count(true)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "armorshim_profile_files", Help: "Files of the profile directory whose last load succeeded.",
+			ConstLabels: prometheus.Labels{"state": "failed"},
+		}, count(false)),
+	)
+}
+
+// featureWriter keeps the node-feature-discovery file in step with the
+// host: it rewrites it when the profile set changes (securityfs revision)
+// and before it expires.
+type featureWriter struct {
+	cfg  NodeFeaturesConfig
+	host *host.Reader
+
+	last    string // the content last written
+	written time.Time
+	missing bool // the directory was missing at the last try
+}
+
+// refresh writes the file if its content changed or half its expiry passed.
+func (w *featureWriter) refresh(now time.Time) {
+	if _, err := os.Stat(w.cfg.Directory); errors.Is(err, fs.ErrNotExist) {
+		if !w.missing {
+			klog.InfoS("Not writing node features: the directory does not exist (is node-feature-discovery deployed?)", "directory", w.cfg.Directory)
+		}
+		w.missing = true
+		return
+	}
+	w.missing = false
+	expiry := time.Duration(w.cfg.Expiry)
+	// The expiry line changes on every render, so compare without it.
+	body := string(host.Features(w.host.Snapshot(), time.Time{}))
+	if body == w.last && now.Sub(w.written) < expiry/2 {
+		return
+	}
+	if err := host.WriteFeatures(w.cfg.Directory, host.Features(w.host.Snapshot(), now.Add(expiry))); err != nil {
+		klog.ErrorS(err, "Writing node features failed", "directory", w.cfg.Directory)
+		return
+	}
+	if body != w.last {
+		klog.InfoS("Node features written", "file", w.cfg.Directory+"/"+host.FeatureFileName)
+	}
+	w.last, w.written = body, now
+}
+
+func (w *featureWriter) run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		w.refresh(time.Now())
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
