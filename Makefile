@@ -7,7 +7,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 FUZZTIME ?= 10s
 FUZZ_PKGS := ./apparmor ./host
 
-.PHONY: all build demo test unit fuzz integration install clean FORCE
+.PHONY: all build demo test unit fuzz integration install install-socket-activation clean FORCE
 
 all: build
 
@@ -42,11 +42,20 @@ install: build
 	install -D -m 0644 systemd/armorshim.service $(DESTDIR)/etc/systemd/system/armorshim.service
 	install -D -m 0644 systemd/kubelet.service.d/90-armorshim.conf $(DESTDIR)/etc/systemd/system/kubelet.service.d/90-armorshim.conf
 	install -D -m 0644 systemd/kubelet.conf.d/90-armorshim.conf $(DESTDIR)/etc/kubernetes/kubelet.conf.d/90-armorshim.conf
+	install -D -m 0644 systemd/armorshim.socket $(DESTDIR)/etc/systemd/system/armorshim.socket
+	install -d -m 0755 $(DESTDIR)/etc/armorshim/profiles.d
 	@if [ -e $(DESTDIR)/etc/armorshim/config.yaml ]; then \
 	  echo "keeping existing $(DESTDIR)/etc/armorshim/config.yaml"; \
 	else \
 	  install -D -m 0644 systemd/config.yaml $(DESTDIR)/etc/armorshim/config.yaml; \
 	fi
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then \
+	  systemctl daemon-reload; \
+	fi
+
+# Switch an installed node to systemd socket activation.
+install-socket-activation: install
+	install -D -m 0644 systemd/armorshim.service.d/10-socket-activation.conf $(DESTDIR)/etc/systemd/system/armorshim.service.d/10-socket-activation.conf
 	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then \
 	  systemctl daemon-reload; \
 	fi
