@@ -11,9 +11,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/activation"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/armorshim/armorshim/systemd"
 )
 
 // SocketMode is the mode of the socket armorshim creates.
@@ -25,14 +26,7 @@ const SocketMode = 0o660
 // replaced; a socket another process still serves on is never taken.
 func Listen(endpoint, group string) (net.Listener, error) {
 	if endpoint == "fd://" {
-		ls, err := activation.Listeners()
-		if err != nil {
-			return nil, fmt.Errorf("socket activation: %w", err)
-		}
-		if len(ls) != 1 || ls[0] == nil {
-			return nil, fmt.Errorf("socket activation: want exactly one socket from systemd, got %d", len(ls))
-		}
-		return ls[0], nil
+		return systemd.ActivationListener()
 	}
 	path, err := socketPath(endpoint)
 	if err != nil {

@@ -7,11 +7,9 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/armorshim/armorshim/cri"
 	"github.com/armorshim/armorshim/host"
+	"github.com/armorshim/armorshim/systemd"
 )
 
 // Server is one armorshim instance: a listener, the backend connections and
@@ -125,14 +124,14 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- s.grpc.Serve(l) }()
 	klog.InfoS("Serving", "listen", l.Addr().String(), "runtimeEndpoint", s.cfg.RuntimeEndpoint, "imageEndpoint", s.cfg.Image())
-	notify(daemon.SdNotifyReady, "STATUS=Serving CRI on "+l.Addr().String())
+	systemd.Notify(systemd.Ready, systemd.Status("Serving CRI on "+l.Addr().String()))
 
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	notify(daemon.SdNotifyStopping, "STATUS=Draining in-flight calls")
+	systemd.Notify(systemd.Stopping, systemd.Status("Draining in-flight calls"))
 	s.obs.health.Shutdown()
 	klog.InfoS("Shutting down: draining in-flight calls", "timeout", time.Duration(s.cfg.ShutdownTimeout))
 	done := make(chan struct{})
@@ -218,23 +217,15 @@ func (s *Server) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				return
 			case <-hup:
-				notify(daemon.SdNotifyReloading)
+				systemd.Notify(systemd.Reloading)
 				if err := s.Reload(); err != nil {
 					klog.ErrorS(err, "Configuration reload failed; keeping the configuration in force")
 				} else {
 					klog.InfoS("Configuration reloaded")
 				}
-				notify(daemon.SdNotifyReady)
+				systemd.Notify(systemd.Ready)
 			}
 		}
 	}()
 	return s.Serve(ctx, l)
-}
-
-// notify tells systemd (when it started us with NOTIFY_SOCKET) our state.
-func notify(states ...string) {
-	state := strings.Join(states, "\n")
-	if _, err := daemon.SdNotify(false, state); err != nil {
-		klog.V(2).InfoS("sd_notify failed", "state", state, "err", err)
-	}
 }

@@ -1,0 +1,266 @@
+package systemd_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/armorshim/armorshim/shim"
+	"github.com/armorshim/armorshim/systemd"
+)
+
+// unit parses a unit file into "Section.Key" -> values.
+func unit(t *testing.T, path string) map[string][]string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]string{}
+	section := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "["):
+			section = strings.Trim(line, "[]")
+		default:
+			k, v, ok := strings.Cut(line, "=")
+			if !ok {
+				t.Fatalf("%s: malformed line %q", path, line)
+			}
+			out[section+"."+k] = append(out[section+"."+k], v)
+		}
+	}
+	return out
+}
+
+func has(values []string, want string) bool {
+	for _, v := range values {
+		for _, f := range strings.Fields(v) {
+			if f == want {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func TestServiceUnit(t *testing.T) {
+	u := unit(t, "armorshim.service")
+	for key, want := range map[string]string{
+		"Service.Type":       "notify",
+		"Service.Restart":    "always",
+		"Unit.After":         "containerd.service",
+		"Unit.Before":        "kubelet.service",
+		"Install.WantedBy":   "multi-user.target",
+		"Service.KillSignal": "SIGTERM",
+	} {
+		if !has(u[key], want) {
+			t.Errorf("%s = %q, want it to hold %q", key, u[key], want)
+		}
+	}
+	if exec := strings.Join(u["Service.ExecStart"], " "); !strings.Contains(exec, "armorshim serve") {
+		t.Errorf("ExecStart %q does not run armorshim serve", exec)
+	}
+}
+
+func TestSocketUnitMatchesDefaultListen(t *testing.T) {
+	u := unit(t, "armorshim.socket")
+	def := strings.TrimPrefix(shim.DefaultConfig().Listen, "unix://")
+	if got := u["Socket.ListenStream"]; len(got) != 1 || got[0] != def {
+		t.Errorf("ListenStream = %q, want %q", got, def)
+	}
+	if got := u["Socket.SocketMode"]; len(got) != 1 || got[0] != "0660" {
+		t.Errorf("SocketMode = %q, want 0660", got)
+	}
+	d := unit(t, "armorshim.service.d/10-socket-activation.conf")
+	if exec := d["Service.ExecStart"]; len(exec) != 2 || exec[0] != "" || !strings.Contains(exec[1], "--listen=fd://") {
+		t.Errorf("socket activation drop-in ExecStart = %q, want a reset then --listen=fd://", exec)
+	}
+}
+
+func TestKubeletDropIns(t *testing.T) {
+	u := unit(t, "kubelet.service.d/90-armorshim.conf")
+	if !has(u["Unit.After"], "armorshim.service") || !has(u["Unit.Requires"], "armorshim.service") {
+		t.Errorf("kubelet drop-in must order the kubelet after armorshim and require it: %v", u)
+	}
+	data, err := os.ReadFile("kubelet.conf.d/90-armorshim.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kc map[string]any
+	if err := yaml.UnmarshalStrict(data, &kc); err != nil {
+		t.Fatal(err)
+	}
+	want := shim.DefaultConfig().Listen
+	if kc["kind"] != "KubeletConfiguration" || kc["containerRuntimeEndpoint"] != want || kc["imageServiceEndpoint"] != want {
+		t.Errorf("kubelet configuration drop-in = %v, want both endpoints %s", kc, want)
+	}
+}
+
+func TestDefaultConfigFileLoads(t *testing.T) {
+	cfg, err := shim.LoadConfig("config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := shim.DefaultConfig()
+	if cfg.Listen != def.Listen || cfg.RuntimeEndpoint != def.RuntimeEndpoint || cfg.MaxMessageSize != def.MaxMessageSize {
+		t.Errorf("config.yaml does not state the defaults: %+v", cfg)
+	}
+}
+
+// notifySocket listens where NOTIFY_SOCKET points and returns the datagrams.
+func notifySocket(t *testing.T) <-chan string {
+	t.Helper()
+	path := filepath.Join(shortTemp(t), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	t.Setenv("NOTIFY_SOCKET", path)
+	ch := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			ch <- string(buf[:n])
+		}
+	}()
+	return ch
+}
+
+func shortTemp(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "as")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func TestNotify(t *testing.T) {
+	ch := notifySocket(t)
+	systemd.Notify(systemd.Ready, systemd.Status("serving"))
+	select {
+	case got := <-ch:
+		if got != "READY=1\nSTATUS=serving" {
+			t.Errorf("notification = %q", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notification")
+	}
+}
+
+// TestSocketActivation runs the real binary as systemd would with
+// armorshim.socket: the socket is fd 3, LISTEN_PID/LISTEN_FDS name it, and
+// READY=1 must come once it serves on it.
+func TestSocketActivation(t *testing.T) {
+	dir := shortTemp(t)
+	bin := filepath.Join(dir, "armorshim")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/armorshim").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	sock := filepath.Join(dir, "armorshim.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	ch := notifySocket(t)
+
+	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" serve --listen fd:// --runtime-endpoint unix:///nonexistent/containerd.sock --profiles-dir= --node-features-dir=`, bin)
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	defer cmd.Process.Kill()
+	select {
+	case got := <-ch:
+		if !strings.HasPrefix(got, "READY=1") {
+			t.Fatalf("first notification = %q, want READY=1", got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no READY=1 from armorshim")
+	}
+
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health through the activated socket: %v %v", resp, err)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("armorshim exit: %v", err)
+	}
+	if _, err := os.Stat(sock); err != nil {
+		t.Errorf("armorshim removed systemd's socket: %v", err)
+	}
+}
+
+// TestUnitsVerify runs systemd-analyze verify where it exists.
+func TestUnitsVerify(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("systemd-analyze is missing: .ci/run installs the systemd package")
+		}
+		t.Skip("systemd-analyze not installed (apt-get install systemd)")
+	}
+	dir := shortTemp(t)
+	bin := filepath.Join(dir, "armorshim")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/armorshim").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	for _, name := range []string{"armorshim.service", "armorshim.socket"} {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data = []byte(strings.ReplaceAll(string(data), "/usr/local/bin/armorshim", bin))
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command(analyze, "verify", filepath.Join(dir, "armorshim.service"), filepath.Join(dir, "armorshim.socket")).CombinedOutput()
+	// Units this one names but that this machine lacks (containerd, kubelet)
+	// are not errors of ours.
+	var problems []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line == "" || strings.Contains(line, "containerd.service") || strings.Contains(line, "kubelet.service") {
+			continue
+		}
+		problems = append(problems, line)
+	}
+	if len(problems) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, strings.Join(problems, "\n"))
+	}
+}
