@@ -1,0 +1,206 @@
+package host
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeParser installs an apparmor_parser stand-in that logs its arguments,
+// fails on files holding "syntax error" with the parser's kind of message,
+// and answers --names from "profile NAME" lines.
+func fakeParser(t *testing.T) (parser, log string) {
+	t.Helper()
+	dir := t.TempDir()
+	log = filepath.Join(dir, "calls.log")
+	parser = filepath.Join(dir, "apparmor_parser")
+	script := `#!/bin/sh
+echo "$*" >> "` + log + `"
+file=""
+for a in "$@"; do file="$a"; done
+case "$1" in
+--names) sed -n 's/^profile \([^ ]*\).*/\1/p' "$file"; exit 0 ;;
+esac
+if grep -q "syntax error" "$file"; then
+  echo "AppArmor parser error for $file in profile $file at line 1: syntax error, unexpected TOK_ID" >&2
+  exit 1
+fi
+exit 0
+`
+	if err := os.WriteFile(parser, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return parser, log
+}
+
+func calls(t *testing.T, log string) []string {
+	t.Helper()
+	data, err := os.ReadFile(log)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSpace(string(data)), "\n")
+}
+
+func write(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const denyWriteProfile = `#include <tunables/global>
+
+profile k8s-apparmor-example-deny-write flags=(attach_disconnected) {
+  #include <abstractions/base>
+
+  file,
+
+  # Deny all file writes.
+  deny /** w,
+}
+`
+
+func TestLoaderLoadsNewAndChangedFilesOnly(t *testing.T) {
+	parser, log := fakeParser(t)
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "deny-write"), denyWriteProfile)
+	write(t, filepath.Join(dir, "allow-write"), strings.ReplaceAll(denyWriteProfile, "deny", "allow"))
+	// Not profile files: hidden, editor backups, package leftovers, dirs.
+	write(t, filepath.Join(dir, ".hidden"), "syntax error")
+	write(t, filepath.Join(dir, "deny-write~"), "syntax error")
+	write(t, filepath.Join(dir, "x.dpkg-old"), "syntax error")
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l := &Loader{Dir: dir, Parser: parser, Enabled: func() bool { return true }}
+	ctx := context.Background()
+
+	done, err := l.Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(done) != 2 || !done[0].Loaded || !done[1].Loaded {
+		t.Fatalf("first sync = %+v, want both files loaded", done)
+	}
+	want := []string{"--replace -- " + filepath.Join(dir, "allow-write"), "--replace -- " + filepath.Join(dir, "deny-write")}
+	if got := calls(t, log); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("parser calls = %q, want %q", got, want)
+	}
+
+	if done, _ := l.Sync(ctx); len(done) != 0 {
+		t.Fatalf("unchanged directory reloaded %+v", done)
+	}
+
+	// A changed file is loaded again; a new one is loaded.
+	write(t, filepath.Join(dir, "deny-write"), denyWriteProfile+"\n# edited\n")
+	future := time.Now().Add(time.Hour)
+	os.Chtimes(filepath.Join(dir, "deny-write"), future, future)
+	write(t, filepath.Join(dir, "k8s-nginx"), "profile k8s-nginx {}\n")
+	done, _ = l.Sync(ctx)
+	if len(done) != 2 || done[0].Name != "deny-write" || done[1].Name != "k8s-nginx" {
+		t.Fatalf("after edit+add: %+v", done)
+	}
+
+	// A removed file is forgotten, never unloaded.
+	if err := os.Remove(filepath.Join(dir, "allow-write")); err != nil {
+		t.Fatal(err)
+	}
+	before := len(calls(t, log))
+	if done, _ := l.Sync(ctx); len(done) != 0 {
+		t.Fatalf("removal loaded %+v", done)
+	}
+	if after := calls(t, log); len(after) != before {
+		t.Fatalf("removal ran the parser: %q", after[before:])
+	}
+	files, blocked := l.Status()
+	if blocked != "" || len(files) != 2 || files[0].Name != "deny-write" || files[1].Name != "k8s-nginx" {
+		t.Fatalf("status = %+v %q", files, blocked)
+	}
+}
+
+func TestLoaderReportsParserMessage(t *testing.T) {
+	parser, _ := fakeParser(t)
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "broken"), "profile broken { syntax error }\n")
+	l := &Loader{Dir: dir, Parser: parser}
+	done, err := l.Sync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(done) != 1 || done[0].Loaded || !strings.Contains(done[0].Error, "AppArmor parser error for "+filepath.Join(dir, "broken")) {
+		t.Fatalf("broken file = %+v, want the parser's message", done)
+	}
+	files, _ := l.Status()
+	if len(files) != 1 || files[0].Loaded || files[0].Error != done[0].Error {
+		t.Fatalf("status = %+v", files)
+	}
+	// Not retried until it changes.
+	if done, _ := l.Sync(context.Background()); len(done) != 0 {
+		t.Fatalf("unchanged broken file retried: %+v", done)
+	}
+}
+
+func TestLoaderWaitsForAppArmorAndParser(t *testing.T) {
+	parser, log := fakeParser(t)
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "deny-write"), denyWriteProfile)
+	enabled := false
+	l := &Loader{Dir: dir, Parser: parser, Enabled: func() bool { return enabled }}
+
+	if _, err := l.Sync(context.Background()); err == nil || !strings.Contains(err.Error(), "AppArmor is not enabled") {
+		t.Fatalf("AppArmor off: err = %v", err)
+	}
+	if _, blocked := l.Status(); blocked != "AppArmor is not enabled on the host" {
+		t.Fatalf("blocked = %q", blocked)
+	}
+	if got := calls(t, log); len(got) != 0 {
+		t.Fatalf("parser ran while AppArmor was off: %q", got)
+	}
+
+	enabled = true
+	l.Parser = filepath.Join(t.TempDir(), "missing_parser")
+	if _, err := l.Sync(context.Background()); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("parser missing: err = %v", err)
+	}
+
+	l.Parser = parser
+	done, err := l.Sync(context.Background())
+	if err != nil || len(done) != 1 || !done[0].Loaded {
+		t.Fatalf("once possible: %+v %v", done, err)
+	}
+	if _, blocked := l.Status(); blocked != "" {
+		t.Fatalf("still blocked: %q", blocked)
+	}
+}
+
+func TestLoaderMissingDirectory(t *testing.T) {
+	l := &Loader{Dir: filepath.Join(t.TempDir(), "nope"), Parser: "true"}
+	if _, err := l.Sync(context.Background()); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestLoaderNames(t *testing.T) {
+	parser, _ := fakeParser(t)
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "deny-write"), denyWriteProfile)
+	write(t, filepath.Join(dir, "two"), "profile a {}\nprofile b {}\n")
+	l := &Loader{Dir: dir, Parser: parser}
+	names, err := l.Names(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names["deny-write"]; len(got) != 1 || got[0] != "k8s-apparmor-example-deny-write" {
+		t.Errorf("deny-write defines %q", got)
+	}
+	if got := names["two"]; strings.Join(got, ",") != "a,b" {
+		t.Errorf("two defines %q", got)
+	}
+}
