@@ -1,0 +1,151 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/armorshim/armorshim/apparmor"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte("apiVersion: armorshim.io/v1alpha1\nkind: ArmorshimConfiguration\n"+body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestFlagsOverrideConfigFile(t *testing.T) {
+	path := writeConfig(t, "runtimeEndpoint: unix:///file/containerd.sock\nlisten: unix:///file/armorshim.sock\npolicy:\n  defaultProfile: runtime/default\n")
+	f := newServeFlags()
+	if err := f.fs.Parse([]string{"--config", path, "--runtime-endpoint", "unix:///flag/containerd.sock", "-v", "2"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := f.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.RuntimeEndpoint != "unix:///flag/containerd.sock" {
+		t.Errorf("runtime endpoint %q: the flag must win", cfg.RuntimeEndpoint)
+	}
+	if cfg.Image() != "unix:///flag/containerd.sock" {
+		t.Errorf("image endpoint %q: it follows the runtime endpoint", cfg.Image())
+	}
+	if cfg.Listen != "unix:///file/armorshim.sock" {
+		t.Errorf("listen %q: an unset flag must not override the file", cfg.Listen)
+	}
+	if cfg.Policy.DefaultProfile != "runtime/default" {
+		t.Errorf("policy from the file lost: %+v", cfg.Policy)
+	}
+
+	// A reload reads the file again and applies the same flags.
+	if err := os.WriteFile(path, []byte("apiVersion: armorshim.io/v1alpha1\nkind: ArmorshimConfiguration\nruntimeEndpoint: unix:///changed.sock\npolicy:\n  enabled: false\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err = f.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.RuntimeEndpoint != "unix:///flag/containerd.sock" || cfg.Policy.Enabled == nil || *cfg.Policy.Enabled {
+		t.Errorf("reloaded config = %+v", cfg)
+	}
+}
+
+func TestInvalidConfigNamesFileAndField(t *testing.T) {
+	path := writeConfig(t, "policy:\n  defaultProfile: foo/bar\n")
+	f := newServeFlags()
+	if err := f.fs.Parse([]string{"--config", path}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.config()
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "policy.defaultProfile") || !strings.Contains(err.Error(), `"foo/bar"`) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestCheckReport(t *testing.T) {
+	snap := &apparmor.Snapshot{Enabled: true, Profiles: map[string]apparmor.Mode{
+		"k8s-apparmor-example-deny-write": apparmor.ModeEnforce,
+		"docker-default":                  apparmor.ModeEnforce,
+	}}
+	pol := &apparmor.Policy{
+		Default: apparmor.Profile{Type: apparmor.RuntimeDefault},
+		Allowed: []apparmor.Profile{{Type: apparmor.RuntimeDefault}, {Type: apparmor.Localhost, Name: "k8s-nginx"}},
+	}
+
+	r := buildReport(snap, pol, []string{"localhost/k8s-apparmor-example-deny-write"})
+	r.finish()
+	if r.OK || strings.Join(r.Missing, ",") != "k8s-nginx" {
+		t.Fatalf("ok=%t missing=%q: the policy's k8s-nginx is not loaded", r.OK, r.Missing)
+	}
+	var text bytes.Buffer
+	r.print(&text)
+	for _, want := range []string{
+		"AppArmor enabled\n",
+		"Loaded profiles (2):\n  docker-default (enforce)\n  k8s-apparmor-example-deny-write (enforce)\n",
+		`profile "k8s-apparmor-example-deny-write": loaded (enforce) [--profile]`,
+		`profile "k8s-nginx": not loaded [policy]`,
+		"Missing profiles: k8s-nginx",
+		`defaultProfile="runtime/default"`,
+	} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("text report lacks %q:\n%s", want, text.String())
+		}
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back map[string]any
+	json.Unmarshal(b, &back)
+	if back["ok"] != false || back["apparmor"].(map[string]any)["enabled"] != true || len(back["profiles"].([]any)) != 2 {
+		t.Errorf("json report = %s", b)
+	}
+
+	ok := buildReport(snap, &apparmor.Policy{}, []string{"k8s-apparmor-example-deny-write"})
+	ok.finish()
+	if !ok.OK || len(ok.Missing) != 0 {
+		t.Errorf("all loaded: ok=%t missing=%q", ok.OK, ok.Missing)
+	}
+
+	off := buildReport(&apparmor.Snapshot{Detail: "the AppArmor module is disabled"}, &apparmor.Policy{}, nil)
+	off.finish()
+	text.Reset()
+	off.print(&text)
+	if off.OK || !strings.Contains(text.String(), "AppArmor is not enabled on the host: the AppArmor module is disabled") {
+		t.Errorf("disabled host: ok=%t\n%s", off.OK, text.String())
+	}
+}
+
+// TestCheckCommand runs check against fake sysfs trees: exit codes follow
+// the host state and the wanted profiles.
+func TestCheckCommand(t *testing.T) {
+	sys := t.TempDir()
+	mk := func(path, data string) {
+		p := filepath.Join(sys, path)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := writeConfig(t, "profiles:\n  directory: \"\"\n")
+	if code := check([]string{"--sysfs", sys, "--config", cfg}); code != 1 {
+		t.Errorf("no AppArmor: exit %d, want 1", code)
+	}
+	mk("module/apparmor/parameters/enabled", "Y\n")
+	mk("kernel/security/apparmor/profiles", "k8s-apparmor-example-deny-write (enforce)\n")
+	if code := check([]string{"--sysfs", sys, "--config", cfg, "--profile", "k8s-apparmor-example-deny-write"}); code != 0 {
+		t.Errorf("loaded: exit %d, want 0", code)
+	}
+	if code := check([]string{"--sysfs", sys, "--config", cfg, "--profile", "k8s-apparmor-example-allow-write"}); code != 1 {
+		t.Errorf("not loaded: exit %d, want 1", code)
+	}
+	if code := check([]string{"--output", "yaml"}); code != 2 {
+		t.Errorf("bad --output: exit %d, want 2", code)
+	}
+}
