@@ -120,7 +120,9 @@ func Resolve(req *runtimeapi.CreateContainerRequest) (Profile, Source, error) {
 		return p, SourceDeprecated, err
 	}
 	if name := req.GetConfig().GetMetadata().GetName(); name != "" {
-		if ref, ok := req.GetSandboxConfig().GetAnnotations()[AnnotationPrefix+name]; ok {
+		// An empty value asks for nothing, as in the Kubernetes API (which
+		// accepts it) and like an empty apparmor_profile string.
+		if ref := req.GetSandboxConfig().GetAnnotations()[AnnotationPrefix+name]; ref != "" {
 			p, err := ParseReference(ref)
 			return p, SourceAnnotation, err
 		}

@@ -70,14 +70,14 @@ type InvalidError struct {
 }
 
 func (e *InvalidError) Error() string {
-	ref := e.Ref
-	if len(ref) > maxQuoted {
-		ref = fmt.Sprintf("%s... (%d bytes)", ref[:maxQuoted], len(e.Ref))
+	ref := fmt.Sprintf("%q", e.Ref)
+	if len(e.Ref) > maxQuoted {
+		ref = fmt.Sprintf("%q (%d bytes)", e.Ref[:maxQuoted]+"...", len(e.Ref))
 	}
 	if e.Reason == "" {
-		return fmt.Sprintf("invalid AppArmor profile name: %q", ref)
+		return "invalid AppArmor profile name: " + ref
 	}
-	return fmt.Sprintf("invalid AppArmor profile name: %q: %s", ref, e.Reason)
+	return "invalid AppArmor profile name: " + ref + ": " + e.Reason
 }
 
 // maxQuoted bounds how much of a reference goes into messages and logs.

@@ -75,7 +75,14 @@ func (r *Reader) Snapshot() *apparmor.Snapshot {
 			r.cached = r.load(rev)
 		}
 	}
-	return r.cached
+	snap := r.cached
+	if snap.Err != nil {
+		// Never keep a failed read until the next policy change: start over
+		// with a fresh descriptor (which reads the revision at once) next time.
+		r.rev.Close()
+		r.rev, r.cached = nil, nil
+	}
+	return snap
 }
 
 // Close releases the revision descriptor.
