@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -205,11 +206,12 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Durat
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be a string like \"30s\": %w", err)
+		// A type error lets encoding/json name the field.
+		return &json.UnmarshalTypeError{Value: "number " + string(b) + " (want a duration string like \"30s\")", Type: reflect.TypeFor[Duration]()}
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return err
+		return &json.UnmarshalTypeError{Value: fmt.Sprintf("%q (%v)", s, err), Type: reflect.TypeFor[Duration]()}
 	}
 	*d = Duration(v)
 	return nil

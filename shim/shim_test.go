@@ -1,0 +1,646 @@
+package shim_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/cri-client/pkg/fake"
+
+	"github.com/armorshim/armorshim/apparmor"
+	"github.com/armorshim/armorshim/cri"
+	"github.com/armorshim/armorshim/shim"
+)
+
+// sockDir returns a short directory for unix sockets (108-byte path limit).
+func sockDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "as")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func canConnect(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+func TestListenModeAndGroup(t *testing.T) {
+	old := syscall.Umask(0) // the most permissive umask: Listen must not follow it
+	defer syscall.Umask(old)
+	dir := sockDir(t)
+	path := filepath.Join(dir, "sub", "dir", "armorshim.sock")
+	const gid = 4242
+	l, err := shim.Listen("unix://"+path, fmt.Sprint(gid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o660 {
+		t.Errorf("socket mode %v, want socket 0660", fi.Mode())
+	}
+	if st := fi.Sys().(*syscall.Stat_t); os.Geteuid() == 0 && st.Gid != gid {
+		t.Errorf("socket group %d, want %d", st.Gid, gid)
+	}
+	if !canConnect(path) {
+		t.Error("nobody listens on the socket")
+	}
+
+	// A bare path and no group: mode 0660, our own group.
+	path2 := filepath.Join(dir, "plain.sock")
+	l2, err := shim.Listen(path2, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	fi, err = os.Stat(path2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o660 || fi.Sys().(*syscall.Stat_t).Gid != uint32(os.Getegid()) {
+		t.Errorf("socket %v gid %d", fi.Mode(), fi.Sys().(*syscall.Stat_t).Gid)
+	}
+
+	if _, err := shim.Listen("tcp://127.0.0.1:0", ""); err == nil {
+		t.Error("a tcp endpoint was accepted")
+	}
+	if _, err := shim.Listen("unix://"+filepath.Join(dir, "g.sock"), "no-such-group-armorshim"); err == nil {
+		t.Error("an unknown group was accepted")
+	}
+}
+
+func TestListenReplacesStaleSocket(t *testing.T) {
+	path := filepath.Join(sockDir(t), "armorshim.sock")
+	// A crashed armorshim: the socket file stays, nobody listens.
+	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ul.SetUnlinkOnClose(false)
+	ul.Close()
+	if fi, err := os.Lstat(path); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("stale socket not left behind: %v %v", fi, err)
+	}
+	if canConnect(path) {
+		t.Fatal("the stale socket accepts connections")
+	}
+	l, err := shim.Listen("unix://"+path, "")
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	defer l.Close()
+	if !canConnect(path) {
+		t.Error("the new socket does not accept connections")
+	}
+}
+
+func TestListenRefusesLiveSocket(t *testing.T) {
+	path := filepath.Join(sockDir(t), "armorshim.sock")
+	other, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	accepted := make(chan struct{}, 4)
+	go func() {
+		for {
+			c, err := other.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+			accepted <- struct{}{}
+		}
+	}()
+	before, _ := os.Lstat(path)
+	l, err := shim.Listen("unix://"+path, "")
+	if err == nil {
+		l.Close()
+		t.Fatal("a socket another process serves on was taken")
+	}
+	if !strings.Contains(err.Error(), "in use") {
+		t.Errorf("error %q does not say the socket is in use", err)
+	}
+	after, err := os.Lstat(path)
+	if err != nil || !os.SameFile(before, after) {
+		t.Fatalf("the live socket was replaced or removed: %v", err)
+	}
+	if !canConnect(path) {
+		t.Fatal("the live socket no longer accepts connections")
+	}
+	// Listen's probe and ours both reached the other server.
+	for i := 0; i < 2; i++ {
+		select {
+		case <-accepted:
+		case <-time.After(2 * time.Second):
+			t.Fatal("the other server did not see its connections")
+		}
+	}
+}
+
+func TestListenRefusesRegularFile(t *testing.T) {
+	path := filepath.Join(sockDir(t), "armorshim.sock")
+	if err := os.WriteFile(path, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := shim.Listen("unix://"+path, "")
+	if err == nil {
+		l.Close()
+		t.Fatal("a regular file was replaced by a socket")
+	}
+	if data, err := os.ReadFile(path); err != nil || string(data) != "precious" {
+		t.Errorf("the file was touched: %q, %v", data, err)
+	}
+}
+
+// rawBackend is a CRI backend that hands every call to handle, as raw bytes.
+func rawBackend(t *testing.T, handle func(ctx context.Context, method string, in []byte) ([]byte, error)) string {
+	t.Helper()
+	sock := filepath.Join(sockDir(t), "backend.sock")
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(cri.Codec{}), grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+		method, _ := grpc.MethodFromServerStream(ss)
+		in := new(cri.Frame)
+		if err := ss.RecvMsg(in); err != nil {
+			return err
+		}
+		out, err := handle(ss.Context(), method, append([]byte(nil), in.Bytes()...))
+		in.Free()
+		if err != nil {
+			return err
+		}
+		return ss.SendMsg(cri.FrameOf(out))
+	}))
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	return sock
+}
+
+type running struct {
+	sock   string
+	cancel context.CancelFunc
+	done   chan error
+	srv    *shim.Server
+}
+
+func serve(t *testing.T, cfg *shim.Config, reload func() (*shim.Config, error)) *running {
+	t.Helper()
+	srv, err := shim.New(cfg, reload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := shim.Listen(cfg.Listen, cfg.SocketGroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{sock: strings.TrimPrefix(cfg.Listen, "unix://"), cancel: cancel, done: make(chan error, 1), srv: srv}
+	go func() { r.done <- srv.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			t.Error("Serve did not return")
+		}
+	})
+	return r
+}
+
+func testConfig(t *testing.T, backendSock string) *shim.Config {
+	cfg := shim.DefaultConfig()
+	cfg.Listen = "unix://" + filepath.Join(sockDir(t), "armorshim.sock")
+	cfg.RuntimeEndpoint = "unix://" + backendSock
+	cfg.Sysfs = t.TempDir()
+	cfg.Procfs = t.TempDir()
+	// Never touch the host's profile directory or NFD's features.d.
+	cfg.Profiles.Directory = ""
+	cfg.NodeFeatures.Directory = ""
+	return cfg
+}
+
+func dial(t *testing.T, sock string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(cri.Codec{})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func rawCall(ctx context.Context, conn *grpc.ClientConn, method string, in []byte) ([]byte, error) {
+	out := new(cri.Frame)
+	if err := conn.Invoke(ctx, method, cri.FrameOf(in), out); err != nil {
+		return nil, err
+	}
+	return append([]byte(nil), out.Bytes()...), nil
+}
+
+const slowMethod = "/runtime.v1.RuntimeService/ListContainers"
+
+func TestServeDrainsInFlightCalls(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	release := make(chan struct{})
+	backend := rawBackend(t, func(ctx context.Context, method string, in []byte) ([]byte, error) {
+		if method == slowMethod {
+			entered <- struct{}{}
+			start := time.Now()
+			<-release
+			if d := 300*time.Millisecond - time.Since(start); d > 0 {
+				time.Sleep(d) // a slow runtime: at least 300ms
+			}
+		}
+		return append([]byte("done:"), in...), nil
+	})
+	cfg := testConfig(t, backend)
+	cfg.ShutdownTimeout = shim.Duration(10 * time.Second)
+	r := serve(t, cfg, nil)
+	conn := dial(t, r.sock)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := rawCall(ctx, conn, "/runtime.v1.RuntimeService/Version", nil); err != nil {
+		t.Fatalf("not serving: %v", err)
+	}
+
+	type result struct {
+		out []byte
+		err error
+		at  time.Time
+	}
+	resc := make(chan result, 1)
+	go func() {
+		out, err := rawCall(ctx, conn, slowMethod, []byte("x"))
+		resc <- result{out, err, time.Now()}
+	}()
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the slow call did not reach the backend")
+	}
+	r.cancel()
+	// New connections are refused while the call is still in flight.
+	deadline := time.Now().Add(5 * time.Second)
+	for canConnect(r.sock) {
+		if time.Now().After(deadline) {
+			t.Fatal("armorshim still accepts connections while draining")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	refusedAt := time.Now()
+	if _, err := rawCall(ctx, dial(t, r.sock), "/runtime.v1.RuntimeService/Version", nil); status.Code(err) != codes.Unavailable {
+		t.Errorf("a new client while draining: %v, want Unavailable", err)
+	}
+	select {
+	case res := <-resc:
+		t.Fatalf("the in-flight call ended before the backend answered: %q %v", res.out, res.err)
+	case err := <-r.done:
+		t.Fatalf("Serve returned before the in-flight call ended: %v", err)
+	default:
+	}
+	close(release)
+	res := <-resc
+	if res.err != nil || string(res.out) != "done:x" {
+		t.Fatalf("in-flight call during drain: %q, %v", res.out, res.err)
+	}
+	if !res.at.After(refusedAt) {
+		t.Error("the call ended before the listener closed")
+	}
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		r.done <- nil // for the cleanup
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return after the drain")
+	}
+	if _, err := os.Lstat(r.sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket left behind after shutdown: %v", err)
+	}
+}
+
+func TestServeCutsCallsAfterShutdownTimeout(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	backendEnded := make(chan error, 1)
+	backend := rawBackend(t, func(ctx context.Context, method string, in []byte) ([]byte, error) {
+		if method != slowMethod {
+			return nil, nil
+		}
+		entered <- struct{}{}
+		select {
+		case <-ctx.Done():
+			backendEnded <- ctx.Err()
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Second):
+			backendEnded <- errors.New("never cut")
+			return nil, nil
+		}
+	})
+	cfg := testConfig(t, backend)
+	cfg.ShutdownTimeout = shim.Duration(300 * time.Millisecond)
+	r := serve(t, cfg, nil)
+	conn := dial(t, r.sock)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := rawCall(ctx, conn, slowMethod, nil)
+		errc <- err
+	}()
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the slow call did not reach the backend")
+	}
+	start := time.Now()
+	r.cancel()
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		r.done <- nil
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not stop after the shutdown timeout")
+	}
+	took := time.Since(start)
+	if took < 250*time.Millisecond || took > 3*time.Second {
+		t.Errorf("shutdown took %v with a 300ms timeout", took)
+	}
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Error("the call that outlived the shutdown timeout succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the call was not cut")
+	}
+	select {
+	case err := <-backendEnded:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("backend call ended with %v, want cancelled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the backend call was not cancelled")
+	}
+	if _, err := os.Lstat(r.sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket left behind after shutdown: %v", err)
+	}
+}
+
+func writeConfig(t *testing.T, path, body string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const header = "apiVersion: armorshim.io/v1alpha1\nkind: ArmorshimConfiguration\n"
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	deny := apparmor.Profile{Type: apparmor.Localhost, Name: "k8s-apparmor-example-deny-write"}
+	rd := apparmor.Profile{Type: apparmor.RuntimeDefault}
+
+	for _, tc := range []struct {
+		name, body string
+		check      func(t *testing.T, cfg *shim.Config, pol *apparmor.Policy)
+		wantErr    []string // substrings; the file path is always expected
+	}{
+		{name: "minimal", body: header, check: func(t *testing.T, cfg *shim.Config, pol *apparmor.Policy) {
+			def := shim.DefaultConfig()
+			if cfg.Listen != def.Listen || cfg.RuntimeEndpoint != def.RuntimeEndpoint || cfg.Image() != def.RuntimeEndpoint ||
+				cfg.MaxMessageSize != 16<<20 || cfg.Sysfs != "/sys" || cfg.Procfs != "/proc" || time.Duration(cfg.ShutdownTimeout) <= 0 {
+				t.Errorf("defaults not kept: %+v", cfg)
+			}
+			if pol.Disabled || pol.Allowed != nil || pol.Default.Type != apparmor.None {
+				t.Errorf("policy %+v", pol)
+			}
+		}},
+		{name: "full with list", body: header + `listen: unix:///run/x/armorshim.sock
+socketGroup: "4242"
+runtimeEndpoint: unix:///run/containerd/containerd.sock
+imageEndpoint: unix:///run/images.sock
+sysfs: /host/sys
+procfs: /host/proc
+maxMessageSize: 33554432
+shutdownTimeout: 10s
+policy:
+  defaultProfile: runtime/default
+  allowedProfiles:
+  - runtime/default
+  - localhost/k8s-apparmor-example-deny-write
+  requireEnforce: true
+`, check: func(t *testing.T, cfg *shim.Config, pol *apparmor.Policy) {
+			if cfg.Listen != "unix:///run/x/armorshim.sock" || cfg.SocketGroup != "4242" || cfg.ImageEndpoint != "unix:///run/images.sock" ||
+				cfg.Sysfs != "/host/sys" || cfg.Procfs != "/host/proc" || cfg.MaxMessageSize != 32<<20 || time.Duration(cfg.ShutdownTimeout) != 10*time.Second {
+				t.Errorf("config %+v", cfg)
+			}
+			if pol.Default != rd || len(pol.Allowed) != 2 || pol.Allowed[0] != rd || pol.Allowed[1] != deny || !pol.RequireEnforce {
+				t.Errorf("policy %+v", pol)
+			}
+		}},
+		{name: "allowed as comma string", body: header + `policy:
+  allowedProfiles: "runtime/default, localhost/k8s-apparmor-example-deny-write"
+`, check: func(t *testing.T, cfg *shim.Config, pol *apparmor.Policy) {
+			if len(pol.Allowed) != 2 || pol.Allowed[0] != rd || pol.Allowed[1] != deny {
+				t.Errorf("allowed %+v", pol.Allowed)
+			}
+		}},
+		{name: "disabled", body: header + "policy:\n  enabled: false\n", check: func(t *testing.T, cfg *shim.Config, pol *apparmor.Policy) {
+			if !pol.Disabled {
+				t.Errorf("policy %+v", pol)
+			}
+		}},
+		{name: "unknown field", body: header + "listenn: unix:///x.sock\n", wantErr: []string{"listenn"}},
+		{name: "unknown policy field", body: header + "policy:\n  defaultProfil: runtime/default\n", wantErr: []string{"defaultProfil"}},
+		{name: "wrong kind", body: "apiVersion: armorshim.io/v1alpha1\nkind: KubeletConfiguration\n", wantErr: []string{"KubeletConfiguration", "ArmorshimConfiguration"}},
+		{name: "wrong apiVersion", body: "apiVersion: armorshim.io/v9\nkind: ArmorshimConfiguration\n", wantErr: []string{"armorshim.io/v9"}},
+		{name: "no header", body: "listen: unix:///x.sock\n", wantErr: []string{"apiVersion"}},
+		{name: "invalid defaultProfile", body: header + "policy:\n  defaultProfile: foo/bar\n", wantErr: []string{"defaultProfile", "foo/bar"}},
+		{name: "invalid allowed profile", body: header + "policy:\n  allowedProfiles: [runtime/default, 'localhost/ padded']\n", wantErr: []string{"allowedProfiles"}},
+		{name: "default not allowed", body: header + `policy:
+  defaultProfile: localhost/k8s-apparmor-example-allow-write
+  allowedProfiles: [runtime/default, localhost/k8s-apparmor-example-deny-write]
+`, wantErr: []string{"k8s-apparmor-example-allow-write", "allowedProfiles"}},
+		{name: "bad duration", body: header + "shutdownTimeout: 30\n", wantErr: []string{"shutdownTimeout", "30s"}},
+		{name: "bad nested duration", body: header + "profiles:\n  syncInterval: 2x\n", wantErr: []string{"profiles.syncInterval", `"2x"`}},
+		{name: "small maxMessageSize", body: header + "maxMessageSize: 1024\n", wantErr: []string{"maxMessageSize"}},
+		{name: "not yaml", body: header + "policy: [\n", wantErr: []string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yaml")
+			writeConfig(t, path, tc.body)
+			cfg, err := shim.LoadConfig(path)
+			if tc.wantErr != nil {
+				if err == nil {
+					t.Fatalf("no error; config %+v", cfg)
+				}
+				for _, want := range append(tc.wantErr, path) {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error %q does not mention %q", err, want)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			pol, err := cfg.Validate()
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, cfg, pol)
+		})
+	}
+	if _, err := shim.LoadConfig(filepath.Join(dir, "missing.yaml")); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+// A reload with a bad configuration keeps the policy in force; a good one
+// replaces it. Observed through CreateContainer decisions of the running
+// server, against the cri-client fake runtime.
+func TestReloadKeepsPolicyOnBadConfig(t *testing.T) {
+	backend := filepath.Join(sockDir(t), "backend.sock")
+	f := fake.NewFakeRemoteRuntime()
+	if err := f.Start("unix://" + backend); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Stop)
+
+	sysfs := t.TempDir()
+	for rel, data := range map[string]string{
+		"module/apparmor/parameters/enabled": "Y\n",
+		"kernel/security/apparmor/profiles":  "k8s-apparmor-example-deny-write (enforce)\nk8s-apparmor-example-allow-write (enforce)\n",
+		"kernel/security/apparmor/revision":  "1\n",
+	} {
+		p := filepath.Join(sysfs, rel)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		writeConfig(t, p, data)
+	}
+	listen := "unix://" + filepath.Join(sockDir(t), "armorshim.sock")
+	base := header + fmt.Sprintf("listen: %s\nruntimeEndpoint: unix://%s\nsysfs: %s\nprocfs: %s\n", listen, backend, sysfs, t.TempDir()) +
+		// Never touch the host's profile directory or NFD's features.d.
+		"profiles:\n  directory: \"\"\nnodeFeatures:\n  directory: \"\"\n"
+	path := filepath.Join(t.TempDir(), "armorshim.yaml")
+	writeConfig(t, path, base+"policy:\n  allowedProfiles: [localhost/k8s-apparmor-example-deny-write]\n")
+	cfg, err := shim.LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reloadFrom func() (*shim.Config, error) // nil: the file
+	r := serve(t, cfg, func() (*shim.Config, error) {
+		if reloadFrom != nil {
+			return reloadFrom()
+		}
+		return shim.LoadConfig(path)
+	})
+	rt := runtimeapi.NewRuntimeServiceClient(dial(t, r.sock))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	pod := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "hello-apparmor", Namespace: "default"}}
+	sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: pod})
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := func(profile string) error {
+		_, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+			PodSandboxId: sb.PodSandboxId, SandboxConfig: pod,
+			Config: &runtimeapi.ContainerConfig{
+				Metadata: &runtimeapi.ContainerMetadata{Name: "hello"},
+				Image:    &runtimeapi.ImageSpec{Image: "busybox"},
+				Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+					Apparmor: &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: profile},
+				}},
+			},
+		})
+		return err
+	}
+	expectOldPolicy := func(when string) {
+		t.Helper()
+		if err := create("k8s-apparmor-example-deny-write"); err != nil {
+			t.Errorf("%s: allowed profile refused: %v", when, err)
+		}
+		if err := create("k8s-apparmor-example-allow-write"); status.Code(err) != codes.PermissionDenied || !strings.HasPrefix(status.Convert(err).Message(), "Forbidden: ") {
+			t.Errorf("%s: profile outside allowedProfiles: %v, want PermissionDenied Forbidden", when, err)
+		}
+	}
+	expectOldPolicy("before reload")
+
+	for name, body := range map[string]string{
+		"unknown field":       base + "policy:\n  allowedProfile: [localhost/k8s-apparmor-example-allow-write]\n",
+		"default not allowed": base + "policy:\n  defaultProfile: localhost/k8s-apparmor-example-allow-write\n  allowedProfiles: [localhost/k8s-apparmor-example-deny-write]\n",
+		"invalid profile":     base + "policy:\n  allowedProfiles: [foo/bar]\n",
+		"wrong kind":          strings.Replace(base, "ArmorshimConfiguration", "Other", 1),
+	} {
+		writeConfig(t, path, body)
+		if err := r.srv.Reload(); err == nil {
+			t.Errorf("reload with %s: no error", name)
+		}
+		expectOldPolicy("after a reload with " + name)
+	}
+
+	// A configuration that loads but does not validate (Reload must check
+	// it itself, not trust its source).
+	reloadFrom = func() (*shim.Config, error) {
+		bad := *cfg
+		bad.Policy = shim.PolicyConfig{DefaultProfile: "foo/bar"}
+		return &bad, nil
+	}
+	if err := r.srv.Reload(); err == nil {
+		t.Error("reload with an invalid policy object: no error")
+	}
+	expectOldPolicy("after a reload with an invalid policy object")
+	reloadFrom = nil
+
+	// A good file takes effect without a restart.
+	writeConfig(t, path, base+"policy:\n  allowedProfiles: [localhost/k8s-apparmor-example-allow-write]\n")
+	if err := r.srv.Reload(); err != nil {
+		t.Fatalf("good reload: %v", err)
+	}
+	if err := create("k8s-apparmor-example-allow-write"); err != nil {
+		t.Errorf("after a good reload: %v", err)
+	}
+	if err := create("k8s-apparmor-example-deny-write"); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("after a good reload: %v, want PermissionDenied", err)
+	}
+	n := 0
+	for _, c := range f.RuntimeService.GetCalls() {
+		if c == "CreateContainer" {
+			n++
+		}
+	}
+	if want := 7; n != want { // six accepted before and after the bad reloads, one after the good
+		t.Errorf("the fake runtime got %d CreateContainer calls, want %d", n, want)
+	}
+}
