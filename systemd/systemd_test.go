@@ -12,8 +12,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/cri-client/pkg/fake"
 	"sigs.k8s.io/yaml"
 
 	"github.com/armorshim/armorshim/shim"
@@ -262,5 +266,94 @@ func TestUnitsVerify(t *testing.T) {
 	}
 	if len(problems) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, strings.Join(problems, "\n"))
+	}
+}
+
+// TestReloadOnSIGHUP runs the binary under a notify socket with a config
+// file: SIGHUP re-reads the policy (RELOADING=1, then READY=1), a bad file
+// keeps the policy in force.
+func TestReloadOnSIGHUP(t *testing.T) {
+	dir := shortTemp(t)
+	bin := filepath.Join(dir, "armorshim")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/armorshim").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	backend := filepath.Join(dir, "containerd.sock")
+	rt := fake.NewFakeRemoteRuntime()
+	if err := rt.Start("unix://" + backend); err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Stop()
+	sock := filepath.Join(dir, "armorshim.sock")
+	config := filepath.Join(dir, "config.yaml")
+	writePolicy := func(policy string) {
+		t.Helper()
+		body := "apiVersion: armorshim.io/v1alpha1\nkind: ArmorshimConfiguration\nlisten: unix://" + sock +
+			"\nruntimeEndpoint: unix://" + backend + "\nprofiles: {directory: \"\"}\nnodeFeatures: {directory: \"\"}\npolicy:\n" + policy
+		if err := os.WriteFile(config, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writePolicy("  enabled: false\n")
+	ch := notifySocket(t)
+	cmd := exec.Command(bin, "serve", "--config", config)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	expect := func(prefix string) {
+		t.Helper()
+		select {
+		case got := <-ch:
+			if !strings.HasPrefix(got, prefix) {
+				t.Fatalf("notification %q, want %s", got, prefix)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no %s notification", prefix)
+		}
+	}
+	expect("READY=1")
+
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := runtimeapi.NewRuntimeServiceClient(conn)
+	create := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := client.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+			PodSandboxId:  "sb",
+			SandboxConfig: &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "p", Namespace: "default"}},
+			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "c"}, Image: &runtimeapi.ImageSpec{Image: "busybox"},
+				Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+					Apparmor: &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}}}},
+		})
+		return err
+	}
+	if err := create(); status.Code(err) != codes.PermissionDenied || !strings.HasPrefix(status.Convert(err).Message(), "Forbidden: ") {
+		t.Fatalf("AppArmor switched off: %v", err)
+	}
+
+	writePolicy("  enabled: true\n")
+	cmd.Process.Signal(syscall.SIGHUP)
+	expect("RELOADING=1")
+	expect("READY=1")
+	if err := create(); err != nil {
+		t.Fatalf("after reload to enabled: %v", err)
+	}
+
+	writePolicy("  enabled: maybe\n")
+	cmd.Process.Signal(syscall.SIGHUP)
+	expect("RELOADING=1")
+	expect("READY=1")
+	if err := create(); err != nil {
+		t.Fatalf("a bad file replaced the policy: %v", err)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v", err)
 	}
 }
