@@ -2,11 +2,13 @@ package systemd_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -176,10 +178,7 @@ func TestNotify(t *testing.T) {
 // READY=1 must come once it serves on it.
 func TestSocketActivation(t *testing.T) {
 	dir := shortTemp(t)
-	bin := filepath.Join(dir, "armorshim")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/armorshim").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := armorshimBinary(t)
 	sock := filepath.Join(dir, "armorshim.sock")
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
@@ -240,10 +239,7 @@ func TestUnitsVerify(t *testing.T) {
 		t.Skip("systemd-analyze not installed (apt-get install systemd)")
 	}
 	dir := shortTemp(t)
-	bin := filepath.Join(dir, "armorshim")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/armorshim").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := armorshimBinary(t)
 	for _, name := range []string{"armorshim.service", "armorshim.socket"} {
 		data, err := os.ReadFile(name)
 		if err != nil {
@@ -274,10 +270,7 @@ func TestUnitsVerify(t *testing.T) {
 // keeps the policy in force.
 func TestReloadOnSIGHUP(t *testing.T) {
 	dir := shortTemp(t)
-	bin := filepath.Join(dir, "armorshim")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/armorshim").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := armorshimBinary(t)
 	backend := filepath.Join(dir, "containerd.sock")
 	rt := fake.NewFakeRemoteRuntime()
 	if err := rt.Start("unix://" + backend); err != nil {
@@ -356,4 +349,38 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("exit: %v", err)
 	}
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// armorshimBinary builds cmd/armorshim once for the package's tests.
+func armorshimBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "armorshim-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "armorshim")
+		if out, err := exec.Command("go", "build", "-o", builtBin, "../cmd/armorshim").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtBin != "" {
+		os.RemoveAll(filepath.Dir(builtBin))
+	}
+	os.Exit(code)
 }
