@@ -1,0 +1,153 @@
+package host
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Denial is one AppArmor denial from the kernel's audit log.
+type Denial struct {
+	Operation  string // e.g. "open", "mkdir", "exec"
+	Profile    string // the profile that denied
+	Name       string // the object, e.g. "/tmp/test"
+	Class      string // e.g. "file", "net"
+	Comm       string
+	Pid        int
+	DeniedMask string
+}
+
+// ParseDenial parses a kernel log line or /dev/kmsg record holding an
+// AppArmor audit message. It reports false for anything but a denial.
+func ParseDenial(line string) (Denial, bool) {
+	i := strings.Index(line, `apparmor="DENIED"`)
+	if i < 0 {
+		return Denial{}, false
+	}
+	fields := auditFields(line[i:])
+	d := Denial{
+		Operation:  fields["operation"],
+		Profile:    fields["profile"],
+		Name:       fields["name"],
+		Class:      fields["class"],
+		Comm:       fields["comm"],
+		DeniedMask: fields["denied_mask"],
+	}
+	pid, err := strconv.Atoi(fields["pid"])
+	if err != nil || d.Profile == "" {
+		return Denial{}, false
+	}
+	d.Pid = pid
+	return d, true
+}
+
+// untrusted are the fields the kernel hex-encodes (unquoted) when they
+// hold spaces, quotes or control characters.
+var untrusted = map[string]bool{"profile": true, "name": true, "comm": true, "target": true, "peer": true, "name2": true}
+
+// auditFields splits key=value pairs; values are "quoted", hex (for
+// untrusted strings) or bare.
+func auditFields(s string) map[string]string {
+	out := map[string]string{}
+	for len(s) > 0 {
+		s = strings.TrimLeft(s, " \n")
+		eq := strings.IndexByte(s, '=')
+		if eq < 0 {
+			break
+		}
+		key := s[:eq]
+		if sp := strings.LastIndexByte(key, ' '); sp >= 0 {
+			key = key[sp+1:]
+		}
+		s = s[eq+1:]
+		var val string
+		if strings.HasPrefix(s, `"`) {
+			end := strings.IndexByte(s[1:], '"')
+			if end < 0 {
+				val, s = s[1:], ""
+			} else {
+				val, s = s[1:end+1], s[end+2:]
+			}
+		} else {
+			end := strings.IndexAny(s, " \n")
+			if end < 0 {
+				end = len(s)
+			}
+			val, s = s[:end], s[end:]
+			if untrusted[key] {
+				if b, err := hex.DecodeString(val); err == nil {
+					val = string(b)
+				}
+			}
+		}
+		if _, dup := out[key]; !dup {
+			out[key] = val
+		}
+	}
+	return out
+}
+
+// FollowStats counts what FollowDenials saw.
+type FollowStats struct {
+	Records  uint64 // kernel log records read
+	Overruns uint64 // times the kernel overwrote records before we read them
+}
+
+// FollowDenials reads kernel log records from r — /dev/kmsg opened
+// non-blocking and positioned at its end, or any reader of recorded lines —
+// and calls fn for each AppArmor denial until ctx ends or r is exhausted
+// (io.EOF returns nil). An overrun (EPIPE from /dev/kmsg) loses records but
+// does not stop it.
+func FollowDenials(ctx context.Context, r io.Reader, stats *FollowStats, fn func(Denial)) error {
+	buf := make([]byte, 64<<10)
+	var partial string
+	for ctx.Err() == nil {
+		n, err := r.Read(buf)
+		if n > 0 {
+			// /dev/kmsg returns one record per read; recorded text may hold
+			// many lines. A record's continuation lines start with a space.
+			chunk := partial + string(buf[:n])
+			last := strings.LastIndexByte(chunk, '\n')
+			partial = chunk[last+1:]
+			for _, line := range strings.Split(chunk[:last+1], "\n") {
+				if line == "" || line[0] == ' ' {
+					continue
+				}
+				stats.Records++
+				if d, ok := ParseDenial(line); ok {
+					fn(d)
+				}
+			}
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, syscall.EPIPE):
+			stats.Overruns++
+		case errors.Is(err, io.EOF):
+			return nil
+		case errors.Is(err, os.ErrClosed) && ctx.Err() != nil:
+			return nil
+		default:
+			return err
+		}
+	}
+	return nil
+}
+
+// OpenKmsg opens the kernel log for following from now on.
+func OpenKmsg(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Seek(0, io.SeekEnd); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}

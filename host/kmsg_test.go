@@ -1,0 +1,110 @@
+package host
+
+import (
+	"context"
+	"io"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// Records as the 6.1 kernel writes them to /dev/kmsg and dmesg.
+const (
+	touchDenied   = `5,1893,58125716,-;audit: type=1400 audit(1764121000.713:97): apparmor="DENIED" operation="mknod" class="file" profile="k8s-apparmor-example-deny-write" name="/tmp/test" pid=4242 comm="touch" requested_mask="c" denied_mask="c" fsuid=0 ouid=0`
+	dmesgDenied   = `[  58.125716] audit: type=1400 audit(1764121000.713:98): apparmor="DENIED" operation="open" class="file" profile="k8s-apparmor-example-deny-write" name="/etc/shadow" pid=4300 comm="cat" requested_mask="r" denied_mask="r" fsuid=0 ouid=0`
+	hexDenied     = `5,1900,58200000,-;audit: type=1400 audit(1764121001.000:99): apparmor="DENIED" operation="open" class="file" profile=6B38732070726F66696C65 name=2F746D702F6120622F6322 pid=77 comm=6D7920636F6D6D requested_mask="w" denied_mask="w" fsuid=0 ouid=0`
+	netDenied     = `5,1901,58300000,-;audit: type=1400 audit(1764121002.000:100): apparmor="DENIED" operation="create" class="net" profile="cri-containerd.apparmor.d" pid=88 comm="ping" family="inet" sock_type="raw" protocol=1 requested_mask="create" denied_mask="create"`
+	complainAllow = `5,1902,58400000,-;audit: type=1400 audit(1764121003.000:101): apparmor="ALLOWED" operation="open" class="file" profile="k8s-nginx" name="/tmp/x" pid=99 comm="nginx" requested_mask="w" denied_mask="w" fsuid=0 ouid=0`
+	profileLoad   = `5,1903,58500000,-;audit: type=1400 audit(1764121004.000:102): apparmor="STATUS" operation="profile_load" profile="unconfined" name="k8s-apparmor-example-deny-write" pid=1000 comm="apparmor_parser"`
+	notAudit      = `6,1904,58600000,-;eth0: link up`
+)
+
+func TestParseDenial(t *testing.T) {
+	for _, c := range []struct {
+		line string
+		ok   bool
+		want Denial
+	}{
+		{touchDenied, true, Denial{Operation: "mknod", Profile: "k8s-apparmor-example-deny-write", Name: "/tmp/test", Class: "file", Comm: "touch", Pid: 4242, DeniedMask: "c"}},
+		{dmesgDenied, true, Denial{Operation: "open", Profile: "k8s-apparmor-example-deny-write", Name: "/etc/shadow", Class: "file", Comm: "cat", Pid: 4300, DeniedMask: "r"}},
+		{hexDenied, true, Denial{Operation: "open", Profile: "k8s profile", Name: `/tmp/a b/c"`, Class: "file", Comm: "my comm", Pid: 77, DeniedMask: "w"}},
+		{netDenied, true, Denial{Operation: "create", Profile: "cri-containerd.apparmor.d", Class: "net", Comm: "ping", Pid: 88, DeniedMask: "create"}},
+		{complainAllow, false, Denial{}},
+		{profileLoad, false, Denial{}},
+		{notAudit, false, Denial{}},
+		{`apparmor="DENIED" operation="open" profile="p" pid=notanumber`, false, Denial{}},
+		{`apparmor="DENIED" operation="open" pid=5`, false, Denial{}},
+		{``, false, Denial{}},
+	} {
+		got, ok := ParseDenial(c.line)
+		if ok != c.ok || got != c.want {
+			t.Errorf("ParseDenial(%.60q...) = %+v, %t; want %+v, %t", c.line, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+// chunks hands out one chunk per Read, like /dev/kmsg hands out a record,
+// with an injected error after some of them.
+type chunks struct {
+	items []string
+	errs  map[int]error
+	i     int
+}
+
+func (c *chunks) Read(p []byte) (int, error) {
+	if c.i >= len(c.items) {
+		return 0, io.EOF
+	}
+	i := c.i
+	c.i++
+	n := copy(p, c.items[i])
+	return n, c.errs[i]
+}
+
+func TestFollowDenials(t *testing.T) {
+	// Each Read one record, as from /dev/kmsg, with an overrun in between.
+	src := &chunks{
+		items: []string{touchDenied + "\n", notAudit + "\n", "", complainAllow + "\n SUBSYSTEM=audit\n", netDenied + "\n"},
+		errs:  map[int]error{2: syscall.EPIPE},
+	}
+	var stats FollowStats
+	var got []Denial
+	if err := FollowDenials(context.Background(), src, &stats, func(d Denial) { got = append(got, d) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Pid != 4242 || got[1].Comm != "ping" {
+		t.Fatalf("denials = %+v", got)
+	}
+	if stats.Overruns != 1 || stats.Records != 4 {
+		t.Errorf("stats = %+v, want 4 records and 1 overrun", stats)
+	}
+
+	// Recorded text: many records per read, split anywhere.
+	text := strings.Join([]string{dmesgDenied, profileLoad, hexDenied, touchDenied}, "\n") + "\n"
+	src = &chunks{items: []string{text[:100], text[100:333], text[333:]}}
+	got, stats = nil, FollowStats{}
+	if err := FollowDenials(context.Background(), src, &stats, func(d Denial) { got = append(got, d) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[0].Pid != 4300 || got[1].Profile != "k8s profile" || got[2].Pid != 4242 {
+		t.Fatalf("denials from split text = %+v", got)
+	}
+
+	// Any other read error ends it.
+	src = &chunks{items: []string{""}, errs: map[int]error{0: syscall.EIO}}
+	if err := FollowDenials(context.Background(), src, &stats, func(Denial) {}); err == nil {
+		t.Error("EIO did not end the follower")
+	}
+}
+
+func FuzzParseDenial(f *testing.F) {
+	for _, s := range []string{touchDenied, dmesgDenied, hexDenied, netDenied, complainAllow, profileLoad, notAudit} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		d, ok := ParseDenial(line)
+		if ok && (d.Profile == "" || !strings.Contains(line, `apparmor="DENIED"`)) {
+			t.Fatalf("accepted %q as %+v", line, d)
+		}
+	})
+}
