@@ -1,8 +1,9 @@
 package cri
 
 import (
-	"context"
 	"errors"
+
+	"google.golang.org/grpc"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -14,13 +15,33 @@ import (
 )
 
 // createContainer decides the AppArmor confinement of a CreateContainer
-// request. It returns the frame to forward (the original bytes when the
-// decision changed nothing) or the refusal to return.
-func (p *Proxy) createContainer(_ context.Context, in *Frame) (*Frame, error) {
+// request, then forwards it (the original bytes when the decision changed
+// nothing) or returns the refusal.
+func (p *Proxy) createContainer(ss grpc.ServerStream, conn grpc.ClientConnInterface, in *Frame) error {
+	in, req, dec, err := p.decideCreate(in)
+	if err != nil {
+		return err
+	}
+	out, err := invokeUnary(ss, conn, CreateContainerMethod, in)
+	if err != nil {
+		return err
+	}
+	if p.attest != nil {
+		resp := &runtimeapi.CreateContainerResponse{}
+		if err := proto.Unmarshal(out.Bytes(), resp); err == nil {
+			p.attest.remember(resp.ContainerId, dec.Profile, req, p.policy.Load())
+		}
+	}
+	return ss.SendMsg(out)
+}
+
+// decideCreate returns the frame to forward, with the decoded request and
+// the decision, or the refusal.
+func (p *Proxy) decideCreate(in *Frame) (*Frame, *runtimeapi.CreateContainerRequest, apparmor.Decision, error) {
 	req := &runtimeapi.CreateContainerRequest{}
 	if err := proto.Unmarshal(in.Bytes(), req); err != nil {
 		in.Free()
-		return nil, status.Errorf(codes.InvalidArgument, "armorshim: cannot decode CreateContainerRequest: %v", err)
+		return nil, nil, apparmor.Decision{}, status.Errorf(codes.InvalidArgument, "armorshim: cannot decode CreateContainerRequest: %v", err)
 	}
 	dec, err := apparmor.Decide(req, p.host, p.policy.Load())
 	if err != nil {
@@ -33,7 +54,7 @@ func (p *Proxy) createContainer(_ context.Context, in *Frame) (*Frame, error) {
 				"pod", klog.KRef(r.Target.Namespace, r.Target.Pod), "container", r.Target.Container,
 				"profile", r.Profile, "reason", r.Reason, "cause", r.Cause, "message", r.Message)
 		}
-		return nil, err
+		return nil, nil, apparmor.Decision{}, err
 	}
 	p.metrics.observeDecision("forwarded", "", dec.Profile.Type.String())
 	if dec.Profile.Type != apparmor.None {
@@ -42,12 +63,12 @@ func (p *Proxy) createContainer(_ context.Context, in *Frame) (*Frame, error) {
 			"container", t.Container, "profile", dec.Profile.String(), "source", string(dec.Source))
 	}
 	if !dec.Modified {
-		return in, nil
+		return in, req, dec, nil
 	}
 	in.Free()
 	b, err := proto.Marshal(req)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "armorshim: cannot encode CreateContainerRequest: %v", err)
+		return nil, nil, apparmor.Decision{}, status.Errorf(codes.Internal, "armorshim: cannot encode CreateContainerRequest: %v", err)
 	}
-	return FrameOf(b), nil
+	return FrameOf(b), req, dec, nil
 }

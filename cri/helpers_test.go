@@ -304,6 +304,8 @@ func startArmorshim(t *testing.T, backendSock string, sysfs *fakeSysfs, mutate f
 	// Never touch the host's profile directory or NFD's features.d.
 	cfg.Profiles.Directory = ""
 	cfg.NodeFeatures.Directory = ""
+	// Start attestation adds a ContainerStatus call; its own tests turn it on.
+	cfg.Attestation.Mode = "off"
 	if mutate != nil {
 		mutate(cfg)
 	}

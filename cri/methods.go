@@ -7,8 +7,11 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// CreateContainerMethod is the one method armorshim decodes.
+// CreateContainerMethod is the method armorshim always decodes.
 const CreateContainerMethod = "/runtime.v1.RuntimeService/CreateContainer"
+
+// StartContainerMethod is decoded when start attestation is on.
+const StartContainerMethod = "/runtime.v1.RuntimeService/StartContainer"
 
 const imageServicePrefix = "/runtime.v1.ImageService/"
 

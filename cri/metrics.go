@@ -13,6 +13,7 @@ type Metrics struct {
 	calls     *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	decisions *prometheus.CounterVec
+	attests   *prometheus.CounterVec
 }
 
 // NewMetrics registers the proxy's metrics with reg.
@@ -31,8 +32,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "armorshim_create_container_decisions_total",
 			Help: "CreateContainer AppArmor decisions, by outcome (forwarded, refused), reason (Blocked, Forbidden, InvalidProfile) and cause (of a refusal; for a forwarded call, the profile type).",
 		}, []string{"outcome", "reason", "cause"}),
+		attests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "armorshim_start_attestations_total",
+			Help: "StartContainer confinement attestations, by outcome (attested, mismatch, unattested, skipped).",
+		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.calls, m.latency, m.decisions)
+	reg.MustRegister(m.calls, m.latency, m.decisions, m.attests)
 	return m
 }
 
@@ -52,4 +57,11 @@ func (m *Metrics) observeDecision(outcome, reason, cause string) {
 		return
 	}
 	m.decisions.WithLabelValues(outcome, reason, cause).Inc()
+}
+
+func (m *Metrics) observeAttestation(outcome string) {
+	if m == nil {
+		return
+	}
+	m.attests.WithLabelValues(outcome).Inc()
 }

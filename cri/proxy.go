@@ -23,6 +23,7 @@ type Proxy struct {
 	host    apparmor.Host
 	policy  atomic.Pointer[apparmor.Policy]
 	metrics *Metrics
+	attest  *attestor
 }
 
 // Option configures a Proxy.
@@ -82,11 +83,11 @@ func (p *Proxy) handle(ss grpc.ServerStream, method string) error {
 		if err := ss.RecvMsg(in); err != nil {
 			return err
 		}
-		if method == CreateContainerMethod {
-			var err error
-			if in, err = p.createContainer(ss.Context(), in); err != nil {
-				return err
-			}
+		switch {
+		case method == CreateContainerMethod:
+			return p.createContainer(ss, conn, in)
+		case method == StartContainerMethod && p.attest != nil:
+			return p.startContainer(ss, conn, in)
 		}
 		return forwardUnary(ss, conn, method, in)
 	case ServerStream:
@@ -111,6 +112,16 @@ func outgoing(ctx context.Context) context.Context {
 }
 
 func forwardUnary(ss grpc.ServerStream, conn grpc.ClientConnInterface, method string, in *Frame) error {
+	out, err := invokeUnary(ss, conn, method, in)
+	if err != nil {
+		return err
+	}
+	return ss.SendMsg(out)
+}
+
+// invokeUnary calls the backend and passes its header and trailer to the
+// caller; the response is the caller's to send or free.
+func invokeUnary(ss grpc.ServerStream, conn grpc.ClientConnInterface, method string, in *Frame) (*Frame, error) {
 	var header, trailer metadata.MD
 	out := new(Frame)
 	err := conn.Invoke(outgoing(ss.Context()), method, in, out, grpc.Header(&header), grpc.Trailer(&trailer))
@@ -122,9 +133,9 @@ func forwardUnary(ss grpc.ServerStream, conn grpc.ClientConnInterface, method st
 	ss.SetTrailer(trailer)
 	if err != nil {
 		out.Free()
-		return err
+		return nil, err
 	}
-	return ss.SendMsg(out)
+	return out, nil
 }
 
 // forwardStream relays a server-streaming call, or with duplex any call of

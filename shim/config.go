@@ -51,6 +51,18 @@ type Config struct {
 
 	Profiles     ProfilesConfig     `json:"profiles,omitempty"`
 	NodeFeatures NodeFeaturesConfig `json:"nodeFeatures,omitempty"`
+	Attestation  AttestationConfig  `json:"attestation,omitempty"`
+}
+
+// AttestationConfig is the check, after StartContainer, that a container's
+// process runs under the confinement decided at CreateContainer.
+type AttestationConfig struct {
+	// Mode: enforce stops a mismatched container and fails StartContainer;
+	// report only logs and counts; off skips the check.
+	Mode string `json:"mode,omitempty"`
+	// RuntimeDefaultProfile is the profile the runtime applies for
+	// runtime/default (containerd: cri-containerd.apparmor.d).
+	RuntimeDefaultProfile string `json:"runtimeDefaultProfile,omitempty"`
 }
 
 // ProfilesConfig is the profile directory armorshim keeps loaded.
@@ -108,6 +120,10 @@ func DefaultConfig() *Config {
 			Directory: "/etc/kubernetes/node-feature-discovery/features.d",
 			Expiry:    Duration(time.Hour),
 		},
+		Attestation: AttestationConfig{
+			Mode:                  "enforce",
+			RuntimeDefaultProfile: "cri-containerd.apparmor.d",
+		},
 	}
 }
 
@@ -162,6 +178,11 @@ func (c *Config) Validate() (*apparmor.Policy, error) {
 	}
 	if c.NodeFeatures.Directory != "" && c.NodeFeatures.Expiry < Duration(time.Minute) {
 		return nil, fmt.Errorf("nodeFeatures.expiry: must be at least 1m")
+	}
+	switch c.Attestation.Mode {
+	case "enforce", "report", "off":
+	default:
+		return nil, fmt.Errorf("attestation.mode: %q is not enforce, report or off", c.Attestation.Mode)
 	}
 	if c.ShutdownTimeout < 0 {
 		return nil, fmt.Errorf("shutdownTimeout: must not be negative")

@@ -58,7 +58,13 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 	if s.loader = newLoader(cfg.Profiles, s.host); s.loader != nil {
 		registerLoaderMetrics(s.obs.reg, s.loader)
 	}
-	s.proxy = cri.New(s.runtime, s.image, s.host, pol, cri.WithMetrics(cri.NewMetrics(s.obs.reg)))
+	opts := []cri.Option{cri.WithMetrics(cri.NewMetrics(s.obs.reg))}
+	if cfg.Attestation.Mode != "off" {
+		opts = append(opts, cri.WithAttestation(cri.Attestation{
+			Mode: cfg.Attestation.Mode, RuntimeDefault: cfg.Attestation.RuntimeDefaultProfile, Processes: s.host,
+		}))
+	}
+	s.proxy = cri.New(s.runtime, s.image, s.host, pol, opts...)
 	s.grpc = grpc.NewServer(
 		grpc.UnknownServiceHandler(s.proxy.Handle),
 		grpc.ForceServerCodecV2(cri.Codec{}),
@@ -182,6 +188,7 @@ func (c *Config) restartFields(n *Config) []string {
 		"metricsAddress":  c.MetricsAddress != n.MetricsAddress,
 		"profiles":        c.Profiles != n.Profiles,
 		"nodeFeatures":    c.NodeFeatures != n.NodeFeatures,
+		"attestation":     c.Attestation != n.Attestation,
 	} {
 		if changed {
 			out = append(out, name)

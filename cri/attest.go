@@ -1,0 +1,177 @@
+package cri
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/armorshim/armorshim/apparmor"
+)
+
+// Attestation modes.
+const (
+	AttestEnforce = "enforce" // a mismatch stops the container and fails StartContainer
+	AttestReport  = "report"  // a mismatch is logged and counted only
+)
+
+// Processes reads a process's confinement once it runs the container's
+// command (host.Reader).
+type Processes interface {
+	SettledConfinement(pid int, wait time.Duration) (string, error)
+}
+
+// Attestation configures start attestation.
+type Attestation struct {
+	Mode string
+	// RuntimeDefault is the runtime's default profile name
+	// (containerd: cri-containerd.apparmor.d).
+	RuntimeDefault string
+	Processes      Processes
+}
+
+// WithAttestation checks, when StartContainer succeeds and before it
+// returns, that the container's process runs under the confinement decided
+// at CreateContainer.
+func WithAttestation(a Attestation) Option {
+	return func(p *Proxy) { p.attest = &attestor{Attestation: a, expect: map[string]apparmor.Expectation{}} }
+}
+
+// maxRemembered bounds the expectations of created, not yet started
+// containers; past it the oldest is derived again from the runtime.
+const maxRemembered = 10000
+
+type attestor struct {
+	Attestation
+	mu     sync.Mutex
+	expect map[string]apparmor.Expectation
+	order  []string
+}
+
+func (a *attestor) remember(id string, p apparmor.Profile, req *runtimeapi.CreateContainerRequest, pol *apparmor.Policy) {
+	exp, ok := apparmor.Expect(p, req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged(), a.RuntimeDefault, pol)
+	if !ok || id == "" {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.order) >= maxRemembered {
+		delete(a.expect, a.order[0])
+		a.order = a.order[1:]
+	}
+	a.expect[id] = exp
+	a.order = append(a.order, id)
+}
+
+func (a *attestor) take(id string) (apparmor.Expectation, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	exp, ok := a.expect[id]
+	if ok {
+		delete(a.expect, id)
+		for i, o := range a.order {
+			if o == id {
+				a.order = append(a.order[:i], a.order[i+1:]...)
+				break
+			}
+		}
+	}
+	return exp, ok
+}
+
+// containerInfo is the part of containerd's verbose ContainerStatus info
+// armorshim reads.
+type containerInfo struct {
+	Pid    int                         `json:"pid"`
+	Config *runtimeapi.ContainerConfig `json:"config"`
+}
+
+// startContainer forwards StartContainer and, once the runtime started the
+// container, attests its confinement.
+func (p *Proxy) startContainer(ss grpc.ServerStream, conn grpc.ClientConnInterface, in *Frame) error {
+	req := &runtimeapi.StartContainerRequest{}
+	if err := proto.Unmarshal(in.Bytes(), req); err != nil {
+		in.Free()
+		return status.Errorf(codes.InvalidArgument, "armorshim: cannot decode StartContainerRequest: %v", err)
+	}
+	out, err := invokeUnary(ss, conn, StartContainerMethod, in)
+	if err != nil {
+		return err
+	}
+	if snap := p.host.Snapshot(); snap.Err != nil || !snap.Enabled {
+		p.attest.take(req.ContainerId)
+		p.metrics.observeAttestation("skipped")
+		return ss.SendMsg(out)
+	}
+	if mismatch := p.attestStart(ss.Context(), req.ContainerId); mismatch != "" {
+		p.metrics.observeAttestation("mismatch")
+		klog.InfoS("Container confinement mismatch", "containerID", req.ContainerId, "mode", p.attest.Mode, "mismatch", mismatch)
+		if p.attest.Mode == AttestEnforce {
+			out.Free()
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ss.Context()), 30*time.Second)
+			defer cancel()
+			if _, err := runtimeapi.NewRuntimeServiceClient(p.runtime).StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: req.ContainerId}); err != nil {
+				klog.ErrorS(err, "Stopping the mismatched container failed", "containerID", req.ContainerId)
+			}
+			return status.Error(codes.FailedPrecondition, "Blocked: AppArmor confinement mismatch: "+mismatch)
+		}
+	}
+	return ss.SendMsg(out)
+}
+
+// attestStart compares the started container's confinement with what was
+// decided for it and returns the difference, or "".
+func (p *Proxy) attestStart(ctx context.Context, id string) string {
+	exp, known := p.attest.take(id)
+	resp, err := runtimeapi.NewRuntimeServiceClient(p.runtime).ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true})
+	if err != nil {
+		klog.V(2).InfoS("Cannot attest: no container status", "containerID", id, "err", err)
+		p.metrics.observeAttestation("unattested")
+		return ""
+	}
+	var info containerInfo
+	if err := json.Unmarshal([]byte(resp.GetInfo()["info"]), &info); err != nil || info.Pid <= 0 {
+		klog.V(2).InfoS("Cannot attest: the runtime reports no process", "containerID", id)
+		p.metrics.observeAttestation("unattested")
+		return ""
+	}
+	if !known {
+		// Created before armorshim started: derive it from the runtime's
+		// copy of the container config.
+		if exp, known = p.expectFromConfig(info.Config); !known {
+			p.metrics.observeAttestation("unattested")
+			return ""
+		}
+	}
+	label, err := p.attest.Processes.SettledConfinement(info.Pid, time.Second)
+	if err != nil {
+		klog.V(2).InfoS("Cannot attest: the process is gone", "containerID", id, "pid", info.Pid, "err", err)
+		p.metrics.observeAttestation("unattested")
+		return ""
+	}
+	if mismatch := exp.Check(label); mismatch != "" {
+		return mismatch
+	}
+	p.metrics.observeAttestation("attested")
+	klog.V(2).InfoS("Container confinement attested", "containerID", id, "confinement", label)
+	return ""
+}
+
+func (p *Proxy) expectFromConfig(cfg *runtimeapi.ContainerConfig) (apparmor.Expectation, bool) {
+	if cfg == nil {
+		return apparmor.Expectation{}, false
+	}
+	req := &runtimeapi.CreateContainerRequest{Config: cfg}
+	prof, _, err := apparmor.Resolve(req)
+	if err != nil {
+		return apparmor.Expectation{}, false
+	}
+	return apparmor.Expect(prof, cfg.GetLinux().GetSecurityContext().GetPrivileged(), p.attest.RuntimeDefault, p.policy.Load())
+}

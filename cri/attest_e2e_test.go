@@ -1,0 +1,195 @@
+package cri_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/armorshim/armorshim/shim"
+)
+
+// attestEnv is the chain with start attestation on: the backend's verbose
+// ContainerStatus reports a pid, and a fake procfs says how that pid is
+// confined.
+type attestEnv struct {
+	*env
+	procfs string
+	mu     sync.Mutex
+	pids   map[string]int                         // container ID -> pid
+	config map[string]*runtimeapi.ContainerConfig // what verbose info reports
+	stops  []string
+}
+
+func newAttestEnv(t *testing.T, mode string, mutate func(*shim.Config)) *attestEnv {
+	t.Helper()
+	a := &attestEnv{env: &env{backend: startBackend(t)}, procfs: t.TempDir(), pids: map[string]int{}, config: map[string]*runtimeapi.ContainerConfig{}}
+	a.sysfs = newFakeSysfs(t, "Y", denyWrite+" (enforce)", "k8s-nginx (complain)", "cri-containerd.apparmor.d (enforce)")
+	a.backend.onUnary("/runtime.v1.RuntimeService/ContainerStatus", func(ctx context.Context, req any, handler grpc.UnaryHandler) (any, error) {
+		r := req.(*runtimeapi.ContainerStatusRequest)
+		a.mu.Lock()
+		pid, cfg := a.pids[r.ContainerId], a.config[r.ContainerId]
+		a.mu.Unlock()
+		resp := &runtimeapi.ContainerStatusResponse{Status: &runtimeapi.ContainerStatus{Id: r.ContainerId}}
+		if r.Verbose {
+			// The shape of containerd's verbose info.
+			info, _ := json.Marshal(map[string]any{"sandboxID": "sb", "pid": pid, "removing": false, "config": cfg, "runtimeSpec": map[string]any{}})
+			resp.Info = map[string]string{"info": string(info)}
+		}
+		return resp, nil
+	})
+	a.backend.onUnary("/runtime.v1.RuntimeService/StopContainer", func(ctx context.Context, req any, handler grpc.UnaryHandler) (any, error) {
+		a.mu.Lock()
+		a.stops = append(a.stops, req.(*runtimeapi.StopContainerRequest).ContainerId)
+		a.mu.Unlock()
+		return handler(ctx, req)
+	})
+	a.shim = startArmorshim(t, a.backend.sock, a.sysfs, func(c *shim.Config) {
+		c.Procfs = a.procfs
+		c.Attestation.Mode = mode
+		if mutate != nil {
+			mutate(c)
+		}
+	})
+	a.through = dial(t, a.shim.sock)
+	a.runtime = runtimeapi.NewRuntimeServiceClient(a.through)
+	return a
+}
+
+// run creates a container asking for ref and gives it a process confined
+// by label; it returns the container ID.
+func (a *attestEnv) run(t *testing.T, pod, ref, label string, pid int) string {
+	t.Helper()
+	ctx := ctxTimeout(t, 10*time.Second)
+	sandbox := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: pod, Namespace: "default", Uid: pod}}
+	sb, err := a.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sandbox})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "hello"}, Image: &runtimeapi.ImageSpec{Image: "busybox"},
+		Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{ApparmorProfile: ref}}}
+	resp, err := a.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, Config: cfg, SandboxConfig: sandbox})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(a.procfs, strconv.Itoa(pid), "attr")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "current"), []byte(label+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(a.procfs, strconv.Itoa(pid), "comm"), []byte("sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	a.pids[resp.ContainerId] = pid
+	a.config[resp.ContainerId] = cfg
+	a.mu.Unlock()
+	return resp.ContainerId
+}
+
+func (a *attestEnv) start(t *testing.T, id string) error {
+	t.Helper()
+	_, err := a.runtime.StartContainer(ctxTimeout(t, 10*time.Second), &runtimeapi.StartContainerRequest{ContainerId: id})
+	return err
+}
+
+func (a *attestEnv) stopped() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.stops...)
+}
+
+func TestAttestationConfirmsTheSeedContainer(t *testing.T) {
+	a := newAttestEnv(t, "enforce", nil)
+	id := a.run(t, "hello-apparmor", "localhost/"+denyWrite, denyWrite+" (enforce)", 4242)
+	if err := a.start(t, id); err != nil {
+		t.Fatalf("attested start failed: %v", err)
+	}
+	// Nothing asked: containerd's default profile.
+	id = a.run(t, "plain", "", "cri-containerd.apparmor.d (enforce)", 4243)
+	if err := a.start(t, id); err != nil {
+		t.Fatalf("runtime default start failed: %v", err)
+	}
+	if s := a.stopped(); len(s) != 0 {
+		t.Errorf("containers stopped: %v", s)
+	}
+}
+
+func TestAttestationStopsASwappedProfile(t *testing.T) {
+	a := newAttestEnv(t, "enforce", nil)
+	id := a.run(t, "hello-apparmor", "localhost/"+denyWrite, "unconfined", 4242)
+	err := a.start(t, id)
+	want := "Blocked: AppArmor confinement mismatch: expected " + denyWrite + ", the container runs unconfined"
+	if status.Code(err) != codes.FailedPrecondition || status.Convert(err).Message() != want {
+		t.Fatalf("start = %v, want FailedPrecondition %q", err, want)
+	}
+	if s := a.stopped(); len(s) != 1 || s[0] != id {
+		t.Errorf("stopped %v, want [%s]", s, id)
+	}
+
+	// Another profile than the one decided is a mismatch too.
+	id = a.run(t, "other", "localhost/"+denyWrite, "k8s-nginx (complain)", 4244)
+	if err := a.start(t, id); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "runs k8s-nginx (complain)") {
+		t.Fatalf("other profile: %v", err)
+	}
+}
+
+func TestAttestationReportModeOnlyCounts(t *testing.T) {
+	a := newAttestEnv(t, "report", nil)
+	id := a.run(t, "hello-apparmor", "localhost/"+denyWrite, "unconfined", 4242)
+	if err := a.start(t, id); err != nil {
+		t.Fatalf("report mode failed the start: %v", err)
+	}
+	if s := a.stopped(); len(s) != 0 {
+		t.Errorf("report mode stopped %v", s)
+	}
+}
+
+func TestAttestationRequiresEnforceMode(t *testing.T) {
+	a := newAttestEnv(t, "enforce", func(c *shim.Config) { c.Policy.RequireEnforce = true })
+	id := a.run(t, "hello-apparmor", "localhost/"+denyWrite, denyWrite+" (complain)", 4242)
+	if err := a.start(t, id); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "requires enforce mode") {
+		t.Fatalf("complain where enforce is required: %v", err)
+	}
+}
+
+// After a restart armorshim has no memory of the decision: it derives the
+// expectation from the runtime's copy of the container config.
+func TestAttestationAfterRestart(t *testing.T) {
+	a := newAttestEnv(t, "enforce", nil)
+	id := a.run(t, "hello-apparmor", "localhost/"+denyWrite, "unconfined", 4242)
+	restarted := startArmorshim(t, a.backend.sock, a.sysfs, func(c *shim.Config) { c.Procfs = a.procfs; c.Attestation.Mode = "enforce" })
+	client := runtimeapi.NewRuntimeServiceClient(dial(t, restarted.sock))
+	_, err := client.StartContainer(ctxTimeout(t, 10*time.Second), &runtimeapi.StartContainerRequest{ContainerId: id})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "expected "+denyWrite+", the container runs unconfined") {
+		t.Fatalf("after restart: %v", err)
+	}
+}
+
+func TestAttestationSkippedWithoutAppArmor(t *testing.T) {
+	a := newAttestEnv(t, "enforce", nil)
+	id := a.run(t, "plain", "unconfined", "whatever", 4242)
+	a.sysfs.write("module/apparmor/parameters/enabled", "N\n")
+	a.sysfs.setProfiles()
+	before := a.backend.callCount()
+	if err := a.start(t, id); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range a.backend.callsSince(before) {
+		if c.Method == "/runtime.v1.RuntimeService/ContainerStatus" {
+			t.Error("attestation ran on a host without AppArmor")
+		}
+	}
+}
