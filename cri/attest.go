@@ -160,6 +160,8 @@ func (p *Proxy) attestStart(ctx context.Context, id string) string {
 		return mismatch
 	}
 	p.metrics.observeAttestation("attested")
+	name, _ := apparmor.ParseLabel(label)
+	p.denials.Confined(id, name)
 	klog.V(2).InfoS("Container confinement attested", "containerID", id, "confinement", label)
 	return ""
 }

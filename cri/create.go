@@ -22,14 +22,23 @@ func (p *Proxy) createContainer(ss grpc.ServerStream, conn grpc.ClientConnInterf
 	if err != nil {
 		return err
 	}
+	if err := p.checkContainer(ss.Context(), req, dec.Profile); err != nil {
+		in.Free()
+		return err
+	}
 	out, err := invokeUnary(ss, conn, CreateContainerMethod, in)
 	if err != nil {
 		return err
 	}
-	if p.attest != nil {
+	if p.attest != nil || p.denials != nil {
 		resp := &runtimeapi.CreateContainerResponse{}
 		if err := proto.Unmarshal(out.Bytes(), resp); err == nil {
-			p.attest.remember(resp.ContainerId, dec.Profile, req, p.policy.Load())
+			if p.attest != nil {
+				p.attest.remember(resp.ContainerId, dec.Profile, req, p.policy.Load())
+			}
+			if dec.Profile.Type == apparmor.Localhost {
+				p.denials.Confined(resp.ContainerId, dec.Profile.Name)
+			}
 		}
 	}
 	return ss.SendMsg(out)

@@ -306,6 +306,7 @@ func startArmorshim(t *testing.T, backendSock string, sysfs *fakeSysfs, mutate f
 	cfg.NodeFeatures.Directory = ""
 	// Start attestation adds a ContainerStatus call; its own tests turn it on.
 	cfg.Attestation.Mode = "off"
+	cfg.Denials.KernelLog = ""
 	if mutate != nil {
 		mutate(cfg)
 	}

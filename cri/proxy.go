@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/armorshim/armorshim/apparmor"
+	"github.com/armorshim/armorshim/pss"
 )
 
 // Proxy forwards CRI calls to the backend connections.
@@ -24,7 +25,15 @@ type Proxy struct {
 	policy  atomic.Pointer[apparmor.Policy]
 	metrics *Metrics
 	attest  *attestor
+	denials *Denials
+	// podSecurity is nil while Pod Security is off.
+	podSecurity atomic.Pointer[pss.Evaluator]
+	audit       io.Writer
 }
+
+// WithDenials tells d which profile each created container runs under, for
+// attributing denials of processes that are already gone.
+func WithDenials(d *Denials) Option { return func(p *Proxy) { p.denials = d } }
 
 // Option configures a Proxy.
 type Option func(*Proxy)
@@ -86,6 +95,10 @@ func (p *Proxy) handle(ss grpc.ServerStream, method string) error {
 		switch {
 		case method == CreateContainerMethod:
 			return p.createContainer(ss, conn, in)
+		case method == RunPodSandboxMethod:
+			if ev := p.podSecurity.Load(); ev != nil {
+				return p.runPodSandbox(ss, conn, ev, in)
+			}
 		case method == StartContainerMethod && p.attest != nil:
 			return p.startContainer(ss, conn, in)
 		}

@@ -52,6 +52,14 @@ type Config struct {
 	Profiles     ProfilesConfig     `json:"profiles,omitempty"`
 	NodeFeatures NodeFeaturesConfig `json:"nodeFeatures,omitempty"`
 	Attestation  AttestationConfig  `json:"attestation,omitempty"`
+	Denials      DenialsConfig      `json:"denials,omitempty"`
+}
+
+// DenialsConfig is the attribution of AppArmor denials to pods.
+type DenialsConfig struct {
+	// KernelLog is followed for AppArmor audit records; empty turns
+	// attribution off.
+	KernelLog string `json:"kernelLog,omitempty"`
 }
 
 // AttestationConfig is the check, after StartContainer, that a container's
@@ -124,6 +132,7 @@ func DefaultConfig() *Config {
 			Mode:                  "enforce",
 			RuntimeDefaultProfile: "cri-containerd.apparmor.d",
 		},
+		Denials: DenialsConfig{KernelLog: "/dev/kmsg"},
 	}
 }
 

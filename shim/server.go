@@ -31,6 +31,7 @@ type Server struct {
 	grpc    *grpc.Server
 	obs     *observer
 	loader  *host.Loader
+	denials *cri.Denials
 	runtime *grpc.ClientConn
 	image   *grpc.ClientConn // the runtime connection when the endpoints are one
 }
@@ -59,6 +60,10 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 		registerLoaderMetrics(s.obs.reg, s.loader)
 	}
 	opts := []cri.Option{cri.WithMetrics(cri.NewMetrics(s.obs.reg))}
+	if cfg.Denials.KernelLog != "" {
+		s.denials = cri.NewDenials(s.runtime, s.host, s.obs.reg)
+		opts = append(opts, cri.WithDenials(s.denials))
+	}
 	if cfg.Attestation.Mode != "off" {
 		opts = append(opts, cri.WithAttestation(cri.Attestation{
 			Mode: cfg.Attestation.Mode, RuntimeDefault: cfg.Attestation.RuntimeDefaultProfile, Processes: s.host,
@@ -120,6 +125,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	if s.cfg.NodeFeatures.Directory != "" {
 		w := &featureWriter{cfg: s.cfg.NodeFeatures, host: s.host}
 		go w.run(watchCtx, 2*time.Second)
+	}
+	if s.denials != nil {
+		go s.followKernelLog(watchCtx)
 	}
 	if s.cfg.MetricsAddress != "" {
 		if err := s.obs.serveMetrics(watchCtx, s.cfg.MetricsAddress); err != nil {
@@ -189,6 +197,7 @@ func (c *Config) restartFields(n *Config) []string {
 		"profiles":        c.Profiles != n.Profiles,
 		"nodeFeatures":    c.NodeFeatures != n.NodeFeatures,
 		"attestation":     c.Attestation != n.Attestation,
+		"denials":         c.Denials != n.Denials,
 	} {
 		if changed {
 			out = append(out, name)
@@ -235,4 +244,20 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	return s.Serve(ctx, l)
+}
+
+// followKernelLog attributes AppArmor denials until ctx ends.
+func (s *Server) followKernelLog(ctx context.Context) {
+	f, err := host.OpenKmsg(s.cfg.Denials.KernelLog)
+	if err != nil {
+		klog.InfoS("Not attributing AppArmor denials: cannot read the kernel log", "path", s.cfg.Denials.KernelLog, "err", err)
+		return
+	}
+	go func() {
+		<-ctx.Done()
+		f.Close()
+	}()
+	if err := s.denials.Run(ctx, f); err != nil {
+		klog.ErrorS(err, "Stopped following the kernel log", "path", s.cfg.Denials.KernelLog)
+	}
 }
