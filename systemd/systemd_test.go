@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -121,9 +122,13 @@ func TestDefaultConfigFileLoads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	def := shim.DefaultConfig()
-	if cfg.Listen != def.Listen || cfg.RuntimeEndpoint != def.RuntimeEndpoint || cfg.MaxMessageSize != def.MaxMessageSize {
-		t.Errorf("config.yaml does not state the defaults: %+v", cfg)
+	// The file states the defaults; only `enabled: true` is spelled out.
+	if cfg.Policy.Enabled == nil || !*cfg.Policy.Enabled {
+		t.Errorf("config.yaml: policy.enabled = %v, want true", cfg.Policy.Enabled)
+	}
+	cfg.Policy.Enabled = nil
+	if def := shim.DefaultConfig(); !reflect.DeepEqual(cfg, def) {
+		t.Errorf("config.yaml does not state the defaults:\n got %+v\nwant %+v", cfg, def)
 	}
 }
 
