@@ -77,6 +77,8 @@ type backend struct {
 	stream    map[string]streamHook
 
 	raw sync.Map // *runtimeapi.CreateContainerRequest -> []byte, filled by the codec
+
+	sandboxRaw [][]byte // raw RunPodSandbox requests, in order (under mu)
 }
 
 func newBackend(t *testing.T, sock string) *backend {
@@ -232,6 +234,11 @@ func (c recordingCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if ccr, ok := v.(*runtimeapi.CreateContainerRequest); ok {
 		c.b.raw.Store(ccr, data.Materialize())
 	}
+	if _, ok := v.(*runtimeapi.RunPodSandboxRequest); ok {
+		c.b.mu.Lock()
+		c.b.sandboxRaw = append(c.b.sandboxRaw, data.Materialize())
+		c.b.mu.Unlock()
+	}
 	return cri.Codec{}.Unmarshal(data, v)
 }
 
@@ -295,6 +302,13 @@ type armorshim struct {
 
 func startArmorshim(t *testing.T, backendSock string, sysfs *fakeSysfs, mutate func(*shim.Config)) *armorshim {
 	t.Helper()
+	return startArmorshimReloading(t, backendSock, sysfs, mutate, nil)
+}
+
+// startArmorshimReloading is startArmorshim with a SIGHUP reload function:
+// reload receives the configuration armorshim started with.
+func startArmorshimReloading(t *testing.T, backendSock string, sysfs *fakeSysfs, mutate func(*shim.Config), reload func(*shim.Config) (*shim.Config, error)) *armorshim {
+	t.Helper()
 	cfg := shim.DefaultConfig()
 	cfg.Listen = "unix://" + filepath.Join(sockDir(t), "armorshim.sock")
 	cfg.RuntimeEndpoint = "unix://" + backendSock
@@ -310,7 +324,11 @@ func startArmorshim(t *testing.T, backendSock string, sysfs *fakeSysfs, mutate f
 	if mutate != nil {
 		mutate(cfg)
 	}
-	srv, err := shim.New(cfg, nil)
+	var reloadFn func() (*shim.Config, error)
+	if reload != nil {
+		reloadFn = func() (*shim.Config, error) { c := *cfg; return reload(&c) }
+	}
+	srv, err := shim.New(cfg, reloadFn)
 	if err != nil {
 		t.Fatalf("shim.New: %v", err)
 	}

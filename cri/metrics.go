@@ -10,6 +10,7 @@ import (
 // Metrics counts the proxy's calls and decisions. Method labels are bounded:
 // methods cri-api does not know are counted as "unknown".
 type Metrics struct {
+	pss       *podSecurityMetrics
 	calls     *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	decisions *prometheus.CounterVec
@@ -38,6 +39,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"outcome"}),
 	}
 	reg.MustRegister(m.calls, m.latency, m.decisions, m.attests)
+	m.pss = newPodSecurityMetrics(reg)
 	return m
 }
 

@@ -53,6 +53,7 @@ type Config struct {
 	NodeFeatures NodeFeaturesConfig `json:"nodeFeatures,omitempty"`
 	Attestation  AttestationConfig  `json:"attestation,omitempty"`
 	Denials      DenialsConfig      `json:"denials,omitempty"`
+	PodSecurity  PodSecurityConfig  `json:"podSecurity,omitempty"`
 }
 
 // DenialsConfig is the attribution of AppArmor denials to pods.
@@ -133,6 +134,10 @@ func DefaultConfig() *Config {
 			RuntimeDefaultProfile: "cri-containerd.apparmor.d",
 		},
 		Denials: DenialsConfig{KernelLog: "/dev/kmsg"},
+		PodSecurity: PodSecurityConfig{
+			KubeletRootDir: "/var/lib/kubelet",
+			AuditLog:       AuditLogConfig{MaxSizeMiB: 100, MaxFiles: 5},
+		},
 	}
 }
 
@@ -153,6 +158,9 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: apiVersion/kind is %q/%q, want %q/%q", path, cfg.APIVersion, cfg.Kind, APIVersion, Kind)
 	}
 	if _, err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if _, err := cfg.PodSecurity.Build(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return cfg, nil
@@ -195,6 +203,9 @@ func (c *Config) Validate() (*apparmor.Policy, error) {
 	}
 	if c.ShutdownTimeout < 0 {
 		return nil, fmt.Errorf("shutdownTimeout: must not be negative")
+	}
+	if err := c.PodSecurity.validate(); err != nil {
+		return nil, err
 	}
 	return c.Policy.Build()
 }

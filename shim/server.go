@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -34,6 +35,8 @@ type Server struct {
 	denials *cri.Denials
 	runtime *grpc.ClientConn
 	image   *grpc.ClientConn // the runtime connection when the endpoints are one
+	// auditLog is the Pod Security audit log, if any.
+	auditLog *rotatingFile
 }
 
 // New builds a Server from a completed configuration. reload, if not nil,
@@ -44,14 +47,26 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	ev, err := cfg.PodSecurity.Build()
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{cfg: cfg, reload: reload, host: host.NewReader(cfg.Sysfs, cfg.Procfs)}
+	if ev != nil && cfg.PodSecurity.AuditLog.Path != "" {
+		a := cfg.PodSecurity.AuditLog
+		if s.auditLog, err = openRotating(a.Path, int64(a.MaxSizeMiB)<<20, a.MaxFiles); err != nil {
+			return nil, fmt.Errorf("podSecurity.auditLog.path: %w", err)
+		}
+	}
 	if s.runtime, err = Dial(cfg.RuntimeEndpoint, cfg.MaxMessageSize); err != nil {
+		s.closeAuditLog()
 		return nil, fmt.Errorf("runtime endpoint: %w", err)
 	}
 	s.image = s.runtime
 	if cfg.Image() != cfg.RuntimeEndpoint {
 		if s.image, err = Dial(cfg.Image(), cfg.MaxMessageSize); err != nil {
 			s.runtime.Close()
+			s.closeAuditLog()
 			return nil, fmt.Errorf("image endpoint: %w", err)
 		}
 	}
@@ -68,6 +83,14 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 		opts = append(opts, cri.WithAttestation(cri.Attestation{
 			Mode: cfg.Attestation.Mode, RuntimeDefault: cfg.Attestation.RuntimeDefaultProfile, Processes: s.host,
 		}))
+	}
+	if ev != nil {
+		var audit io.Writer
+		if s.auditLog != nil {
+			audit = s.auditLog
+		}
+		opts = append(opts, cri.WithPodSecurity(ev, audit))
+		logPodSecurity(ev)
 	}
 	s.proxy = cri.New(s.runtime, s.image, s.host, pol, opts...)
 	s.grpc = grpc.NewServer(
@@ -174,11 +197,21 @@ func (s *Server) Reload() error {
 	if err != nil {
 		return err
 	}
+	ev, err := cfg.PodSecurity.Build()
+	if err != nil {
+		return err
+	}
 	if restart := s.cfg.restartFields(cfg); len(restart) > 0 {
 		klog.InfoS("Configuration changes that take effect only after a restart", "fields", restart)
 	}
 	s.proxy.SetPolicy(pol)
 	s.cfg.Policy = cfg.Policy
+	// Pod Security levels, namespaces and exemptions reload; the audit log
+	// file needs a restart.
+	s.proxy.SetPodSecurity(ev)
+	auditLog := s.cfg.PodSecurity.AuditLog
+	s.cfg.PodSecurity = cfg.PodSecurity
+	s.cfg.PodSecurity.AuditLog = auditLog
 	return nil
 }
 
@@ -203,6 +236,9 @@ func (c *Config) restartFields(n *Config) []string {
 			out = append(out, name)
 		}
 	}
+	if c.PodSecurity.AuditLog != n.PodSecurity.AuditLog {
+		out = append(out, "podSecurity.auditLog")
+	}
 	return out
 }
 
@@ -212,6 +248,13 @@ func (s *Server) closeBackends() {
 		s.image.Close()
 	}
 	s.host.Close()
+	s.closeAuditLog()
+}
+
+func (s *Server) closeAuditLog() {
+	if s.auditLog != nil {
+		s.auditLog.Close()
+	}
 }
 
 // Run listens, serves and handles signals: SIGTERM and SIGINT drain and

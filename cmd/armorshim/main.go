@@ -21,6 +21,8 @@ func usage() {
 	fmt.Fprintf(os.Stderr, `Usage: armorshim [serve] [flags]   serve CRI between the kubelet and the runtime (default)
        armorshim check [--profile NAME ...] [--output json]   show the node's AppArmor state
        armorshim load DIR                     load every profile file of DIR once
+       armorshim pss check --level LEVEL [--version V] [--namespace N]
+                                              list this node's pods that would violate a Pod Security level
        armorshim version
 
 Run "armorshim COMMAND -h" for a command's flags.
@@ -38,6 +40,8 @@ func main() {
 		os.Exit(serve(args))
 	case "check":
 		os.Exit(check(args))
+	case "pss":
+		os.Exit(podSecurity(args))
 	case "load":
 		os.Exit(load(args))
 	case "version":

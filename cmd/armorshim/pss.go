@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"time"
+
+	"k8s.io/pod-security-admission/api"
+
+	"github.com/armorshim/armorshim/cri"
+	"github.com/armorshim/armorshim/pss"
+	"github.com/armorshim/armorshim/shim"
+)
+
+// podSecurity runs `armorshim pss SUBCOMMAND`.
+func podSecurity(args []string) int {
+	if len(args) == 0 || args[0] != "check" {
+		fmt.Fprintln(os.Stderr, "Usage: armorshim pss check --level LEVEL [--version V] [--namespace N] [--runtime-endpoint E]")
+		return 2
+	}
+	return pssCheck(args[1:], os.Stdout, os.Stderr)
+}
+
+// pssCheck evaluates the pods running on this node at one level, as
+// `kubectl label --dry-run=server ns --all pod-security.kubernetes.io/enforce=LEVEL`
+// does for a cluster, and exits 1 if any pod would violate it.
+func pssCheck(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("armorshim pss check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	levelFlag := fs.String("level", "", "level to check: privileged, baseline or restricted")
+	versionFlag := fs.String("version", "latest", `policy version: "latest" or "v1.N"`)
+	namespace := fs.String("namespace", "", "only this namespace (default: all)")
+	configPath := fs.String("config", defaultConfigPath, "armorshim's configuration, for podSecurity's exemptions, kubeletRootDir and kubeletSeccompDefault (defaults are used if the default file does not exist)")
+	runtimeEndpoint := fs.String("runtime-endpoint", "", "the container runtime's CRI socket (default: the configuration's runtimeEndpoint)")
+	imageEndpoint := fs.String("image-endpoint", "", "the image service's CRI socket (default: the runtime endpoint)")
+	timeout := fs.Duration("timeout", 30*time.Second, "how long the runtime may take to answer")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	level, err := api.ParseLevel(*levelFlag)
+	if err != nil {
+		fmt.Fprintf(stderr, "armorshim pss check: --level: %v\n", err)
+		return 2
+	}
+	version, err := api.ParseVersion(*versionFlag)
+	if err != nil {
+		fmt.Fprintf(stderr, "armorshim pss check: --version: %v\n", err)
+		return 2
+	}
+	lv := api.LevelVersion{Level: level, Version: version}
+
+	cfg, _, err := loadConfigForCheck(*configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "armorshim pss check: %v\n", err)
+		return 2
+	}
+	ev, err := cfg.PodSecurity.Build()
+	if err != nil {
+		fmt.Fprintf(stderr, "armorshim pss check: %v\n", err)
+		return 2
+	}
+	if ev == nil {
+		// Not configured for serving: no exemptions, the configured paths.
+		if ev, err = pss.NewEvaluator(pss.Config{KubeletRootDir: cfg.PodSecurity.KubeletRootDir, KubeletSeccompDefault: cfg.PodSecurity.KubeletSeccompDefault}); err != nil {
+			fmt.Fprintf(stderr, "armorshim pss check: %v\n", err)
+			return 2
+		}
+	}
+	if *runtimeEndpoint != "" {
+		cfg.RuntimeEndpoint = *runtimeEndpoint
+		cfg.ImageEndpoint = ""
+	}
+	if *imageEndpoint != "" {
+		cfg.ImageEndpoint = *imageEndpoint
+	}
+	runtime, err := shim.Dial(cfg.RuntimeEndpoint, cfg.MaxMessageSize)
+	if err != nil {
+		fmt.Fprintf(stderr, "armorshim pss check: runtime endpoint: %v\n", err)
+		return 2
+	}
+	defer runtime.Close()
+	image := runtime
+	if cfg.Image() != cfg.RuntimeEndpoint {
+		if image, err = shim.Dial(cfg.Image(), cfg.MaxMessageSize); err != nil {
+			fmt.Fprintf(stderr, "armorshim pss check: image endpoint: %v\n", err)
+			return 2
+		}
+		defer image.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	pods, skipped, err := cri.NodePods(ctx, runtime, image, *namespace, ev.Config())
+	if err != nil {
+		fmt.Fprintf(stderr, "armorshim pss check: %v\n", err)
+		return 2
+	}
+	for _, s := range skipped {
+		fmt.Fprintf(stderr, "armorshim pss check: not evaluated: %s\n", s)
+	}
+	lines := nodeWarnings(ev, lv, pods)
+	for _, l := range lines {
+		fmt.Fprintln(stdout, "Warning: "+l)
+	}
+	if len(lines) > 0 {
+		return 1
+	}
+	return 0
+}
+
+// nodeWarnings groups pods by namespace, in order, and words each
+// namespace's violations as the API server does; exempt namespaces are
+// left out, as Pod Security Admission never checks them.
+func nodeWarnings(ev *pss.Evaluator, lv api.LevelVersion, pods []*pss.Pod) []string {
+	byNS := map[string][]*pss.Pod{}
+	for _, p := range pods {
+		byNS[p.Meta.Namespace] = append(byNS[p.Meta.Namespace], p)
+	}
+	names := make([]string, 0, len(byNS))
+	for ns := range byNS {
+		names = append(names, ns)
+	}
+	sort.Strings(names)
+	var out []string
+	for _, ns := range names {
+		if ev.Exemption(ns, "") != "" {
+			continue
+		}
+		out = append(out, ev.NamespaceWarnings(ns, lv, byNS[ns])...)
+	}
+	return out
+}

@@ -1,0 +1,233 @@
+package cri
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/armorshim/armorshim/apparmor"
+	"github.com/armorshim/armorshim/pss"
+)
+
+// RunPodSandboxMethod is decoded only while Pod Security is configured.
+const RunPodSandboxMethod = "/runtime.v1.RuntimeService/RunPodSandbox"
+
+const (
+	podSandboxStatusMethod = "/runtime.v1.RuntimeService/PodSandboxStatus"
+	imageStatusMethod      = "/runtime.v1.ImageService/ImageStatus"
+)
+
+// WithPodSecurity turns on node-side Pod Security Standards with ev; audit,
+// if not nil, receives one JSON line per audited decision (writes must be
+// whole lines and safe for concurrent use).
+func WithPodSecurity(ev *pss.Evaluator, audit io.Writer) Option {
+	return func(p *Proxy) {
+		p.podSecurity.Store(ev)
+		p.audit = audit
+	}
+}
+
+// SetPodSecurity replaces the Pod Security evaluator for the calls that
+// start after it; nil turns Pod Security off.
+func (p *Proxy) SetPodSecurity(ev *pss.Evaluator) { p.podSecurity.Store(ev) }
+
+// PodSecurity returns the evaluator in force (nil: off).
+func (p *Proxy) PodSecurity() *pss.Evaluator { return p.podSecurity.Load() }
+
+// runPodSandbox evaluates a sandbox's pod-level facts and forwards the
+// original bytes, or refuses it under enforce.
+func (p *Proxy) runPodSandbox(ss grpc.ServerStream, conn grpc.ClientConnInterface, ev *pss.Evaluator, in *Frame) error {
+	req := &runtimeapi.RunPodSandboxRequest{}
+	if err := proto.Unmarshal(in.Bytes(), req); err != nil {
+		in.Free()
+		return status.Errorf(codes.InvalidArgument, "armorshim: cannot decode RunPodSandboxRequest: %v", err)
+	}
+	ns := req.GetConfig().GetMetadata().GetNamespace()
+	if reason := ev.Exemption(ns, req.GetRuntimeHandler()); reason != "" {
+		p.metrics.observeExemption(reason)
+	} else if ev.Needs(ns) {
+		pod := pss.SandboxPod(req.GetConfig(), req.GetRuntimeHandler(), ev.Config())
+		if err := p.report(ev.Evaluate(pod), "RunPodSandbox"); err != nil {
+			in.Free()
+			return err
+		}
+	}
+	return forwardUnary(ss, conn, RunPodSandboxMethod, in)
+}
+
+// checkContainer evaluates a CreateContainer request as armorshim will
+// forward it (AppArmor resolved to profile). It asks the runtime for the
+// sandbox's runtime handler only when runtime classes are exempt, and for
+// the image's user only when restricted is evaluated and the request
+// leaves the user to the image.
+func (p *Proxy) checkContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest, profile apparmor.Profile) error {
+	ev := p.podSecurity.Load()
+	if ev == nil {
+		return nil
+	}
+	ns := req.GetSandboxConfig().GetMetadata().GetNamespace()
+	if ns == "" {
+		ns = req.GetConfig().GetLabels()["io.kubernetes.pod.namespace"]
+	}
+	if reason := ev.Exemption(ns, ""); reason != "" {
+		p.metrics.observeExemption(reason)
+		return nil
+	}
+	if !ev.Needs(ns) {
+		return nil
+	}
+	if ev.ExemptsRuntimeClasses() {
+		handler, err := p.runtimeHandler(ctx, req.GetPodSandboxId())
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "armorshim: cannot read the runtime handler of sandbox %s for Pod Security: %v", req.GetPodSandboxId(), err)
+		}
+		if reason := ev.Exemption("", handler); reason != "" {
+			p.metrics.observeExemption(reason)
+			return nil
+		}
+	}
+	d := ev.Evaluate(pss.ContainerPod(req, profile, nil, ev.Config()))
+	if pss.NeedsImageUser(req.GetConfig()) && d.DependsOnUser() {
+		if image := p.imageUser(ctx, req.GetConfig().GetImage()); image != nil {
+			d = ev.Evaluate(pss.ContainerPod(req, profile, image, ev.Config()))
+		}
+	}
+	return p.report(d, "CreateContainer")
+}
+
+func (p *Proxy) runtimeHandler(ctx context.Context, sandboxID string) (string, error) {
+	resp := &runtimeapi.PodSandboxStatusResponse{}
+	err := p.runtime.Invoke(ctx, podSandboxStatusMethod, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sandboxID}, resp)
+	return resp.GetStatus().GetRuntimeHandler(), err
+}
+
+// imageUser asks the image service for the image's user; nil if unknown.
+func (p *Proxy) imageUser(ctx context.Context, image *runtimeapi.ImageSpec) *pss.ImageUser {
+	resp := &runtimeapi.ImageStatusResponse{}
+	if err := p.image.Invoke(ctx, imageStatusMethod, &runtimeapi.ImageStatusRequest{Image: image}, resp); err != nil {
+		klog.V(2).InfoS("Pod Security: cannot read the image's user", "image", image.GetImage(), "err", err)
+		return nil
+	}
+	return pss.ImageUserOf(resp.GetImage())
+}
+
+// report counts, logs and audits a decision and returns the refusal, if
+// enforce refuses it.
+func (p *Proxy) report(d *pss.Decision, request string) error {
+	pod := d.Pod
+	ref := klog.KRef(pod.Meta.Namespace, pod.Meta.Name)
+	for _, v := range d.Verdicts {
+		p.metrics.observePodSecurity(string(v.Mode), string(v.Level.Level), v.Allowed())
+		if v.Allowed() {
+			continue
+		}
+		if v.Mode == pss.Warn {
+			klog.InfoS("Pod Security warning", "pod", ref, "container", pod.Container, "request", request, "warning", v.Message())
+		} else {
+			p.writeAudit(d, v, request) // audit violations and enforce refusals
+		}
+	}
+	v, denied := d.Denied()
+	if !denied {
+		return nil
+	}
+	msg := "Forbidden: " + v.Message()
+	klog.InfoS("Refused by Pod Security", "pod", ref, "container", pod.Container, "request", request, "message", msg)
+	st := status.New(codes.PermissionDenied, msg)
+	md := map[string]string{"cause": "pod-security", "level": v.Level.String(), "namespace": pod.Meta.Namespace, "pod": pod.Meta.Name}
+	if pod.Container != "" {
+		md["container"] = pod.Container
+	}
+	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: apparmor.ReasonForbidden, Domain: apparmor.ErrorDomain, Metadata: md}); err == nil {
+		st = withInfo
+	}
+	return st.Err()
+}
+
+// AuditRecord is one line of the Pod Security audit log.
+type AuditRecord struct {
+	Time       time.Time `json:"time"`
+	Request    string    `json:"request"` // RunPodSandbox or CreateContainer
+	Namespace  string    `json:"namespace"`
+	Pod        string    `json:"pod"`
+	Container  string    `json:"container,omitempty"`
+	Mode       string    `json:"mode"` // audit, or enforce for a refusal
+	Level      string    `json:"level"`
+	Version    string    `json:"version"`
+	Violations []string  `json:"violations"`
+	Message    string    `json:"message"`
+}
+
+func (p *Proxy) writeAudit(d *pss.Decision, v pss.Verdict, request string) {
+	if p.audit == nil {
+		return
+	}
+	rec := AuditRecord{
+		Time: time.Now().UTC(), Request: request,
+		Namespace: d.Pod.Meta.Namespace, Pod: d.Pod.Meta.Name, Container: d.Pod.Container,
+		Mode: string(v.Mode), Level: string(v.Level.Level), Version: v.Level.Version.String(),
+		Message: v.Message(),
+	}
+	for i, r := range v.Result.ForbiddenReasons {
+		if det := v.Result.ForbiddenDetails[i]; det != "" {
+			r += " (" + det + ")"
+		}
+		rec.Violations = append(rec.Violations, r)
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return
+	}
+	if _, err := p.audit.Write(append(b, '\n')); err != nil {
+		klog.ErrorS(err, "Cannot write the Pod Security audit log")
+	}
+}
+
+// podSecurityMetrics counts Pod Security evaluations and exemptions.
+type podSecurityMetrics struct {
+	evaluations *prometheus.CounterVec
+	exemptions  *prometheus.CounterVec
+}
+
+func newPodSecurityMetrics(reg prometheus.Registerer) *podSecurityMetrics {
+	m := &podSecurityMetrics{
+		evaluations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "armorshim_pod_security_evaluations_total",
+			Help: "Pod Security evaluations of sandboxes and containers, by mode (enforce, audit, warn), level (privileged, baseline, restricted) and outcome (allowed, violation).",
+		}, []string{"mode", "level", "outcome"}),
+		exemptions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "armorshim_pod_security_exemptions_total",
+			Help: "Sandboxes and containers passed without Pod Security evaluation, by reason (namespace, runtimeClass).",
+		}, []string{"reason"}),
+	}
+	reg.MustRegister(m.evaluations, m.exemptions)
+	return m
+}
+
+func (m *Metrics) observePodSecurity(mode, level string, allowed bool) {
+	if m == nil {
+		return
+	}
+	outcome := "violation"
+	if allowed {
+		outcome = "allowed"
+	}
+	m.pss.evaluations.WithLabelValues(mode, level, outcome).Inc()
+}
+
+func (m *Metrics) observeExemption(reason string) {
+	if m == nil {
+		return
+	}
+	m.pss.exemptions.WithLabelValues(reason).Inc()
+}
