@@ -7,7 +7,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 FUZZTIME ?= 10s
 FUZZ_PKGS := ./apparmor ./host
 
-.PHONY: all build demo test unit fuzz integration install install-socket-activation clean FORCE
+.PHONY: all build demo test unit fuzz integration bench install install-socket-activation clean FORCE
 
 all: build
 
@@ -36,6 +36,12 @@ fuzz:
 	    $(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done
+
+# Side by side in one run: direct vs armorshim vs a typed proxy vs a byte
+# relay (docs/performance.md), then the hot functions.
+bench:
+	$(GO) run ./cmd/armorshim-bench
+	$(GO) test -run '^$$' -bench . -benchtime 200ms ./apparmor ./host
 
 install: build
 	install -D -m 0755 bin/armorshim $(DESTDIR)$(PREFIX)/bin/armorshim

@@ -1,0 +1,105 @@
+// Command armorshim-bench measures armorshim against the direct path and a
+// typed CRI proxy, in one run against one backend (issue 5).
+//
+// It starts three processes, each from a binary of its own as on a node:
+//
+//   - a fake CRI runtime (this binary re-executed as "fake-runtime") holding
+//     5000 containers with the kubelet's labels and annotations;
+//   - the real armorshim, built into a temporary directory and started with
+//     "serve" in front of the runtime, over a fake securityfs holding 10000
+//     loaded profiles;
+//   - a typed proxy (this binary as "typed-proxy"), which decodes and
+//     re-encodes every message with the generated cri-api types, as the
+//     existing CRI proxies do.
+//
+// Each scenario then runs against the runtime's own socket (direct), through
+// armorshim and through the typed proxy, interleaved and repeated --runs
+// times; the table gives the median over the runs with the min–max spread,
+// and the ratios to direct computed within each run.
+//
+// Usage:
+//
+//	armorshim-bench [flags]                               run the benchmark
+//	armorshim-bench fake-runtime --listen SOCK --containers N
+//	armorshim-bench typed-proxy --listen SOCK --runtime-endpoint SOCK
+//	armorshim-bench l4-relay --listen SOCK --runtime-endpoint SOCK
+//	armorshim-bench load --socket SOCK --kind version|status|list|mix   (for profiling)
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"time"
+)
+
+func main() {
+	var err error
+	switch mode := modeOf(os.Args[1:]); mode {
+	case "fake-runtime":
+		err = runFakeRuntime(os.Args[2:])
+	case "typed-proxy":
+		err = runTypedProxy(os.Args[2:])
+	case "l4-relay":
+		err = runRelay(os.Args[2:])
+	case "load":
+		err = runLoad(os.Args[2:])
+	case "":
+		err = runBench(os.Args[1:])
+	default:
+		err = fmt.Errorf("unknown mode %q (want fake-runtime, typed-proxy, l4-relay, load or flags)", mode)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "armorshim-bench:", err)
+		os.Exit(1)
+	}
+}
+
+// modeOf returns the first argument when it is a mode rather than a flag.
+func modeOf(args []string) string {
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		return args[0]
+	}
+	return ""
+}
+
+// options are the benchmark's knobs; the defaults are issue 5's scenarios
+// sized to finish in about two minutes on two cores.
+type options struct {
+	armorshim   string        // prebuilt armorshim binary; empty: build one
+	runs        int           // repetitions of every scenario
+	containers  int           // containers on the fake node (P1)
+	profiles    int           // loaded profiles in the fake securityfs (P4)
+	listCalls   int           // ListContainers calls per path per run (P1)
+	unaryCalls  int           // calls per path per run for each tiny unary (P2)
+	callers     int           // concurrent callers (P3)
+	mixDuration time.Duration // length of one P3 measurement per path
+	createCalls int           // CreateContainer calls per path per run (P4)
+	decisions   int           // in-process decisions per run, cached (P4)
+	bumps       int           // in-process decisions per run after a revision change (P4)
+	readyStarts int           // fresh starts timed for the time to ready (P5)
+}
+
+func runBench(args []string) error {
+	o := options{}
+	fs := flag.NewFlagSet("armorshim-bench", flag.ContinueOnError)
+	fs.StringVar(&o.armorshim, "armorshim", "", "armorshim binary to measure (default: go build ./cmd/armorshim into a temporary directory)")
+	fs.IntVar(&o.runs, "runs", 7, "runs of every scenario; the table shows their median and min–max")
+	fs.IntVar(&o.containers, "containers", 5000, "containers on the fake node (P1)")
+	fs.IntVar(&o.profiles, "profiles", 10000, "profiles loaded in the fake securityfs (P4)")
+	fs.IntVar(&o.listCalls, "list-calls", 10, "full ListContainers calls per path per run (P1)")
+	fs.IntVar(&o.unaryCalls, "unary-calls", 2000, "calls per path per run of each tiny unary method (P2)")
+	fs.IntVar(&o.callers, "callers", 64, "concurrent callers (P3)")
+	fs.DurationVar(&o.mixDuration, "mix-duration", 2*time.Second, "length of the P3 throughput measurement per path per run")
+	fs.IntVar(&o.createCalls, "create-calls", 500, "CreateContainer calls per path per run (P4 end to end)")
+	fs.IntVar(&o.decisions, "decisions", 20000, "in-process decisions per run with the revision unchanged (P4)")
+	fs.IntVar(&o.bumps, "bumps", 300, "in-process decisions per run each after a revision change (P4)")
+	fs.IntVar(&o.readyStarts, "ready-starts", 7, "fresh armorshim starts timed to ready (P5)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.runs < 1 {
+		return fmt.Errorf("--runs must be at least 1")
+	}
+	return bench(o)
+}
