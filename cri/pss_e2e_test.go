@@ -26,25 +26,7 @@ import (
 )
 
 // seedPSS is the seed's cluster-level-pss.yaml, verbatim.
-const seedPSS = `apiVersion: apiserver.config.k8s.io/v1
-kind: AdmissionConfiguration
-plugins:
-- name: PodSecurity
-  configuration:
-    apiVersion: pod-security.admission.config.k8s.io/v1beta1
-    kind: PodSecurityConfiguration
-    defaults:
-      enforce: "baseline"
-      enforce-version: "latest"
-      audit: "restricted"
-      audit-version: "latest"
-      warn: "restricted"
-      warn-version: "latest"
-    exemptions:
-      usernames: []
-      runtimeClasses: []
-      namespaces: [kube-system]
-`
+var seedPSS = mustRead("../pss/testdata/cluster-level-pss.yaml")
 
 const seedRestrictedWarning = `would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "nginx" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "nginx" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or container "nginx" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "nginx" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")`
 
@@ -429,4 +411,12 @@ func TestPodSecurityExemptRuntimeClass(t *testing.T) {
 	if _, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: runc, Config: cc, SandboxConfig: pod}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("privileged container in a runc sandbox: %v, want PermissionDenied", err)
 	}
+}
+
+func mustRead(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
 }

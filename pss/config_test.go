@@ -2,6 +2,7 @@ package pss_test
 
 import (
 	"errors"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -12,26 +13,8 @@ import (
 	"github.com/armorshim/armorshim/pss"
 )
 
-// seedAdmission is the seed's /tmp/pss/cluster-level-pss.yaml, verbatim.
-const seedAdmission = `apiVersion: apiserver.config.k8s.io/v1
-kind: AdmissionConfiguration
-plugins:
-- name: PodSecurity
-  configuration:
-    apiVersion: pod-security.admission.config.k8s.io/v1beta1
-    kind: PodSecurityConfiguration
-    defaults:
-      enforce: "baseline"
-      enforce-version: "latest"
-      audit: "restricted"
-      audit-version: "latest"
-      warn: "restricted"
-      warn-version: "latest"
-    exemptions:
-      usernames: []
-      runtimeClasses: []
-      namespaces: [kube-system]
-`
+// seedAdmission is the seed's cluster-level-pss.yaml, verbatim.
+var seedAdmission = mustRead("testdata/cluster-level-pss.yaml")
 
 func TestParseConfiguration(t *testing.T) {
 	bare := func(version string) string {
@@ -188,4 +171,12 @@ func TestNamespaceWarnings(t *testing.T) {
 	if got := e.NamespaceWarnings("default", api.LevelVersion{Level: api.LevelRestricted, Version: api.LatestVersion()}, nil); got != nil {
 		t.Errorf("no pods: %q", got)
 	}
+}
+
+func mustRead(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
 }

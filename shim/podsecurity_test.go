@@ -10,25 +10,7 @@ import (
 )
 
 // seedPSS is the seed's cluster-level-pss.yaml, verbatim.
-const seedPSS = `apiVersion: apiserver.config.k8s.io/v1
-kind: AdmissionConfiguration
-plugins:
-- name: PodSecurity
-  configuration:
-    apiVersion: pod-security.admission.config.k8s.io/v1beta1
-    kind: PodSecurityConfiguration
-    defaults:
-      enforce: "baseline"
-      enforce-version: "latest"
-      audit: "restricted"
-      audit-version: "latest"
-      warn: "restricted"
-      warn-version: "latest"
-    exemptions:
-      usernames: []
-      runtimeClasses: []
-      namespaces: [kube-system]
-`
+var seedPSS = mustRead("../pss/testdata/cluster-level-pss.yaml")
 
 func TestLoadConfigPodSecurity(t *testing.T) {
 	dir := t.TempDir()
@@ -94,4 +76,12 @@ func TestLoadConfigPodSecurity(t *testing.T) {
 	if _, err := os.Stat(badPSS); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func mustRead(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
 }
