@@ -31,15 +31,15 @@ type Proxy struct {
 	audit       io.Writer
 }
 
-// WithDenials tells d which profile each created container runs under, for
-// attributing denials of processes that are already gone.
-func WithDenials(d *Denials) Option { return func(p *Proxy) { p.denials = d } }
-
 // Option configures a Proxy.
 type Option func(*Proxy)
 
 // WithMetrics counts calls and decisions in m.
 func WithMetrics(m *Metrics) Option { return func(p *Proxy) { p.metrics = m } }
+
+// WithDenials tells d which profile each created container runs under, for
+// attributing denials of processes that are already gone.
+func WithDenials(d *Denials) Option { return func(p *Proxy) { p.denials = d } }
 
 // New returns a Proxy forwarding RuntimeService (and unknown services) to
 // runtime and ImageService to image. Both must use Codec for their calls

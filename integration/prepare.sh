@@ -39,7 +39,7 @@ SUITE=bookworm
 # pinned_images.sandbox default); the pause image is imported under it.
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.2
 
-GUEST_PACKAGES=apparmor,jq,kmod,iproute2,containernetworking-plugins,libseccomp2,procps,ca-certificates
+GUEST_PACKAGES=apparmor,jq,kmod,iproute2,containernetworking-plugins,libseccomp2,procps,ca-certificates,sudo
 HOST_PACKAGES="qemu-system-x86 qemu-utils debootstrap cpio e2fsprogs kmod pkg-config libseccomp-dev gcc xz-utils zstd"
 
 mkdir -p "$CACHE"
@@ -126,4 +126,238 @@ fi
 phase_end
 # <<< bins
 
-if [ "${ARMORSHIM_PREP_ONLY:-}" = bins ]; then exit 0; fi
+# >>> ginkgo
+# critest -parallel=N runs its specs through the ginkgo CLI; build the CLI at
+# the ginkgo version cri-tools itself requires.
+phase_start ginkgo
+CRITOOLS_MOD=$(go mod download -json sigs.k8s.io/cri-tools@$CRITOOLS_VERSION | sed -n 's/.*"GoMod": "\(.*\)",*$/\1/p')
+GINKGO_VERSION=$(awk '$1=="github.com/onsi/ginkgo/v2"{print $2; exit}' "$CRITOOLS_MOD")
+[ -n "$GINKGO_VERSION" ] || die "cannot find the ginkgo version of cri-tools $CRITOOLS_VERSION"
+GINKGO=$CACHE/ginkgo-$GINKGO_VERSION-$GOVERSION-$(stage_hash ginkgo)
+if [ ! -f "$GINKGO/.done" ]; then
+	PHASE_CACHED=false
+	rm -rf "$GINKGO" "$GINKGO.tmp"; mkdir -p "$GINKGO.tmp"
+	log "building the ginkgo CLI $GINKGO_VERSION"
+	GOBIN=$GINKGO.tmp CGO_ENABLED=0 go install -trimpath github.com/onsi/ginkgo/v2/ginkgo@$GINKGO_VERSION >&2
+	touch "$GINKGO.tmp/.done"; mv "$GINKGO.tmp" "$GINKGO"
+fi
+phase_end
+# <<< ginkgo
+
+
+# >>> kernel
+phase_start kernel
+KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+if [ -z "$KPKG" ]; then apt-get update -qq >&2; KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}'); fi
+[ -n "$KPKG" ] || die "cannot resolve linux-image-amd64 to a kernel package"
+KDEB_VER=$(apt-cache policy "$KPKG" | awk '/Candidate:/{print $2}')
+KVER=${KPKG#linux-image-}
+KERNEL=$CACHE/kernel-$KPKG-$KDEB_VER-$(stage_hash kernel)
+# modules the initramfs loads to mount the root disk (ext4 on virtio-blk)
+INITRD_MODULES="virtio_pci virtio_blk ext4 crc32c_generic"
+if [ ! -f "$KERNEL/.done" ]; then
+	PHASE_CACHED=false
+	rm -rf "$KERNEL" "$KERNEL.tmp"; mkdir -p "$KERNEL.tmp/deb"
+	log "downloading $KPKG=$KDEB_VER"
+	(cd "$KERNEL.tmp/deb" && apt-get download -q "$KPKG=$KDEB_VER" >&2)
+	dpkg-deb -x "$KERNEL.tmp"/deb/*.deb "$KERNEL.tmp/root"
+	rm -rf "$KERNEL.tmp/deb"
+	# usr-merge: the package ships /lib/modules; the guest root has /lib -> usr/lib
+	if [ -d "$KERNEL.tmp/root/lib/modules" ]; then
+		mkdir -p "$KERNEL.tmp/root/usr/lib"
+		mv "$KERNEL.tmp/root/lib/modules" "$KERNEL.tmp/root/usr/lib/modules"
+		rm -rf "$KERNEL.tmp/root/lib"
+	fi
+	M=$KERNEL.tmp/root/usr/lib/modules/$KVER
+	[ -d "$M" ] || die "no modules for $KVER in $KPKG"
+	# drop hardware a qemu guest never has, to keep the root image small
+	(cd "$M/kernel" && rm -rf sound drivers/gpu drivers/media drivers/infiniband drivers/net/wireless \
+		drivers/net/ethernet drivers/staging drivers/usb drivers/bluetooth drivers/iio drivers/isdn \
+		drivers/scsi drivers/hid net/wireless net/mac80211 net/bluetooth)
+	depmod -b "$KERNEL.tmp/root/usr" "$KVER"
+	cp "$KERNEL.tmp/root/boot/vmlinuz-$KVER" "$KERNEL.tmp/vmlinuz"
+	# the initramfs modules, in load order, decompressed for busybox insmod
+	mkdir -p "$KERNEL.tmp/initrd-modules"
+	modprobe -d "$KERNEL.tmp/root/usr" -S "$KVER" --show-depends -a $INITRD_MODULES 2>/dev/null |
+		awk '$1=="insmod"{print $2}' | awk '!seen[$0]++' >"$KERNEL.tmp/initrd-modules.paths"
+	: >"$KERNEL.tmp/initrd-modules/load.list"
+	while read -r ko; do
+		f=$(basename "$ko")
+		case "$f" in
+		*.ko.xz) xz -dc "$ko" >"$KERNEL.tmp/initrd-modules/${f%.xz}"; f=${f%.xz} ;;
+		*.ko.zst) zstd -qdc "$ko" >"$KERNEL.tmp/initrd-modules/${f%.zst}"; f=${f%.zst} ;;
+		*.ko.gz) gzip -dc "$ko" >"$KERNEL.tmp/initrd-modules/${f%.gz}"; f=${f%.gz} ;;
+		*) cp "$ko" "$KERNEL.tmp/initrd-modules/$f" ;;
+		esac
+		echo "$f" >>"$KERNEL.tmp/initrd-modules/load.list"
+	done <"$KERNEL.tmp/initrd-modules.paths"
+	grep -q virtio_blk "$KERNEL.tmp/initrd-modules/load.list" || log "virtio_blk is built in (no module)"
+	echo "$KVER" >"$KERNEL.tmp/kver"
+	touch "$KERNEL.tmp/.done"; mv "$KERNEL.tmp" "$KERNEL"
+fi
+phase_end
+# <<< kernel
+
+# >>> busybox
+phase_start busybox
+BBVER=$(apt-cache policy busybox-static | awk '/Candidate:/{print $2}')
+BUSYBOX=$CACHE/busybox-static-${BBVER//:/_}
+if [ ! -f "$BUSYBOX/.done" ]; then
+	PHASE_CACHED=false
+	rm -rf "$BUSYBOX" "$BUSYBOX.tmp"; mkdir -p "$BUSYBOX.tmp/deb"
+	(cd "$BUSYBOX.tmp/deb" && apt-get download -q "busybox-static=$BBVER" >&2)
+	dpkg-deb -x "$BUSYBOX.tmp"/deb/*.deb "$BUSYBOX.tmp/x"
+	cp "$BUSYBOX.tmp/x/bin/busybox" "$BUSYBOX.tmp/busybox"
+	rm -rf "$BUSYBOX.tmp/deb" "$BUSYBOX.tmp/x"
+	touch "$BUSYBOX.tmp/.done"; mv "$BUSYBOX.tmp" "$BUSYBOX"
+fi
+phase_end
+# <<< busybox
+
+# >>> debootstrap
+phase_start debootstrap
+MIRROR=$(apt_mirror)
+BASE=$CACHE/debootstrap-$SUITE-minbase-$(stage_hash debootstrap "$GUEST_PACKAGES" "$MIRROR")
+if [ ! -f "$BASE/.done" ]; then
+	PHASE_CACHED=false
+	rm -rf "$BASE" "$BASE.tmp"
+	log "debootstrap $SUITE from $MIRROR (+ $GUEST_PACKAGES)"
+	debootstrap --variant=minbase --include="$GUEST_PACKAGES" "$SUITE" "$BASE.tmp" "$MIRROR" >&2 ||
+		{ tail -n 30 "$BASE.tmp/debootstrap/debootstrap.log" >&2 || true; die "debootstrap failed"; }
+	rm -rf "$BASE.tmp/var/cache/apt/archives/"*.deb "$BASE.tmp/var/lib/apt/lists/"*
+	touch "$BASE.tmp/.done"; mv "$BASE.tmp" "$BASE"
+fi
+phase_end
+# <<< debootstrap
+
+# >>> images
+# Container images, built as one docker-archive tarball (several images that
+# share one busybox layer) for `ctr -n k8s.io images import`.
+phase_start images
+IMAGES=$CACHE/images-busybox-${BBVER//:/_}-$(stage_hash images "$PAUSE_IMAGE")
+if [ ! -f "$IMAGES/.done" ]; then
+	PHASE_CACHED=false
+	rm -rf "$IMAGES" "$IMAGES.tmp"; mkdir -p "$IMAGES.tmp/rootfs" "$IMAGES.tmp/archive"
+	r=$IMAGES.tmp/rootfs
+	mkdir -p "$r/bin" "$r/etc" "$r/tmp" "$r/root" "$r/var/www" "$r/home/default-user" "$r/dev" "$r/proc" "$r/sys"
+	chmod 1777 "$r/tmp"
+	cp "$BUSYBOX/busybox" "$r/bin/busybox"
+	for a in $("$r/bin/busybox" --list); do [ "$a" = busybox ] || ln -s busybox "$r/bin/$a"; done
+	cat >"$r/etc/passwd" <<'PW'
+root:x:0:0:root:/root:/bin/sh
+daemon:x:1:1:daemon:/usr/sbin:/bin/false
+www-data:x:33:33:www-data:/var/www:/bin/false
+default-user:x:1000:1000:Linux User,,,:/home/default-user:/bin/sh
+nobody:x:65534:65534:nobody:/home:/bin/false
+PW
+	cat >"$r/etc/group" <<'GR'
+root:x:0:
+daemon:x:1:
+www-data:x:33:
+default-user:x:1000:
+group-defined-in-image:x:50000:default-user
+nogroup:x:65534:
+GR
+	echo '<html><body>armorshim integration web server</body></html>' >"$r/var/www/index.html"
+	chown 1000:1000 "$r/home/default-user"
+	a=$IMAGES.tmp/archive
+	tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$r" -cf "$a/layer.tar" .
+	DIFFID=$(sha256sum "$a/layer.tar" | cut -d' ' -f1)
+	mkdir -p "$a/$DIFFID"; mv "$a/layer.tar" "$a/$DIFFID/layer.tar"
+	MANIFEST=
+	# add_image TAGS(comma separated) CONFIG-JSON-FRAGMENT
+	add_image() {
+		local cfg sha tags
+		cfg="{\"architecture\":\"amd64\",\"os\":\"linux\",\"created\":\"1970-01-01T00:00:00Z\",\"config\":{\"Env\":[\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"]$2},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"sha256:$DIFFID\"]}}"
+		sha=$(printf '%s' "$cfg" | sha256sum | cut -d' ' -f1)
+		printf '%s' "$cfg" >"$a/$sha.json"
+		tags=$(echo "$1" | sed 's/[^,]*/"&"/g')
+		MANIFEST="$MANIFEST${MANIFEST:+,}{\"Config\":\"$sha.json\",\"RepoTags\":[$tags],\"Layers\":[\"$DIFFID/layer.tar\"]}"
+	}
+	E2E=registry.k8s.io/e2e-test-images
+	CRIT=gcr.io/k8s-staging-cri-tools
+	# pause: sleeps until killed, reaping children
+	add_image "$PAUSE_IMAGE" ',"Entrypoint":["/bin/sh","-c","trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait; done"]'
+	# the busybox image critest and the scenarios use
+	add_image "$E2E/busybox:1.29-2,$E2E/busybox:1.36.1-1,docker.io/library/busybox:latest" ',"Cmd":["sh"]'
+	# web servers (busybox httpd on port 80) under the names critest uses
+	add_image "$E2E/nginx:1.14-2,$E2E/httpd:2.4.39-4" ',"Entrypoint":["/bin/httpd","-f","-p","80","-h","/var/www"],"ExposedPorts":{"80/tcp":{}}'
+	# critest's images whose config names a user
+	add_image "$CRIT/test-image-user-uid:latest" ',"Cmd":["sh"],"User":"1002"'
+	add_image "$CRIT/test-image-user-username:latest" ',"Cmd":["sh"],"User":"www-data"'
+	add_image "$CRIT/test-image-user-uid-group:latest" ',"Cmd":["sh"],"User":"1003:1004"'
+	add_image "$CRIT/test-image-user-username-group:latest" ',"Cmd":["sh"],"User":"www-data:1004"'
+	add_image "$CRIT/test-image-predefined-group:latest" ',"Cmd":["sh"],"User":"1000"'
+	echo "[$MANIFEST]" >"$a/manifest.json"
+	tar --sort=name --mtime=@0 --owner=0 --group=0 -C "$a" -cf "$IMAGES.tmp/images.tar" .
+	rm -rf "$IMAGES.tmp/rootfs" "$IMAGES.tmp/archive"
+	touch "$IMAGES.tmp/.done"; mv "$IMAGES.tmp" "$IMAGES"
+fi
+phase_end
+# <<< images
+
+# >>> rootfs
+# The guest's root disk: the debootstrap base + kernel modules + binaries +
+# images, as an ext4 image (qemu attaches it with snapshot=on).
+phase_start rootfs
+ROOTFS=$CACHE/rootfs-$SUITE-$KVER-containerd-$CONTAINERD_VERSION-$(stage_hash rootfs "$BASE" "$KERNEL" "$BINS" "$IMAGES" "$GINKGO")
+if [ ! -f "$ROOTFS/.done" ]; then
+	PHASE_CACHED=false
+	rm -rf "$ROOTFS" "$ROOTFS.tmp"; mkdir -p "$ROOTFS.tmp"
+	t=$ROOTFS.tmp/tree
+	cp -a "$BASE" "$t"; rm -f "$t/.done"
+	mkdir -p "$t/usr/lib/modules"
+	cp -a "$KERNEL/root/usr/lib/modules/$KVER" "$t/usr/lib/modules/"
+	for b in containerd ctr containerd-shim-runc-v2 runc crictl critest; do install -m 0755 "$BINS/$b" "$t/usr/local/bin/$b"; done
+	install -m 0755 "$GINKGO/ginkgo" "$t/usr/local/bin/ginkgo"
+	mkdir -p "$t/opt/armorshim-it"
+	cp "$IMAGES/images.tar" "$t/opt/armorshim-it/images.tar"
+	# debootstrap minbase has no /etc/hosts (RunPodSandbox needs it)
+	printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tarmorshim-guest\n' >"$t/etc/hosts"
+	echo armorshim-guest >"$t/etc/hostname"
+	echo 'nameserver 127.0.0.1' >"$t/etc/resolv.conf"
+	mkdir -p "$t/var/lib/containerd" "$t/var/lib/cni" "$t/etc/containerd" "$t/etc/cni/net.d" "$t/run" "$t/newroot"
+	size=$(( $(du -sm "$t" | cut -f1) * 12 / 10 + 256 ))
+	mkfs.ext4 -q -F -L armorshim-root -E root_owner=0:0 -d "$t" "$ROOTFS.tmp/rootfs.ext4" "${size}M" >/dev/null
+	rm -rf "$t"
+	touch "$ROOTFS.tmp/.done"; mv "$ROOTFS.tmp" "$ROOTFS"
+fi
+phase_end
+# <<< rootfs
+
+# Per run (not cached): armorshim from this checkout, the initramfs that
+# carries it with the guest scripts, and an empty disk for the artefacts the
+# guest hands back (a tar archive written straight onto the device).
+phase_start payload
+PHASE_CACHED=false
+rm -rf "$OUT/initrd" "$OUT/initrd.cpio" "$OUT/out-main.img" "$OUT/out-noaa.img"
+i=$OUT/initrd
+mkdir -p "$i/bin" "$i/proc" "$i/sys" "$i/dev" "$i/newroot" "$i/modules" "$i/payload"
+cp "$BUSYBOX/busybox" "$i/bin/busybox"
+cp "$KERNEL/initrd-modules/"* "$i/modules/"
+cp "$HERE/guest/init" "$i/init"; chmod 0755 "$i/init"
+cp -r "$HERE/guest/." "$i/payload/"
+rm -f "$i/payload/init"
+if (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -o "$i/payload/armorshim" ./cmd/armorshim) >&2; then
+	emit armorshim built
+else
+	log "armorshim does not build from this checkout: the guest reports every step through it as not run"
+	emit armorshim missing
+fi
+(cd "$i" && find . | cpio -o -H newc --quiet) >"$OUT/initrd.cpio"
+rm -rf "$i"
+truncate -s 256M "$OUT/out-main.img" "$OUT/out-noaa.img"
+phase_end
+
+emit kernel "$KERNEL/vmlinuz"
+emit kver "$KVER"
+emit kernel_package "$KPKG=$KDEB_VER"
+emit rootfs "$ROOTFS/rootfs.ext4"
+emit initrd "$OUT/initrd.cpio"
+emit out_main "$OUT/out-main.img"
+emit out_noaa "$OUT/out-noaa.img"
+emit containerd "$CONTAINERD_VERSION"
+emit runc "$RUNC_VERSION"
+emit critools "$CRITOOLS_VERSION"
+emit ginkgo "$GINKGO_VERSION"
+emit mirror "$MIRROR"
