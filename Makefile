@@ -22,7 +22,7 @@ demo: build
 	$(GO) run ./cmd/armorshim-demo --armorshim bin/armorshim
 
 # Everything CI runs.
-test: unit fuzz
+test: unit fuzz integration
 
 unit:
 	$(GO) vet ./...
@@ -42,6 +42,11 @@ fuzz:
 bench:
 	$(GO) run ./cmd/armorshim-bench
 	$(GO) test -run '^$$' -bench . -benchtime 200ms ./apparmor ./host
+
+# The VM suite: a qemu guest with AppArmor, containerd, runc, crictl and
+# critest (integration/README.md). Needs root; caches its builds.
+integration:
+	$(GO) test -tags integration -v -count=1 -timeout 80m ./integration/
 
 install: build
 	install -D -m 0755 bin/armorshim $(DESTDIR)$(PREFIX)/bin/armorshim

@@ -259,6 +259,22 @@ group-defined-in-image:x:50000:default-user
 nogroup:x:65534:
 GR
 	echo '<html><body>armorshim integration web server</body></html>' >"$r/var/www/index.html"
+	# stand-ins for critest's nginx and httpd images: busybox httpd on port 80,
+	# an "nginx" process that writes /var/run/nginx.pid, an httpd that logs "httpd"
+	mkdir -p "$r/usr/sbin" "$r/var/run"
+	cat >"$r/usr/sbin/nginx" <<'NGINX'
+#!/bin/sh
+echo $$ >/var/run/nginx.pid
+httpd -f -p 80 -h /var/www &
+trap 'kill $!; exit 0' TERM INT
+wait
+NGINX
+	cat >"$r/usr/sbin/httpd-foreground" <<'HTTPD'
+#!/bin/sh
+echo "httpd: serving /var/www on port 80"
+exec httpd -f -vv -p 80 -h /var/www
+HTTPD
+	chmod 0755 "$r/usr/sbin/nginx" "$r/usr/sbin/httpd-foreground"
 	chown 1000:1000 "$r/home/default-user"
 	a=$IMAGES.tmp/archive
 	tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$r" -cf "$a/layer.tar" .
@@ -281,7 +297,8 @@ GR
 	# the busybox image critest and the scenarios use
 	add_image "$E2E/busybox:1.29-2,$E2E/busybox:1.36.1-1,docker.io/library/busybox:latest" ',"Cmd":["sh"]'
 	# web servers (busybox httpd on port 80) under the names critest uses
-	add_image "$E2E/nginx:1.14-2,$E2E/httpd:2.4.39-4" ',"Entrypoint":["/bin/httpd","-f","-p","80","-h","/var/www"],"ExposedPorts":{"80/tcp":{}}'
+	add_image "$E2E/nginx:1.14-2" ',"Entrypoint":["/usr/sbin/nginx"],"ExposedPorts":{"80/tcp":{}}'
+	add_image "$E2E/httpd:2.4.39-4" ',"Entrypoint":["/usr/sbin/httpd-foreground"],"ExposedPorts":{"80/tcp":{}}'
 	# critest's images whose config names a user
 	add_image "$CRIT/test-image-user-uid:latest" ',"Cmd":["sh"],"User":"1002"'
 	add_image "$CRIT/test-image-user-username:latest" ',"Cmd":["sh"],"User":"www-data"'

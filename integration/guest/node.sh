@@ -1,0 +1,278 @@
+# Sourced by guest.sh in the main boot (AppArmor on): the node-level
+# scenarios of issues 4 (policy, profile directory, node labels), 6 (Pod
+# Security on the node) and 7 (start attestation, denial attribution). They
+# run against a second armorshim, configured for them, on its own socket in
+# front of the same containerd; the main armorshim stays as it is for critest.
+
+NODE_SOCK=/run/armorshim/node.sock
+NODE_EP=unix://$NODE_SOCK
+NODE_CFG=/etc/armorshim/node.yaml
+NODE_LOG=/out/armorshim-node.log
+NODE_METRICS=127.0.0.1:9753
+PROFILES_D=/etc/armorshim/profiles.d
+FEATURES_D=/run/features.d
+AUDIT_LOG=/out/pod-security-audit.log
+DROPPED=k8s-apparmor-example-dropped
+COMPLAIN=k8s-apparmor-example-complain
+
+ns_() { timeout 120 crictl --runtime-endpoint $NODE_EP --image-endpoint $NODE_EP --timeout 60s "$@"; }
+
+# node_config POLICY-YAML [EXTRA-YAML]: the node armorshim's configuration
+node_config() {
+	cat >$NODE_CFG <<CFG
+apiVersion: armorshim.io/v1alpha1
+kind: ArmorshimConfiguration
+listen: $NODE_EP
+runtimeEndpoint: $CTRD_EP
+metricsAddress: $NODE_METRICS
+profiles:
+  directory: $PROFILES_D
+  syncInterval: 1s
+nodeFeatures:
+  directory: $FEATURES_D
+policy:
+$1
+$2
+CFG
+}
+
+node_start() {
+	armorshim serve --config $NODE_CFG -v 2 >>$NODE_LOG 2>&1 &
+	NODE_PID=$!
+	for _ in $(seq 1 150); do
+		ns_ version >/dev/null 2>&1 && return 0
+		kill -0 $NODE_PID 2>/dev/null || break
+		sleep 0.2
+	done
+	return 1
+}
+
+# node_reload: SIGHUP, then wait for the log line that says it took.
+node_reload() {
+	local before
+	before=$(grep -c 'Configuration reloaded' $NODE_LOG)
+	kill -HUP $NODE_PID
+	for _ in $(seq 1 50); do
+		[ "$(grep -c 'Configuration reloaded' $NODE_LOG)" -gt "$before" ] && return 0
+		sleep 0.2
+	done
+	return 1
+}
+
+# metric NAME-AND-LABELS: its value from the node armorshim's /metrics (0 if absent)
+metric() {
+	local body
+	body=$(exec 3<>/dev/tcp/${NODE_METRICS%:*}/${NODE_METRICS#*:} &&
+		printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 && cat <&3)
+	echo "$body" | grep -F "$1 " | awk '{print $2}' | head -n 1 | grep . || echo 0
+}
+
+# node_create NAME SC ANNOTATIONS [POD-SC]: RunPodSandbox + CreateContainer
+# through the node armorshim -> $POD $CTR $CREATE_OUT $CREATE_RC
+node_create() {
+	write_configs "$1" "$2" "$3"
+	if [ -n "${4:-}" ]; then
+		jq --argjson sc "$4" '.linux.security_context += $sc' /tmp/cfg/$1-pod.json >/tmp/cfg/$1-pod.json.new &&
+			mv /tmp/cfg/$1-pod.json.new /tmp/cfg/$1-pod.json
+	fi
+	POD=$(ns_ runp /tmp/cfg/$1-pod.json 2>>"$LOG")
+	CTR=
+	if [ -z "$POD" ]; then
+		CREATE_OUT="RunPodSandbox failed"
+		CREATE_RC=1
+		return 1
+	fi
+	CREATE_OUT=$(ns_ create "$POD" /tmp/cfg/$1-ctr.json /tmp/cfg/$1-pod.json 2>&1)
+	CREATE_RC=$?
+	[ $CREATE_RC -eq 0 ] && CTR=$(echo "$CREATE_OUT" | tail -n 1)
+	log "node create $1 rc=$CREATE_RC: $CREATE_OUT"
+	return $CREATE_RC
+}
+node_remove() {
+	[ -n "${POD:-}" ] || return 0
+	ns_ stopp "$POD" >>"$LOG" 2>&1
+	ns_ rmp "$POD" >>"$LOG" 2>&1
+	POD=
+}
+node_attr() { ns_ exec "$CTR" cat /proc/1/attr/current 2>>"$LOG" | tr -d '\0' | oneline; }
+
+scenarios_node() {
+	local ok out attr before after n features
+	mkdir -p /etc/armorshim $PROFILES_D $FEATURES_D
+	: >$NODE_LOG
+
+	# ---- issue 4: default profile, with an allowed list that holds it
+	node_config "  defaultProfile: localhost/$DENY
+  allowedProfiles: runtime/default,localhost/$DENY,localhost/$DROPPED"
+	if ! node_start; then
+		result n4-default-profile false "the node armorshim did not serve" "$(tail -n 5 $NODE_LOG | oneline)"
+		return 1
+	fi
+	ok=false
+	if node_create n4-default '{}' '{}'; then
+		ns_ start "$CTR" >>"$LOG" 2>&1
+		attr=$(node_attr)
+		out=$(ns_ exec "$CTR" touch /tmp/test 2>&1 | grep -v level= | oneline)
+		[ "$attr" = "$DENY (enforce)" ] && [[ $out == *"Permission denied"* ]] && ok=true
+		result n4-default-profile $ok "policy.defaultProfile: localhost/$DENY; the container asks for no profile" \
+			"/proc/1/attr/current: $attr (want: $DENY (enforce))" "touch /tmp/test: $out (want: Permission denied)"
+		# ---- issue 7: that container's start was attested, and its denial attributed
+		n=$(metric 'armorshim_start_attestations_total{outcome="attested"}')
+		ok=false
+		[ "${n%.*}" -ge 1 ] && ok=true
+		result n7-attested $ok "armorshim_start_attestations_total{outcome=\"attested\"} = $n (want >= 1)" \
+			"$(grep -m1 'Container confinement attested' $NODE_LOG | oneline)"
+		sleep 2
+		out=$(metric "armorshim_apparmor_denials_total{container=\"hello\",namespace=\"armorshim-it\",operation=\"mknod\",pod=\"n4-default\",profile=\"$DENY\"}")
+		total=$(exec 3<>/dev/tcp/${NODE_METRICS%:*}/${NODE_METRICS#*:} && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3 |
+			grep '^armorshim_apparmor_denials_total{' | grep 'pod="n4-default"' | awk '{s+=$2} END {print s+0}')
+		ok=false
+		[ "$total" = 1 ] && ok=true
+		result n7-denial-attributed $ok "touch /tmp/test in pod armorshim-it/n4-default" \
+			"denials attributed to pod armorshim-it/n4-default: $total (want exactly 1); {container=hello,operation=mknod,profile=$DENY} = $out" \
+			"$(grep -m1 'AppArmor denial' $NODE_LOG | oneline)"
+	else
+		result n4-default-profile false "CreateContainer refused" "$(create_err)"
+		result n7-attested false "no container to attest"
+		result n7-denial-attributed false "no container to deny"
+	fi
+	node_remove
+
+	# ---- issue 4: a profile outside the allowed list
+	node_create n4-allowed '{"apparmor_profile":"unconfined"}' '{}'
+	ok=false
+	refused PermissionDenied "Forbidden: AppArmor profile \"unconfined\" is not allowed on this node" && ok=true
+	result n4-allowed-refused $ok "allowedProfiles: runtime/default,localhost/$DENY,localhost/$DROPPED; request: unconfined" "$(create_err)"
+	node_remove
+
+	# ---- issue 4: a profile dropped into the directory becomes usable without a restart
+	node_create n4-dropped-before "{\"apparmor_profile\":\"localhost/$DROPPED\"}" '{}'
+	ok=false
+	refused FailedPrecondition "profile \"$DROPPED\" is not loaded" && ok=true
+	before=$(create_err)
+	node_remove
+	profile_text $DROPPED yes >$PROFILES_D/$DROPPED
+	for _ in $(seq 1 50); do loaded $DROPPED && break; sleep 0.2; done
+	if node_create n4-dropped-after "{\"apparmor_profile\":\"localhost/$DROPPED\"}" '{}'; then
+		ns_ start "$CTR" >>"$LOG" 2>&1
+		attr=$(node_attr)
+		[ "$attr" = "$DROPPED (enforce)" ] || ok=false
+	else
+		ok=false
+		attr="$(create_err)"
+	fi
+	result n4-profile-directory $ok "before the file: $before" \
+		"after writing $PROFILES_D/$DROPPED (no restart): /proc/1/attr/current: $attr (want: $DROPPED (enforce))" \
+		"$(grep -m1 "Loaded AppArmor profile file" $NODE_LOG | oneline)"
+	node_remove
+
+	# ---- issue 4: node labels for node-feature-discovery
+	for _ in $(seq 1 25); do grep -q "/$DROPPED=enforce" $FEATURES_D/armorshim-apparmor 2>/dev/null && break; sleep 0.2; done
+	features=$(cat $FEATURES_D/armorshim-apparmor 2>/dev/null)
+	ok=false
+	grep -q '^# +expiry-time=' <<<"$features" && grep -q '^apparmor.armorshim.io/enabled=true$' <<<"$features" &&
+		grep -q "^apparmor.armorshim.io/$DENY=enforce$" <<<"$features" && grep -q "^apparmor.armorshim.io/$DROPPED=enforce$" <<<"$features" &&
+		[ -z "$(ls -A $FEATURES_D | grep '^\.')" ] && ok=true
+	result n4-nfd-labels $ok "$FEATURES_D/armorshim-apparmor:" \
+		"$(grep -E "^#|enabled=|$DENY=|$DROPPED=" <<<"$features" | oneline)"
+
+	# ---- issue 4: check --output json sees the policy, the directory and the profiles
+	out=$(armorshim check --config $NODE_CFG --profile $DENY --output json 2>&1)
+	ok=false
+	[ "$(jq -r .ok <<<"$out")" = true ] && [ "$(jq -r '.profileDirectory.files[0].profiles[0]' <<<"$out")" = "$DROPPED" ] && ok=true
+	result n4-check $ok "armorshim check --profile $DENY --output json: ok=$(jq -r .ok <<<"$out") missing=$(jq -c .missing <<<"$out")" \
+		"profile directory: $(jq -c .profileDirectory <<<"$out" | cut -c1-200)" "policy: $(jq -c .policy <<<"$out")"
+
+	# ---- issue 4: complain mode refused where enforce is required
+	profile_text $COMPLAIN yes >/tmp/$COMPLAIN.profile
+	apparmor_parser -C -r /tmp/$COMPLAIN.profile >>"$LOG" 2>&1
+	node_config "  requireEnforce: true"
+	node_reload
+	node_create n4-complain "{\"apparmor_profile\":\"localhost/$COMPLAIN\"}" '{}'
+	ok=false
+	refused FailedPrecondition "profile \"$COMPLAIN\" is loaded in complain mode, but this node requires enforce mode" && ok=true
+	result n4-complain-refused $ok "$(grep "^$COMPLAIN " /sys/kernel/security/apparmor/profiles)" "$(create_err)"
+	node_remove
+
+	# ---- issue 7: a profile swapped under a created container is caught at start
+	ok=false
+	if node_create n7-swap "{\"apparmor_profile\":\"localhost/$DENY\"}" '{}'; then
+		apparmor_parser -C -r /tmp/$DENY.profile >>"$LOG" 2>&1
+		out=$(ns_ start "$CTR" 2>&1 | grep -o 'rpc error: .*' | oneline)
+		state=$(cd_ inspect -o go-template --template '{{.status.state}}' "$CTR" 2>>"$LOG")
+		apparmor_parser -r /tmp/$DENY.profile >>"$LOG" 2>&1
+		[[ $out == *"code = FailedPrecondition desc = Blocked: AppArmor confinement mismatch: expected $DENY (enforce), the container runs $DENY (complain)"* ]] &&
+			[ "$state" = CONTAINER_EXITED ] && ok=true
+		result n7-swap-detected $ok "created with localhost/$DENY (enforce), then reloaded in complain mode before StartContainer" \
+			"StartContainer: $out" "container state afterwards: $state (want: CONTAINER_EXITED)"
+	else
+		result n7-swap-detected false "CreateContainer refused" "$(create_err)"
+	fi
+	node_remove
+
+	# ---- issue 4: AppArmor switched off on the node
+	node_config "  enabled: false"
+	node_reload
+	node_create n4-disabled "{\"apparmor_profile\":\"localhost/$DENY\"}" '{}'
+	ok=false
+	refused PermissionDenied "Forbidden: AppArmor is disabled on this node" && ok=true
+	out=$(create_err)
+	node_remove
+	node_create n4-disabled-none '{}' '{}' || ok=false
+	result n4-disabled $ok "policy.enabled: false; localhost/$DENY: $out" "no profile asked: created ${CTR:-(refused: $(create_err))}"
+	node_remove
+
+	# ---- issue 6: Pod Security on the node, with the seed's cluster-level-pss.yaml
+	mkdir -p /etc/kubernetes/pss
+	cp "$RUN/cluster-level-pss.yaml" /etc/kubernetes/pss/cluster-level-pss.yaml
+	node_config "  enabled: true" "podSecurity:
+  configFile: /etc/kubernetes/pss/cluster-level-pss.yaml
+  auditLog:
+    path: $AUDIT_LOG"
+	kill $NODE_PID
+	wait $NODE_PID 2>/dev/null
+	node_start || result n6-start false "the node armorshim did not restart with podSecurity" "$(tail -n 3 $NODE_LOG | oneline)"
+
+	# a host-network pod (what the kubelet sends for hostNetwork: true) is refused at RunPodSandbox
+	write_configs n6-hostnet '{}' '{}'
+	jq '.linux.security_context.namespace_options.network = 2' /tmp/cfg/n6-hostnet-pod.json >/tmp/cfg/x && mv /tmp/cfg/x /tmp/cfg/n6-hostnet-pod.json
+	out=$(ns_ runp /tmp/cfg/n6-hostnet-pod.json 2>&1 | grep -o 'rpc error: .*' | oneline)
+	ok=false
+	[[ $out == *'code = PermissionDenied desc = Forbidden: violates PodSecurity "baseline:latest": host namespaces (hostNetwork=true)'* ]] && ok=true
+	result n6-hostnetwork-refused $ok "enforce=baseline (seed's defaults); RunPodSandbox with network NODE" "$out"
+
+	# a privileged container is refused at CreateContainer
+	node_create n6-privileged '{"privileged":true}' '{}'
+	ok=false
+	refused PermissionDenied 'Forbidden: violates PodSecurity "baseline:latest": privileged (container "hello" must not set securityContext.privileged=true)' && ok=true
+	result n6-privileged-refused $ok "CreateContainer with privileged=true" "$(create_err)"
+	node_remove
+
+	# the same host-network pod in kube-system (exempt in the seed's config) runs
+	jq '.metadata.namespace = "kube-system"' /tmp/cfg/n6-hostnet-pod.json >/tmp/cfg/x && mv /tmp/cfg/x /tmp/cfg/n6-exempt-pod.json
+	POD=$(ns_ runp /tmp/cfg/n6-exempt-pod.json 2>>"$LOG")
+	ok=false
+	[ -n "$POD" ] && ok=true
+	result n6-exempt-namespace $ok "the same host-network pod in namespace kube-system: sandbox ${POD:-(refused)}"
+	node_remove
+
+	# the seed's nginx pod: admitted, with the restricted warning logged and audited
+	write_configs n6-nginx '{}' '{}'
+	jq '.metadata.name = "nginx" | .metadata.namespace = "example" | .port_mappings = [{container_port: 80}]' /tmp/cfg/n6-nginx-pod.json >/tmp/cfg/x && mv /tmp/cfg/x /tmp/cfg/n6-nginx-pod.json
+	jq '.metadata.name = "nginx" | .labels["io.kubernetes.container.name"] = "nginx"' /tmp/cfg/n6-nginx-ctr.json >/tmp/cfg/x && mv /tmp/cfg/x /tmp/cfg/n6-nginx-ctr.json
+	POD=$(ns_ runp /tmp/cfg/n6-nginx-pod.json 2>>"$LOG")
+	CREATE_OUT=$(ns_ create "$POD" /tmp/cfg/n6-nginx-ctr.json /tmp/cfg/n6-nginx-pod.json 2>&1)
+	CREATE_RC=$?
+	sleep 1
+	warning=$(grep 'Pod Security warning' $NODE_LOG | grep 'pod="example/nginx"' | tail -n 1 | sed 's/.*warning="//; s/"$//; s/\\"/"/g')
+	audit=$(grep '"pod":"nginx"' $AUDIT_LOG 2>/dev/null | tail -n 1)
+	ok=false
+	[ $CREATE_RC -eq 0 ] && [[ $warning == *"allowPrivilegeEscalation != false"*"unrestricted capabilities"*"runAsNonRoot != true"*"seccompProfile"* ]] &&
+		[ -n "$audit" ] && ok=true
+	result n6-nginx-warned $ok "CreateContainer nginx in namespace example: rc=$CREATE_RC" "log: $warning" "audit: $(echo "$audit" | cut -c1-300)"
+	node_remove
+
+	kill $NODE_PID 2>/dev/null
+	wait $NODE_PID 2>/dev/null
+	phase main-node-scenarios
+}

@@ -1,0 +1,321 @@
+//go:build integration
+
+package integration
+
+import (
+	"encoding/xml"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// What each step proves, for the results file.
+var stepTitle = map[string]string{
+	"setup-containerd":    "setup: containerd up, images imported into k8s.io",
+	"setup-armorshim":     "setup: armorshim serving on its socket",
+	"s1-field":            "1. loaded profile via the CRI field (apparmor.localhost_ref)",
+	"s1-string":           "1. loaded profile via the deprecated apparmor_profile string",
+	"s1-annotation":       "1. loaded profile via the pod annotation only",
+	"s2-refused":          "2. profile not loaded: CreateContainer refused, nothing created",
+	"s2-after-load":       "2. same request after loading the profile runs, write works",
+	"s3-runtime-default":  "3. runtime/default runs under cri-containerd.apparmor.d",
+	"s4-unconfined":       "4. unconfined runs unconfined",
+	"s5-refused":          "5. apparmor=0: localhost profile refused",
+	"s5-no-profile":       "5. apparmor=0: no profile still runs",
+	"s6-invalid":          "6. invalid reference foo/bar refused with InvalidArgument",
+	"s7-critest-apparmor": "7. critest -ginkgo.focus=AppArmor through armorshim",
+	"s7-critest-full":     "7. full critest: same passes/failures direct and through armorshim",
+	"s8-oci-spec":         "8. OCI spec holds the resolved profile (crictl inspect)",
+
+	"n4-default-profile":     "policy: defaultProfile applied to a container asking none",
+	"n4-allowed-refused":     "policy: a profile outside allowedProfiles is Forbidden",
+	"n4-profile-directory":   "profiles: a file dropped into the directory is usable without a restart",
+	"n4-nfd-labels":          "node labels: the NFD feature file lists AppArmor and each loaded profile",
+	"n4-check":               "check --output json: policy, profile directory, nothing missing",
+	"n4-complain-refused":    "policy: requireEnforce refuses a profile loaded in complain mode",
+	"n4-disabled":            "policy: enabled: false forbids profiles, a container asking none runs",
+	"n6-hostnetwork-refused": "Pod Security: a host-network sandbox refused under enforce=baseline",
+	"n6-privileged-refused":  "Pod Security: a privileged container refused under enforce=baseline",
+	"n6-exempt-namespace":    "Pod Security: the same pod in the exempt kube-system namespace runs",
+	"n6-nginx-warned":        "Pod Security: the seed's nginx pod admitted, restricted warning logged and audited",
+	"n7-attested":            "attestation: the seed's deny-write container attested at start",
+	"n7-swap-detected":       "attestation: a profile swapped under a created container stops it at start",
+	"n7-denial-attributed":   "denials: touch /tmp/test gives exactly one denial attributed to the pod",
+}
+
+type report struct {
+	prep       map[string]string
+	prepPhases []phase
+	prepWall   time.Duration
+	total      time.Duration
+	boots      []*boot
+	rows       []row
+	failures   []string
+	critest    map[string]junitCounts
+	diffs      []string
+}
+
+type row struct {
+	step     string
+	mode     string
+	ok       bool
+	evidence []string
+}
+
+func (r *report) fail(format string, args ...any) {
+	r.failures = append(r.failures, fmt.Sprintf(format, args...))
+}
+
+// evaluate checks that a boot finished and reported every expected step.
+func (r *report) evaluate(b *boot, steps []string) {
+	if !b.done {
+		r.fail("%s guest: no ARMORSHIM-DONE after %d attempt(s): hang, panic or crash (see serial-%s-*.log)", b.mode, b.attempts, b.mode)
+	}
+	for _, f := range b.fatal {
+		r.fail("%s guest: %s", b.mode, f)
+	}
+	for _, s := range steps {
+		res, ok := b.results[s]
+		if !ok {
+			r.fail("%s guest: step %s did not run", b.mode, s)
+			r.rows = append(r.rows, row{step: s, mode: b.mode, evidence: []string{"step did not run"}})
+			continue
+		}
+		if !res.OK {
+			r.fail("%s guest: step %s failed: %s", b.mode, s, strings.Join(res.Evidence, " | "))
+		}
+		r.rows = append(r.rows, row{step: s, mode: b.mode, ok: res.OK, evidence: res.Evidence})
+	}
+}
+
+type junitCounts struct {
+	passed, failed, skipped int
+	status                  map[string]string // test name -> passed|failed|skipped
+}
+
+type junitSuites struct {
+	Suites []struct {
+		Cases []struct {
+			Name    string    `xml:"name,attr"`
+			Status  string    `xml:"status,attr"`
+			Failure *struct{} `xml:"failure"`
+			Error   *struct{} `xml:"error"`
+			Skipped *struct{} `xml:"skipped"`
+		} `xml:"testcase"`
+	} `xml:"testsuite"`
+}
+
+func readJUnit(path string) (junitCounts, error) {
+	c := junitCounts{status: map[string]string{}}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return c, err
+	}
+	var js junitSuites
+	if err := xml.Unmarshal(data, &js); err != nil {
+		return c, err
+	}
+	for _, s := range js.Suites {
+		for _, tc := range s.Cases {
+			st := tc.Status
+			switch {
+			case st == "passed" || st == "failed" || st == "skipped":
+			case tc.Failure != nil || tc.Error != nil:
+				st = "failed"
+			case tc.Skipped != nil:
+				st = "skipped"
+			default:
+				st = "passed"
+			}
+			if st == "pending" || st == "timedout" || st == "panicked" || st == "interrupted" || st == "aborted" {
+				st = "failed"
+			}
+			// suite-level nodes ([BeforeSuite] ...) are not tests
+			if strings.HasPrefix(tc.Name, "[BeforeSuite]") || strings.HasPrefix(tc.Name, "[AfterSuite]") ||
+				strings.HasPrefix(tc.Name, "[SynchronizedBeforeSuite]") || strings.HasPrefix(tc.Name, "[ReportAfterSuite]") {
+				if st == "failed" {
+					c.failed++
+					c.status[tc.Name] = st
+				}
+				continue
+			}
+			c.status[tc.Name] = st
+			switch st {
+			case "passed":
+				c.passed++
+			case "failed":
+				c.failed++
+			default:
+				c.skipped++
+			}
+		}
+	}
+	return c, nil
+}
+
+// compareCritest reads the JUnit reports of the main boot and compares the
+// full runs direct vs through armorshim test by test.
+func (r *report) compareCritest(b *boot) {
+	r.critest = map[string]junitCounts{}
+	for _, run := range critestRuns {
+		if _, ok := b.critest[run]; !ok {
+			r.fail("critest run %s did not run", run)
+		}
+		c, err := readJUnit(filepath.Join(b.artefacts, "critest-"+run+".xml"))
+		if err != nil {
+			r.fail("critest run %s: no JUnit report: %v", run, err)
+			continue
+		}
+		r.critest[run] = c
+	}
+	d, okd := r.critest["full-direct"]
+	s, oks := r.critest["full-shim"]
+	if !okd || !oks {
+		r.rows = append(r.rows, row{step: "s7-critest-full", evidence: []string{"a full critest run is missing"}})
+		return
+	}
+	names := map[string]bool{}
+	for n := range d.status {
+		names[n] = true
+	}
+	for n := range s.status {
+		names[n] = true
+	}
+	for n := range names {
+		if d.status[n] != s.status[n] {
+			r.diffs = append(r.diffs, fmt.Sprintf("%s: direct=%s, armorshim=%s", n, orNone(d.status[n]), orNone(s.status[n])))
+		}
+	}
+	sort.Strings(r.diffs)
+	ev := []string{
+		fmt.Sprintf("direct: %d passed, %d failed, %d skipped", d.passed, d.failed, d.skipped),
+		fmt.Sprintf("through armorshim: %d passed, %d failed, %d skipped", s.passed, s.failed, s.skipped),
+		fmt.Sprintf("%d tests differ", len(r.diffs)),
+	}
+	ok := len(r.diffs) == 0 && d.passed > 0
+	if !ok {
+		r.fail("full critest differs direct vs through armorshim (%d tests): %s", len(r.diffs), strings.Join(r.diffs, "; "))
+	}
+	r.rows = append(r.rows, row{step: "s7-critest-full", ok: ok, evidence: ev})
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "absent"
+	}
+	return s
+}
+
+func mdEscape(s string) string {
+	return strings.NewReplacer("|", `\|`, "\n", " ", "<", "&lt;", ">", "&gt;").Replace(s)
+}
+
+func (r *report) markdown() string {
+	var sb strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&sb, format, args...) }
+	verdict := "PASS"
+	if len(r.failures) > 0 {
+		verdict = fmt.Sprintf("FAIL (%d problems)", len(r.failures))
+	}
+	w("# armorshim integration results\n\n")
+	w("Generated by `make integration` (`go test -tags integration -v -timeout 80m ./integration/`); see README.md.\n\n")
+	w("- Run: %s, verdict **%s**, total wall time %s\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), verdict, r.total.Round(time.Second))
+	w("- Guest: Debian %s kernel, containerd %s, runc %s, crictl/critest %s, armorshim %s\n",
+		r.prep["kernel_package"], r.prep["containerd"], r.prep["runc"], r.prep["critools"], r.prep["armorshim"])
+	for _, b := range r.boots {
+		w("- %s boot: %s wall, %d attempt(s), finished: %v\n", b.mode, b.wall.Round(time.Second), b.attempts, b.done)
+	}
+	w("\n## Scenarios (all requests through armorshim's socket)\n\n| scenario | result | key evidence |\n|---|---|---|\n")
+	sorted := append([]row(nil), r.rows...)
+	sort.SliceStable(sorted, func(i, j int) bool {
+		return order(sorted[i].step)+sorted[i].mode < order(sorted[j].step)+sorted[j].mode
+	})
+	for _, rw := range sorted {
+		res := "PASS"
+		if !rw.ok {
+			res = "**FAIL**"
+		}
+		title := stepTitle[rw.step]
+		if title == "" {
+			title = rw.step
+		}
+		ev := make([]string, len(rw.evidence))
+		for i, e := range rw.evidence {
+			ev[i] = "`" + strings.ReplaceAll(mdEscape(e), "`", "'") + "`"
+		}
+		if strings.HasPrefix(rw.step, "setup") {
+			title += " [" + rw.mode + " boot]"
+		}
+		w("| %s (`%s`) | %s | %s |\n", title, rw.step, res, strings.Join(ev, "<br>"))
+	}
+	w("\n## critest\n\n| run | passed | failed | skipped | guest seconds | console summary |\n|---|---|---|---|---|---|\n")
+	var mainBoot *boot
+	for _, b := range r.boots {
+		if b.mode == "main" {
+			mainBoot = b
+		}
+	}
+	for _, run := range critestRuns {
+		c, ok := r.critest[run]
+		line := mainBoot.critest[run]
+		if !ok {
+			w("| %s | - | - | - | %d | missing |\n", run, line.Seconds)
+			continue
+		}
+		w("| %s | %d | %d | %d | %d | %s |\n", run, c.passed, c.failed, c.skipped, line.Seconds, mdEscape(line.Ran+" "+line.Summary))
+	}
+	if len(r.diffs) == 0 {
+		w("\nTests whose outcome differs direct vs through armorshim: none.\n")
+	} else {
+		w("\nTests whose outcome differs direct vs through armorshim (each is an armorshim bug):\n\n")
+		for _, d := range r.diffs {
+			w("- %s\n", mdEscape(d))
+		}
+	}
+	if d, ok := r.critest["full-direct"]; ok {
+		var failed []string
+		for n, st := range d.status {
+			if st == "failed" {
+				failed = append(failed, n)
+			}
+		}
+		sort.Strings(failed)
+		w("\n<details><summary>%d tests failing on both paths (no registry, no portmap/iptables in the guest, ...)</summary>\n\n", len(failed))
+		for _, n := range failed {
+			w("- %s\n", mdEscape(n))
+		}
+		w("\n</details>\n")
+	}
+	w("\n## Wall time per phase\n\n| phase | seconds | note |\n|---|---|---|\n")
+	for _, p := range r.prepPhases {
+		note := "built"
+		if p.Cached != nil && *p.Cached {
+			note = "cached"
+		}
+		w("| host: %s | %d | %s |\n", p.Phase, p.Seconds, note)
+	}
+	w("| host: prepare total | %d | |\n", int(r.prepWall.Seconds()))
+	for _, b := range r.boots {
+		for _, p := range b.phases {
+			w("| guest: %s | %d | |\n", p.Phase, p.Seconds)
+		}
+		w("| %s boot total (qemu wall) | %d | %d attempt(s) |\n", b.mode, int(b.wall.Seconds()), b.attempts)
+	}
+	if len(r.failures) > 0 {
+		w("\n## Problems\n\n")
+		for _, f := range r.failures {
+			w("- %s\n", mdEscape(truncate(f, 1500)))
+		}
+	}
+	return sb.String()
+}
+
+func order(step string) string {
+	if strings.HasPrefix(step, "setup") {
+		return "0" + step
+	}
+	return step
+}
