@@ -204,3 +204,19 @@ func TestLoaderNames(t *testing.T) {
 		t.Errorf("two defines %q", got)
 	}
 }
+
+// The parser is found on PATH by its bare name, as on a node.
+func TestLoaderFindsParserOnPath(t *testing.T) {
+	parser, log := fakeParser(t)
+	t.Setenv("PATH", filepath.Dir(parser))
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "deny-write"), denyWriteProfile)
+	l := &Loader{Dir: dir, Parser: "apparmor_parser"}
+	done, err := l.Sync(context.Background())
+	if err != nil || len(done) != 1 || !done[0].Loaded {
+		t.Fatalf("sync = %+v %v", done, err)
+	}
+	if got := calls(t, log); len(got) != 1 || got[0] != "--replace -- "+filepath.Join(dir, "deny-write") {
+		t.Fatalf("parser calls = %q", got)
+	}
+}

@@ -149,3 +149,34 @@ func TestCheckCommand(t *testing.T) {
 		t.Errorf("bad --output: exit %d, want 2", code)
 	}
 }
+
+// TestLoadCommand runs `armorshim load DIR` with a fake apparmor_parser on
+// PATH: each file is loaded once, a failure exits 1 with the parser's words.
+func TestLoadCommand(t *testing.T) {
+	bin := t.TempDir()
+	script := "#!/bin/sh\nfor a in \"$@\"; do f=\"$a\"; done\nif grep -q broken \"$f\"; then echo \"AppArmor parser error for $f: syntax error\" >&2; exit 1; fi\n"
+	if err := os.WriteFile(filepath.Join(bin, "apparmor_parser"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	sys := t.TempDir()
+	os.MkdirAll(filepath.Join(sys, "module/apparmor/parameters"), 0o755)
+	os.WriteFile(filepath.Join(sys, "module/apparmor/parameters/enabled"), []byte("Y\n"), 0o644)
+	os.MkdirAll(filepath.Join(sys, "kernel/security/apparmor"), 0o755)
+	os.WriteFile(filepath.Join(sys, "kernel/security/apparmor/profiles"), nil, 0o644)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "deny-write"), []byte("profile k8s-apparmor-example-deny-write {}\n"), 0o644)
+	if code := load([]string{"--sysfs", sys, dir}); code != 0 {
+		t.Errorf("good directory: exit %d", code)
+	}
+	os.WriteFile(filepath.Join(dir, "zz-broken"), []byte("broken\n"), 0o644)
+	if code := load([]string{"--sysfs", sys, dir}); code != 1 {
+		t.Errorf("broken file: exit %d, want 1", code)
+	}
+	if code := load([]string{"--sysfs", t.TempDir(), dir}); code != 1 {
+		t.Errorf("AppArmor off: exit %d, want 1", code)
+	}
+	if code := load(nil); code != 2 {
+		t.Errorf("no directory: exit %d, want 2", code)
+	}
+}
