@@ -3,6 +3,7 @@ package cri
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"sync"
 	"time"
 
@@ -87,10 +88,37 @@ func (a *attestor) take(id string) (apparmor.Expectation, bool) {
 }
 
 // containerInfo is the part of containerd's verbose ContainerStatus info
-// armorshim reads.
+// armorshim reads after a restart.
 type containerInfo struct {
-	Pid    int                         `json:"pid"`
 	Config *runtimeapi.ContainerConfig `json:"config"`
+}
+
+// pidOf reads "pid" from containerd's verbose info without decoding the
+// rest: containerd writes it second, before the config and the OCI spec
+// that make up most of the document. It returns 0 if there is none.
+func pidOf(info string) int {
+	dec := json.NewDecoder(strings.NewReader(info))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return 0
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return 0
+		}
+		if key == "pid" {
+			var pid int
+			if dec.Decode(&pid) != nil {
+				return 0
+			}
+			return pid
+		}
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return 0
+		}
+	}
+	return 0
 }
 
 // startContainer forwards StartContainer and, once the runtime started the
@@ -136,23 +164,24 @@ func (p *Proxy) attestStart(ctx context.Context, id string) string {
 		p.metrics.observeAttestation("unattested")
 		return ""
 	}
-	var info containerInfo
-	if err := json.Unmarshal([]byte(resp.GetInfo()["info"]), &info); err != nil || info.Pid <= 0 {
-		klog.V(2).InfoS("Cannot attest: the runtime reports no process", "containerID", id)
-		p.metrics.observeAttestation("unattested")
-		return ""
-	}
+	raw := resp.GetInfo()["info"]
+	pid := pidOf(raw)
 	if !known {
 		// Created before armorshim started: derive it from the runtime's
 		// copy of the container config.
-		if exp, known = p.expectFromConfig(info.Config); !known {
-			p.metrics.observeAttestation("unattested")
-			return ""
+		var info containerInfo
+		if err := json.Unmarshal([]byte(raw), &info); err == nil {
+			exp, known = p.expectFromConfig(info.Config)
 		}
 	}
-	label, err := p.attest.Processes.SettledConfinement(info.Pid, time.Second)
+	if pid <= 0 || !known {
+		klog.V(2).InfoS("Cannot attest: the runtime reports no process or config", "containerID", id)
+		p.metrics.observeAttestation("unattested")
+		return ""
+	}
+	label, err := p.attest.Processes.SettledConfinement(pid, time.Second)
 	if err != nil {
-		klog.V(2).InfoS("Cannot attest: the process is gone", "containerID", id, "pid", info.Pid, "err", err)
+		klog.V(2).InfoS("Cannot attest: the process is gone", "containerID", id, "pid", pid, "err", err)
 		p.metrics.observeAttestation("unattested")
 		return ""
 	}

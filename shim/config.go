@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -54,6 +55,35 @@ type Config struct {
 	Attestation  AttestationConfig  `json:"attestation,omitempty"`
 	Denials      DenialsConfig      `json:"denials,omitempty"`
 	PodSecurity  PodSecurityConfig  `json:"podSecurity,omitempty"`
+}
+
+// UnmarshalJSON reads the attestation section; YAML turns an unquoted
+// `mode: off` into false, which means off too.
+func (a *AttestationConfig) UnmarshalJSON(b []byte) error {
+	type plain AttestationConfig
+	v := struct {
+		plain
+		Mode any `json:"mode"`
+	}{plain: plain(*a)}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		return fmt.Errorf("attestation: %w", err)
+	}
+	*a = AttestationConfig(v.plain)
+	switch m := v.Mode.(type) {
+	case nil:
+	case string:
+		a.Mode = m
+	case bool:
+		if m {
+			return fmt.Errorf("attestation.mode: true is not a mode: use enforce, report or off")
+		}
+		a.Mode = "off"
+	default:
+		return fmt.Errorf("attestation.mode: %v is not enforce, report or off", m)
+	}
+	return nil
 }
 
 // DenialsConfig is the attribution of AppArmor denials to pods.

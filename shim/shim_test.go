@@ -645,3 +645,36 @@ func TestReloadKeepsPolicyOnBadConfig(t *testing.T) {
 		t.Errorf("the fake runtime got %d CreateContainer calls, want %d", n, want)
 	}
 }
+
+// YAML reads an unquoted `off` as false: it still means off.
+func TestAttestationModeOff(t *testing.T) {
+	dir := t.TempDir()
+	header := "apiVersion: armorshim.io/v1alpha1\nkind: ArmorshimConfiguration\n"
+	for body, want := range map[string]string{
+		"attestation:\n  mode: off\n":     "off",
+		"attestation:\n  mode: \"off\"\n": "off",
+		"attestation:\n  mode: report\n":  "report",
+		"attestation: {}\n":               "enforce",
+	} {
+		path := filepath.Join(dir, "c.yaml")
+		writeConfig(t, path, header+body)
+		cfg, err := shim.LoadConfig(path)
+		if err != nil {
+			t.Errorf("%q: %v", body, err)
+		} else if cfg.Attestation.Mode != want {
+			t.Errorf("%q: mode %q, want %q", body, cfg.Attestation.Mode, want)
+		}
+	}
+	for body, wantErr := range map[string]string{
+		"attestation:\n  mode: on\n":   "attestation.mode: true",
+		"attestation:\n  mode: 3\n":    "attestation.mode: 3",
+		"attestation:\n  bogus: x\n":   `unknown field "bogus"`,
+		"attestation:\n  mode: loud\n": `"loud" is not enforce, report or off`,
+	} {
+		path := filepath.Join(dir, "c.yaml")
+		writeConfig(t, path, header+body)
+		if _, err := shim.LoadConfig(path); err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Errorf("%q: err %v, want %q", body, err, wantErr)
+		}
+	}
+}

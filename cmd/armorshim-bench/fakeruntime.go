@@ -39,6 +39,7 @@ type fakeRuntime struct {
 	statusByID   map[string]*runtimeapi.ContainerStatus
 	sandboxState map[string]*runtimeapi.PodSandboxStatus
 	statsByID    map[string]*runtimeapi.ContainerStats
+	indexByID    map[string]int // a container's index, which gives its pid (fakePid)
 }
 
 // containersPerPod is how many containers each fake pod holds (an app, a
@@ -61,6 +62,7 @@ func newFakeRuntime(n int) *fakeRuntime {
 		statusByID:   map[string]*runtimeapi.ContainerStatus{},
 		sandboxState: map[string]*runtimeapi.PodSandboxStatus{},
 		statsByID:    map[string]*runtimeapi.ContainerStats{},
+		indexByID:    map[string]int{},
 	}
 	created := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
 	pods := (n + containersPerPod - 1) / containersPerPod
@@ -123,6 +125,7 @@ func newFakeRuntime(n int) *fakeRuntime {
 		}
 		f.containers = append(f.containers, c)
 		f.byID[c.Id] = c
+		f.indexByID[c.Id] = i
 		f.bySandbox[sb.Id] = append(f.bySandbox[sb.Id], c)
 		f.statusByID[c.Id] = &runtimeapi.ContainerStatus{
 			Id: c.Id, Metadata: c.Metadata, State: c.State, CreatedAt: created, StartedAt: created + 1e9,
@@ -173,7 +176,24 @@ func (f *fakeRuntime) ContainerStatus(_ context.Context, req *runtimeapi.Contain
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "container %q not found", req.GetContainerId())
 	}
-	return &runtimeapi.ContainerStatusResponse{Status: st}, nil
+	resp := &runtimeapi.ContainerStatusResponse{Status: st}
+	if req.GetVerbose() {
+		// containerd's verbose answer: the info JSON, built on every call.
+		info, err := f.verboseInfo(f.byID[st.Id], st)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "container info: %v", err)
+		}
+		resp.Info = map[string]string{"info": info}
+	}
+	return resp, nil
+}
+
+// StartContainer succeeds for the node's containers (they stay running).
+func (f *fakeRuntime) StartContainer(_ context.Context, req *runtimeapi.StartContainerRequest) (*runtimeapi.StartContainerResponse, error) {
+	if _, ok := f.byID[req.GetContainerId()]; !ok {
+		return nil, status.Errorf(codes.NotFound, "container %q not found", req.GetContainerId())
+	}
+	return &runtimeapi.StartContainerResponse{}, nil
 }
 
 // ListPodSandbox honours the ID filter and the pod UID label selector.

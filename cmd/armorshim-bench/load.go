@@ -16,7 +16,7 @@ import (
 func runLoad(args []string) error {
 	fs := flag.NewFlagSet("load", flag.ContinueOnError)
 	sock := fs.String("socket", "", "unix socket path of the CRI endpoint to load")
-	kind := fs.String("kind", "version", "version (serial Version calls), status (serial ContainerStatus), list (serial full ListContainers) or mix (P3)")
+	kind := fs.String("kind", "version", "version (serial Version calls), status (serial ContainerStatus), verbose-status, start (serial StartContainer, P6), list (serial full ListContainers) or mix (P3)")
 	callers := fs.Int("callers", 64, "concurrent callers for mix")
 	d := fs.Duration("duration", 10*time.Second, "how long to load")
 	if err := fs.Parse(args); err != nil {
@@ -47,6 +47,14 @@ func runLoad(args []string) error {
 		},
 		"status": func(i int) error {
 			_, err := c.rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: nd.containers[i%len(nd.containers)]})
+			return err
+		},
+		"start": func(i int) error {
+			_, err := c.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: nd.containers[i%len(nd.containers)]})
+			return err
+		},
+		"verbose-status": func(i int) error {
+			_, err := c.rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: nd.containers[i%len(nd.containers)], Verbose: true})
 			return err
 		},
 		"list": func(int) error {

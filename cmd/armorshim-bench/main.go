@@ -12,6 +12,9 @@
 //     re-encodes every message with the generated cri-api types, as the
 //     existing CRI proxies do.
 //
+// For P6 (StartContainer with start attestation, issue 7) a second armorshim
+// runs with attestation off, so that the attestation's own cost shows.
+//
 // Each scenario then runs against the runtime's own socket (direct), through
 // armorshim and through the typed proxy, interleaved and repeated --runs
 // times; the table gives the median over the runs with the min–max spread,
@@ -78,6 +81,7 @@ type options struct {
 	decisions   int           // in-process decisions per run, cached (P4)
 	bumps       int           // in-process decisions per run after a revision change (P4)
 	readyStarts int           // fresh starts timed for the time to ready (P5)
+	startCalls  int           // StartContainer calls per path per run (P6)
 }
 
 func runBench(args []string) error {
@@ -95,8 +99,12 @@ func runBench(args []string) error {
 	fs.IntVar(&o.decisions, "decisions", 20000, "in-process decisions per run with the revision unchanged (P4)")
 	fs.IntVar(&o.bumps, "bumps", 300, "in-process decisions per run each after a revision change (P4)")
 	fs.IntVar(&o.readyStarts, "ready-starts", 7, "fresh armorshim starts timed to ready (P5)")
+	fs.IntVar(&o.startCalls, "start-calls", 500, "StartContainer calls per path per run (P6)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if o.startCalls < 1 {
+		return fmt.Errorf("--start-calls must be at least 1")
 	}
 	if o.runs < 1 {
 		return fmt.Errorf("--runs must be at least 1")
