@@ -97,7 +97,13 @@ func TestIntegration(t *testing.T) {
 
 	// the short apparmor=0 boot first, so a long main boot cannot starve it
 	noaaBoot := runBoot(t, prep, work, "noaa", []string{"apparmor=0"})
-	mainBoot := runBoot(t, prep, work, "main", nil)
+	base := newBaseline(dir, cache, prep)
+	var mainArgs []string
+	if base.cached() {
+		mainArgs = append(mainArgs, "armorshim.direct=0")
+	}
+	mainBoot := runBoot(t, prep, work, "main", mainArgs)
+	base.apply(t, mainBoot)
 
 	rep := &report{prep: prep, prepPhases: prepPhases, prepWall: prepWall,
 		boots: []*boot{mainBoot, noaaBoot}}

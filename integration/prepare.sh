@@ -317,7 +317,7 @@ phase_end
 # The guest's root disk: the debootstrap base + kernel modules + binaries +
 # images, as an ext4 image (qemu attaches it with snapshot=on).
 phase_start rootfs
-ROOTFS=$CACHE/rootfs-$SUITE-$KVER-containerd-$CONTAINERD_VERSION-$(stage_hash rootfs "$BASE" "$KERNEL" "$BINS" "$IMAGES" "$GINKGO")
+ROOTFS=$CACHE/rootfs-$SUITE-$KVER-containerd-$CONTAINERD_VERSION-$(stage_hash rootfs "${BASE##*/}" "${KERNEL##*/}" "${BINS##*/}" "${IMAGES##*/}" "${GINKGO##*/}")
 if [ ! -f "$ROOTFS/.done" ]; then
 	PHASE_CACHED=false
 	rm -rf "$ROOTFS" "$ROOTFS.tmp"; mkdir -p "$ROOTFS.tmp"

@@ -97,7 +97,7 @@ node_remove() {
 node_attr() { ns_ exec "$CTR" cat /proc/1/attr/current 2>>"$LOG" | tr -d '\0' | oneline; }
 
 scenarios_node() {
-	local ok out attr before after n features
+	local ok out attr before after n features rc state total warning audit want
 	mkdir -p /etc/armorshim $PROFILES_D $FEATURES_D
 	: >$NODE_LOG
 
@@ -112,6 +112,9 @@ scenarios_node() {
 	if node_create n4-default '{}' '{}'; then
 		ns_ start "$CTR" >>"$LOG" 2>&1
 		attr=$(node_attr)
+		# The seed's rule is an explicit deny, which AppArmor does not log
+		# unless its audit mode says so.
+		echo -n noquiet >/sys/module/apparmor/parameters/audit
 		out=$(ns_ exec "$CTR" touch /tmp/test 2>&1 | grep -v level= | oneline)
 		[ "$attr" = "$DENY (enforce)" ] && [[ $out == *"Permission denied"* ]] && ok=true
 		result n4-default-profile $ok "policy.defaultProfile: localhost/$DENY; the container asks for no profile" \
@@ -131,6 +134,7 @@ scenarios_node() {
 		result n7-denial-attributed $ok "touch /tmp/test in pod armorshim-it/n4-default" \
 			"denials attributed to pod armorshim-it/n4-default: $total (want exactly 1); {container=hello,operation=mknod,profile=$DENY} = $out" \
 			"$(grep -m1 'AppArmor denial' $NODE_LOG | oneline)"
+		echo -n normal >/sys/module/apparmor/parameters/audit
 	else
 		result n4-default-profile false "CreateContainer refused" "$(create_err)"
 		result n7-attested false "no container to attest"
@@ -235,8 +239,10 @@ scenarios_node() {
 
 	# a host-network pod (what the kubelet sends for hostNetwork: true) is refused at RunPodSandbox
 	write_configs n6-hostnet '{}' '{}'
-	jq '.linux.security_context.namespace_options.network = 2' /tmp/cfg/n6-hostnet-pod.json >/tmp/cfg/x && mv /tmp/cfg/x /tmp/cfg/n6-hostnet-pod.json
-	out=$(ns_ runp /tmp/cfg/n6-hostnet-pod.json 2>&1 | grep -o 'rpc error: .*' | oneline)
+	# (the kubelet sets no hostname for a host-network pod: runc refuses one without a UTS namespace)
+	jq '.linux.security_context.namespace_options.network = 2 | del(.hostname)' /tmp/cfg/n6-hostnet-pod.json >/tmp/cfg/x && mv /tmp/cfg/x /tmp/cfg/n6-hostnet-pod.json
+	out=$(ns_ runp /tmp/cfg/n6-hostnet-pod.json 2>&1)
+	out=$(echo "${out//\\/}" | grep -o 'rpc error: .*' | tail -n 1 | sed 's/"$//' | oneline)
 	ok=false
 	[[ $out == *'code = PermissionDenied desc = Forbidden: violates PodSecurity "baseline:latest": host namespaces (hostNetwork=true)'* ]] && ok=true
 	result n6-hostnetwork-refused $ok "enforce=baseline (seed's defaults); RunPodSandbox with network NODE" "$out"
@@ -250,26 +256,36 @@ scenarios_node() {
 
 	# the same host-network pod in kube-system (exempt in the seed's config) runs
 	jq '.metadata.namespace = "kube-system"' /tmp/cfg/n6-hostnet-pod.json >/tmp/cfg/x && mv /tmp/cfg/x /tmp/cfg/n6-exempt-pod.json
-	POD=$(ns_ runp /tmp/cfg/n6-exempt-pod.json 2>>"$LOG")
+	out=$(ns_ runp /tmp/cfg/n6-exempt-pod.json 2>&1)
+	rc=$?
+	POD=
+	[ $rc -eq 0 ] && POD=$(echo "$out" | tail -n 1)
 	ok=false
 	[ -n "$POD" ] && ok=true
-	result n6-exempt-namespace $ok "the same host-network pod in namespace kube-system: sandbox ${POD:-(refused)}"
+	result n6-exempt-namespace $ok "the same host-network pod in namespace kube-system: sandbox ${POD:-(refused: $(echo "${out//\\/}" | grep -v level=warning | oneline))}"
 	node_remove
 
 	# the seed's nginx pod: admitted, with the restricted warning logged and audited
 	write_configs n6-nginx '{}' '{}'
 	jq '.metadata.name = "nginx" | .metadata.namespace = "example" | .port_mappings = [{container_port: 80}]' /tmp/cfg/n6-nginx-pod.json >/tmp/cfg/x && mv /tmp/cfg/x /tmp/cfg/n6-nginx-pod.json
-	jq '.metadata.name = "nginx" | .labels["io.kubernetes.container.name"] = "nginx"' /tmp/cfg/n6-nginx-ctr.json >/tmp/cfg/x && mv /tmp/cfg/x /tmp/cfg/n6-nginx-ctr.json
+	# the masked and read-only /proc paths the kubelet sends for procMount: Default
+	jq '.metadata.name = "nginx" | .labels["io.kubernetes.container.name"] = "nginx" |
+		.linux.security_context.masked_paths = ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+			"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"] |
+		.linux.security_context.readonly_paths = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]' \
+		/tmp/cfg/n6-nginx-ctr.json >/tmp/cfg/x && mv /tmp/cfg/x /tmp/cfg/n6-nginx-ctr.json
 	POD=$(ns_ runp /tmp/cfg/n6-nginx-pod.json 2>>"$LOG")
 	CREATE_OUT=$(ns_ create "$POD" /tmp/cfg/n6-nginx-ctr.json /tmp/cfg/n6-nginx-pod.json 2>&1)
 	CREATE_RC=$?
+	log "nginx: pod=$POD create rc=$CREATE_RC: $CREATE_OUT"
 	sleep 1
 	warning=$(grep 'Pod Security warning' $NODE_LOG | grep 'pod="example/nginx"' | tail -n 1 | sed 's/.*warning="//; s/"$//; s/\\"/"/g')
 	audit=$(grep '"pod":"nginx"' $AUDIT_LOG 2>/dev/null | tail -n 1)
 	ok=false
-	[ $CREATE_RC -eq 0 ] && [[ $warning == *"allowPrivilegeEscalation != false"*"unrestricted capabilities"*"runAsNonRoot != true"*"seccompProfile"* ]] &&
-		[ -n "$audit" ] && ok=true
-	result n6-nginx-warned $ok "CreateContainer nginx in namespace example: rc=$CREATE_RC" "log: $warning" "audit: $(echo "$audit" | cut -c1-300)"
+	# the seed's warning, word for word
+	want='would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "nginx" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "nginx" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or container "nginx" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "nginx" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")'
+	[ $CREATE_RC -eq 0 ] && [ "$warning" = "$want" ] && [ -n "$audit" ] && ok=true
+	result n6-nginx-warned $ok "CreateContainer nginx in namespace example: rc=$CREATE_RC $( [ $CREATE_RC -eq 0 ] || create_err)" "log: $warning" "audit: $(echo "$audit" | cut -c1-300)"
 	node_remove
 
 	kill $NODE_PID 2>/dev/null
