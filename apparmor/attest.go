@@ -5,7 +5,6 @@ import (
 	"strings"
 )
 
-
 // Expectation is the confinement a container's first process must run
 // under once started.
 type Expectation struct {
