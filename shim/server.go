@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -98,6 +99,9 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 		grpc.ForceServerCodecV2(cri.Codec{}),
 		grpc.MaxRecvMsgSize(cfg.MaxMessageSize),
 		grpc.MaxSendMsgSize(cfg.MaxMessageSize),
+		// Serve calls on long-lived worker goroutines instead of a new one
+		// (and a new stack to grow) per call.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	)
 	healthpb.RegisterHealthServer(s.grpc, s.obs.health)
 	return s, nil
