@@ -2,6 +2,7 @@ package apparmor
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -208,10 +209,10 @@ func checkHost(p Profile, host Host, pol *Policy) *Refusal {
 	}
 	mode, loaded := snap.Profiles[p.Name]
 	if !loaded {
-		return blocked("not-loaded", p, "profile %q is not loaded", quoted(p.Name))
+		return blocked("not-loaded", p, "profile %s is not loaded", quoted(p.Name))
 	}
 	if pol.RequireEnforce && mode != ModeEnforce {
-		return blocked("not-enforce", p, "profile %q is loaded in %s mode, but this node requires enforce mode", quoted(p.Name), mode)
+		return blocked("not-enforce", p, "profile %s is loaded in %s mode, but this node requires enforce mode", quoted(p.Name), mode)
 	}
 	return nil
 }
@@ -249,10 +250,21 @@ func apply(req *runtimeapi.CreateContainerRequest, p Profile) bool {
 	return true
 }
 
-// quoted bounds a name for messages; %q adds the quotes.
-func quoted(name string) string {
-	if len(name) > maxQuoted {
-		return name[:maxQuoted] + "..."
+// quoted returns s in Go quotes, bounded for messages and logs: a long or
+// unprintable string is cut so that its quoted form stays under maxQuoted
+// bytes, and its length is added.
+func quoted(s string) string {
+	if q := strconv.Quote(s); len(q) <= maxQuoted {
+		return q
 	}
-	return name
+	lo, hi := 0, len(s) // the longest prefix whose quoted form fits
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if len(strconv.Quote(s[:mid])) <= maxQuoted-5 {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return fmt.Sprintf("%s (%d bytes)", strconv.Quote(s[:lo]+"..."), len(s))
 }

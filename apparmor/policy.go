@@ -64,7 +64,7 @@ func (pol *Policy) check(p Profile) *Refusal {
 		if p.Type == None {
 			return nil
 		}
-		return forbidden("disabled", p, "AppArmor is disabled on this node; the container asks for profile %q", quoted(p.String()))
+		return forbidden("disabled", p, "AppArmor is disabled on this node; the container asks for profile %s", quoted(p.String()))
 	}
 	if pol.Allowed == nil || pol.allows(p) {
 		return nil
@@ -72,7 +72,7 @@ func (pol *Policy) check(p Profile) *Refusal {
 	if p.Type == None {
 		return forbidden("not-allowed", p, "an AppArmor profile must be set on this node; allowed profiles: [%s]", pol.allowedList())
 	}
-	return forbidden("not-allowed", p, "AppArmor profile %q is not allowed on this node; allowed profiles: [%s]", quoted(p.String()), pol.allowedList())
+	return forbidden("not-allowed", p, "AppArmor profile %s is not allowed on this node; allowed profiles: [%s]", quoted(p.String()), pol.allowedList())
 }
 
 // ParseProfileList parses a list of references given as list items and/or

@@ -70,10 +70,7 @@ type InvalidError struct {
 }
 
 func (e *InvalidError) Error() string {
-	ref := fmt.Sprintf("%q", e.Ref)
-	if len(e.Ref) > maxQuoted {
-		ref = fmt.Sprintf("%q (%d bytes)", e.Ref[:maxQuoted]+"...", len(e.Ref))
-	}
+	ref := quoted(e.Ref)
 	if e.Reason == "" {
 		return "invalid AppArmor profile name: " + ref
 	}
