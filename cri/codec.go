@@ -22,8 +22,6 @@ func (f *Frame) Bytes() []byte {
 	return f.data.Materialize()
 }
 
-// Len is the message size in bytes.
-func (f *Frame) Len() int { return f.data.Len() }
 
 // Free releases the buffers of a Frame that will not be sent.
 func (f *Frame) Free() {

@@ -41,8 +41,6 @@ func WithPodSecurity(ev *pss.Evaluator, audit io.Writer) Option {
 // start after it; nil turns Pod Security off.
 func (p *Proxy) SetPodSecurity(ev *pss.Evaluator) { p.podSecurity.Store(ev) }
 
-// PodSecurity returns the evaluator in force (nil: off).
-func (p *Proxy) PodSecurity() *pss.Evaluator { return p.podSecurity.Load() }
 
 // runPodSandbox evaluates a sandbox's pod-level facts and forwards the
 // original bytes, or refuses it under enforce.

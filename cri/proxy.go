@@ -62,8 +62,6 @@ func (p *Proxy) SetPolicy(pol *apparmor.Policy) {
 	p.policy.Store(pol)
 }
 
-// Policy returns the policy in force.
-func (p *Proxy) Policy() *apparmor.Policy { return p.policy.Load() }
 
 // Handle is the grpc.StreamHandler for every method the server does not
 // serve itself: register it with grpc.UnknownServiceHandler.
