@@ -22,7 +22,6 @@ func (f *Frame) Bytes() []byte {
 	return f.data.Materialize()
 }
 
-
 // Free releases the buffers of a Frame that will not be sent.
 func (f *Frame) Free() {
 	f.data.Free()

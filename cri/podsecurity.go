@@ -41,7 +41,6 @@ func WithPodSecurity(ev *pss.Evaluator, audit io.Writer) Option {
 // start after it; nil turns Pod Security off.
 func (p *Proxy) SetPodSecurity(ev *pss.Evaluator) { p.podSecurity.Store(ev) }
 
-
 // runPodSandbox evaluates a sandbox's pod-level facts and forwards the
 // original bytes, or refuses it under enforce.
 func (p *Proxy) runPodSandbox(ss grpc.ServerStream, conn grpc.ClientConnInterface, ev *pss.Evaluator, in *Frame) error {

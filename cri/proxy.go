@@ -62,7 +62,6 @@ func (p *Proxy) SetPolicy(pol *apparmor.Policy) {
 	p.policy.Store(pol)
 }
 
-
 // Handle is the grpc.StreamHandler for every method the server does not
 // serve itself: register it with grpc.UnknownServiceHandler.
 func (p *Proxy) Handle(_ any, ss grpc.ServerStream) error {
