@@ -46,14 +46,13 @@ func WithAttestation(a Attestation) Option {
 }
 
 // maxRemembered bounds the expectations of created, not yet started
-// containers; past it the oldest is derived again from the runtime.
+// containers; past it one is forgotten and derived again from the runtime.
 const maxRemembered = 10000
 
 type attestor struct {
 	Attestation
 	mu     sync.Mutex
 	expect map[string]apparmor.Expectation
-	order  []string
 }
 
 func (a *attestor) remember(id string, p apparmor.Profile, req *runtimeapi.CreateContainerRequest, pol *apparmor.Policy) {
@@ -63,27 +62,20 @@ func (a *attestor) remember(id string, p apparmor.Profile, req *runtimeapi.Creat
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if len(a.order) >= maxRemembered {
-		delete(a.expect, a.order[0])
-		a.order = a.order[1:]
+	if len(a.expect) >= maxRemembered {
+		for k := range a.expect { // forget an arbitrary one: derived again at its start
+			delete(a.expect, k)
+			break
+		}
 	}
 	a.expect[id] = exp
-	a.order = append(a.order, id)
 }
 
 func (a *attestor) take(id string) (apparmor.Expectation, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	exp, ok := a.expect[id]
-	if ok {
-		delete(a.expect, id)
-		for i, o := range a.order {
-			if o == id {
-				a.order = append(a.order[:i], a.order[i+1:]...)
-				break
-			}
-		}
-	}
+	delete(a.expect, id)
 	return exp, ok
 }
 
