@@ -1,0 +1,296 @@
+package h2relay_test
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/binary"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
+	_ "google.golang.org/grpc/encoding/gzip" // the backend takes gzip
+
+	"github.com/armorshim/armorshim/cri/h2relay"
+)
+
+// h2client speaks HTTP/2 frame by frame, to send what gRPC-Go never does.
+type h2client struct {
+	t       *testing.T
+	connWin int64 // what the relay lets us send, as it said
+	conn    net.Conn
+	fr      *http2.Framer
+	enc     *hpack.Encoder
+	ebuf    bytes.Buffer
+}
+
+func newH2Client(t *testing.T, sock string, settings ...http2.Setting) *h2client {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	h := &h2client{t: t, conn: c, fr: http2.NewFramer(c, c), connWin: 65535}
+	table := uint32(4096)
+	for _, s := range settings {
+		if s.ID == http2.SettingHeaderTableSize {
+			table = s.Val // the relay must keep to it
+		}
+	}
+	h.fr.ReadMetaHeaders = hpack.NewDecoder(table, nil)
+	h.enc = hpack.NewEncoder(&h.ebuf)
+	c.Write([]byte(http2.ClientPreface))
+	h.fr.WriteSettings(settings...)
+	return h
+}
+
+// block encodes fields (with indexing: the relay's decoder keeps a table).
+func (h *h2client) block(fields ...hpack.HeaderField) []byte {
+	h.ebuf.Reset()
+	for _, f := range fields {
+		h.enc.WriteField(f)
+	}
+	return append([]byte(nil), h.ebuf.Bytes()...)
+}
+
+func request(method string, extra ...hpack.HeaderField) []hpack.HeaderField {
+	return append([]hpack.HeaderField{
+		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+		{Name: ":path", Value: method}, {Name: ":authority", Value: "localhost"},
+		{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
+	}, extra...)
+}
+
+func grpcMessage(flag byte, msg []byte) []byte {
+	out := make([]byte, 5, 5+len(msg))
+	out[0] = flag
+	binary.BigEndian.PutUint32(out[1:], uint32(len(msg)))
+	return append(out, msg...)
+}
+
+// answer reads frames until stream id ends and returns its body and last
+// header block, answering pings and noting whether one was acknowledged.
+func (h *h2client) answer(id uint32) (body []byte, trailers []hpack.HeaderField, pinged bool) {
+	h.t.Helper()
+	for {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			h.t.Fatalf("reading stream %d: %v", id, err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				h.fr.WriteSettingsAck()
+			}
+		case *http2.WindowUpdateFrame:
+			if f.StreamID == 0 {
+				h.connWin += int64(f.Increment)
+			}
+		case *http2.PingFrame:
+			if f.IsAck() && f.Data == [8]byte{'a', 'r', 'm', 'o', 'r'} {
+				pinged = true
+			}
+		case *http2.DataFrame:
+			if f.StreamID == id {
+				body = append(body, f.Data()...)
+				if f.StreamEnded() {
+					return body, nil, pinged
+				}
+			}
+		case *http2.MetaHeadersFrame:
+			if f.StreamID == id {
+				trailers = append([]hpack.HeaderField(nil), f.Fields...)
+				if f.StreamEnded() {
+					return body, trailers, pinged
+				}
+			}
+		case *http2.RSTStreamFrame:
+			if f.StreamID == id {
+				h.t.Fatalf("stream %d reset: %v", id, f.ErrCode)
+			}
+		case *http2.GoAwayFrame:
+			h.t.Fatalf("GOAWAY: %v %s", f.ErrCode, f.DebugData())
+		}
+	}
+}
+
+// credit reads frames until the relay's connection window has room for n
+// bytes: a relay that does not return credit fails the test.
+func (h *h2client) credit(n int64) {
+	h.t.Helper()
+	for h.connWin < n {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			h.t.Fatalf("waiting for %d bytes of connection credit (have %d): %v", n, h.connWin, err)
+		}
+		if wu, ok := f.(*http2.WindowUpdateFrame); ok && wu.StreamID == 0 {
+			h.connWin += int64(wu.Increment)
+		}
+	}
+	h.connWin -= n
+}
+
+func value(fields []hpack.HeaderField, name string) string {
+	for _, f := range fields {
+		if f.Name == name {
+			return f.Value
+		}
+	}
+	return ""
+}
+
+// Frames gRPC-Go does not send but HTTP/2 allows: a header block split over
+// CONTINUATION frames, padded DATA frames, a message split over frames, a
+// client that allows no HPACK dynamic table and small frames, a ping; and a
+// gzip-compressed message to a held call.
+func TestFramesGRPCGoDoesNotSend(t *testing.T) {
+	srv := startServer(t, echo)
+	var inspected []byte
+	h := &hooks{b: srv.backend(), inspect: map[string]h2relay.Inspector{
+		"/t.S/Held": func(_ context.Context, req []byte) h2relay.Verdict {
+			inspected = req
+			return h2relay.Verdict{Request: append([]byte("seen:"), req...)}
+		},
+	}}
+	_, _, sock := relay(t, h2relay.Config{Hooks: h, StreamWindow: 64 << 10, ConnWindow: 256 << 10})
+	c := newH2Client(t, sock, http2.Setting{ID: http2.SettingHeaderTableSize, Val: 0})
+
+	// Stream 1: HEADERS + 2 CONTINUATION, a 40 KB message over three
+	// padded DATA frames.
+	long := hpack.HeaderField{Name: "x-long", Value: string(bytes.Repeat([]byte("v"), 300))}
+	blk := c.block(request("/t.S/Echo", long)...)
+	third := len(blk) / 3
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: blk[:third]})
+	c.fr.WriteContinuation(1, false, blk[third:2*third])
+	c.fr.WriteContinuation(1, true, blk[2*third:])
+	msg := grpcMessage(0, pattern(7, 40<<10))
+	c.fr.WriteDataPadded(1, false, msg[:3], []byte{0, 0, 0, 0, 0, 0, 0})
+	c.fr.WriteDataPadded(1, false, msg[3:16000], make([]byte, 200))
+	c.fr.WriteDataPadded(1, true, msg[16000:], make([]byte, 1))
+	c.fr.WritePing(false, [8]byte{'a', 'r', 'm', 'o', 'r'})
+	body, trailers, pinged := c.answer(1)
+	if !bytes.Equal(body, msg) {
+		t.Errorf("echo: %d bytes back, want the %d sent", len(body), len(msg))
+	}
+	if value(trailers, "grpc-status") != "0" || !pinged {
+		t.Errorf("trailers %v, ping answered %v", trailers, pinged)
+	}
+
+	// Stream 3: a gzip-compressed message to a held call, which sees it
+	// decompressed and forwards its own (uncompressed) message.
+	var z bytes.Buffer
+	zw := gzip.NewWriter(&z)
+	zw.Write([]byte("compressed request"))
+	zw.Close()
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, EndHeaders: true,
+		BlockFragment: c.block(request("/t.S/Held", hpack.HeaderField{Name: "grpc-encoding", Value: "gzip"})...)})
+	c.fr.WriteData(3, true, grpcMessage(1, z.Bytes()))
+	body, trailers, _ = c.answer(3)
+	if len(body) > 5 && body[0] == 1 { // the backend answers in kind
+		zr, err := gzip.NewReader(bytes.NewReader(body[5:]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain, _ := io.ReadAll(zr)
+		body = grpcMessage(0, plain)
+	}
+	if string(inspected) != "compressed request" || !bytes.Equal(body, grpcMessage(0, []byte("seen:compressed request"))) || value(trailers, "grpc-status") != "0" {
+		t.Errorf("held gzip call: inspected %q, answer %q, trailers %v", inspected, body, trailers)
+	}
+
+	// Stream 5: an unknown compression on a held call is refused.
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, EndHeaders: true,
+		BlockFragment: c.block(request("/t.S/Held", hpack.HeaderField{Name: "grpc-encoding", Value: "snappy"})...)})
+	c.fr.WriteData(5, true, grpcMessage(1, []byte("??")))
+	_, trailers, _ = c.answer(5)
+	if value(trailers, "grpc-status") != "12" { // Unimplemented
+		t.Errorf("unknown compression: %v", trailers)
+	}
+}
+
+// Connection credit: a client that sends more than the relay's connection
+// window in total, over many streams, never stalls, so the relay returns
+// every byte of credit, padding and discarded data included.
+func TestConnectionCreditReturned(t *testing.T) {
+	srv := startServer(t, func(_ string, ss grpc.ServerStream) error {
+		// Answer without reading the whole request: the rest is
+		// discarded by the relay.
+		return ss.SendMsg(&raw{[]byte("ok")})
+	})
+	_, _, sock := relay(t, h2relay.Config{Hooks: &hooks{b: srv.backend()}, StreamWindow: 32 << 10, ConnWindow: 64 << 10})
+	c := newH2Client(t, sock)
+	c.conn.SetDeadline(time.Now().Add(3 * time.Second))
+	sent := 0
+	for i := uint32(0); i < 60; i++ {
+		id := 2*i + 1
+		c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, EndHeaders: true, BlockFragment: c.block(request("/t.S/Any")...)})
+		// 8 KB padded frames: 3 of them per stream (24 KB + padding),
+		// 60 streams: over 20 times the connection window.
+		for j := 0; j < 3; j++ {
+			c.credit(8101)
+			c.fr.WriteDataPadded(id, j == 2, grpcMessage(0, make([]byte, 8000))[:8000], make([]byte, 100))
+			sent += 8101
+		}
+		_, trailers, _ := c.answer(id)
+		if value(trailers, "grpc-status") != "0" {
+			t.Fatalf("stream %d: %v", id, trailers)
+		}
+	}
+	if sent < 15*(64<<10) {
+		t.Fatalf("sent only %d bytes", sent)
+	}
+}
+
+// A client that sends beyond a stream's window is stopped with
+// FLOW_CONTROL_ERROR, so what the relay queues for a stream stays bounded.
+func TestFlowControlEnforced(t *testing.T) {
+	block := make(chan struct{})
+	t.Cleanup(func() { close(block) })
+	srv := startServer(t, func(string, grpc.ServerStream) error { <-block; return nil }) // never reads
+	_, _, sock := relay(t, h2relay.Config{Hooks: &hooks{b: srv.backend()}, StreamWindow: 64 << 10, ConnWindow: 1 << 20})
+	c := newH2Client(t, sock)
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: c.block(request("/t.S/Any")...)})
+	chunk := make([]byte, 8000)
+	for i := 0; i < 25; i++ { // 200 KB: the backend takes 64 KB, the relay's window another 64 KB
+		if err := c.fr.WriteData(1, false, chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("stream never reset: %v", err)
+		}
+		if r, ok := f.(*http2.RSTStreamFrame); ok && r.StreamID == 1 {
+			if r.ErrCode != http2.ErrCodeFlowControl {
+				t.Errorf("RST_STREAM %v, want FLOW_CONTROL_ERROR", r.ErrCode)
+			}
+			return
+		}
+	}
+}
+
+// Settings out of range end the connection (PROTOCOL_ERROR) instead of
+// being obeyed: a max frame size of 0 would make header blocks endless.
+func TestInvalidSettings(t *testing.T) {
+	_, _, sock := relay(t, h2relay.Config{Hooks: &hooks{}})
+	c := newH2Client(t, sock, http2.Setting{ID: http2.SettingMaxFrameSize, Val: 0})
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY: %v", err)
+		}
+		if g, ok := f.(*http2.GoAwayFrame); ok {
+			if g.ErrCode != http2.ErrCodeProtocol {
+				t.Errorf("GOAWAY %v, want PROTOCOL_ERROR", g.ErrCode)
+			}
+			return
+		}
+	}
+}

@@ -1,0 +1,527 @@
+package h2relay
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+const prefaceTimeout = 10 * time.Second
+
+// session is one client connection and its backend connections. One mutex
+// guards all of it; frames are relayed on the goroutine that read them.
+type session struct {
+	r   *Relay
+	cli *side
+
+	ctx    context.Context // ends with the session
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	streams   map[uint32]*stream
+	legs      map[*Backend]*leg
+	lastID    uint32 // the client's highest stream ID
+	goingAway bool
+	closed    bool
+
+	active atomic.Int32 // calls in flight
+}
+
+func newSession(r *Relay, c net.Conn) *session {
+	s := &session{
+		r:       r,
+		cli:     newSide(c, r.cfg.StreamWindow, r.cfg.ConnWindow),
+		streams: map[uint32]*stream{},
+		legs:    map[*Backend]*leg{},
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s
+}
+
+func (s *session) serve() {
+	defer s.r.ended(s)
+	defer s.teardown()
+	c := s.cli.conn
+	c.SetReadDeadline(time.Now().Add(prefaceTimeout))
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(s.cli.br, preface); err != nil || string(preface) != http2.ClientPreface {
+		klog.V(2).InfoS("Closing a connection without the HTTP/2 preface", "err", err)
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	s.mu.Lock()
+	s.cli.hello(http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize})
+	s.cli.flush()
+	s.mu.Unlock()
+	for {
+		f, err := s.cli.fr.ReadFrame()
+		s.mu.Lock()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				s.clientStreamError(se)
+				s.flush()
+				s.mu.Unlock()
+				continue
+			}
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				klog.V(2).InfoS("Closing a client connection: protocol error", "err", err)
+				s.cli.fr.WriteGoAway(s.lastID, http2.ErrCode(ce), nil)
+				s.cli.dirty = true
+				s.flush()
+			}
+			s.mu.Unlock()
+			return
+		}
+		s.clientFrame(f)
+		if s.cli.br.Buffered() == 0 {
+			s.flush()
+		}
+		s.mu.Unlock()
+	}
+}
+
+// flush writes out every connection's buffered frames.
+func (s *session) flush() {
+	s.cli.flush()
+	for _, l := range s.legs {
+		l.flush()
+	}
+}
+
+func (s *session) clientFrame(f http2.Frame) {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		s.clientHeaders(f)
+	case *http2.DataFrame:
+		s.clientData(f)
+	case *http2.WindowUpdateFrame:
+		if f.StreamID == 0 {
+			if !windowUpdate(&s.cli.sendWin, f.Increment) {
+				s.cli.fail(s.lastID, http2.ErrCodeFlowControl, "window overflow")
+				return
+			}
+			for st := range s.cli.blocked {
+				delete(s.cli.blocked, st)
+				s.pumpDown(st)
+			}
+		} else if st := s.streams[f.StreamID]; st != nil {
+			if !windowUpdate(&st.down.win, f.Increment) {
+				s.close(st, codes.Internal, ptr(http2.ErrCodeFlowControl))
+				return
+			}
+			s.pumpDown(st)
+		}
+	case *http2.RSTStreamFrame:
+		if st := s.streams[f.StreamID]; st != nil {
+			st.up.closedIn = true
+			s.close(st, codes.Canceled, nil)
+		}
+	case *http2.SettingsFrame:
+		if f.IsAck() {
+			return
+		}
+		if d, ok := s.cli.settings(f, s.lastID); ok && d != 0 {
+			for _, st := range s.streams {
+				st.down.win += d
+				s.pumpDown(st)
+			}
+		}
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			s.cli.fr.WritePing(true, f.Data)
+			s.cli.dirty = true
+		}
+	case *http2.GoAwayFrame:
+		// The client opens no more streams; the open ones go on.
+	}
+}
+
+func (s *session) clientStreamError(se http2.StreamError) {
+	if st := s.streams[se.StreamID]; st != nil {
+		st.up.closedIn = true
+		s.close(st, codes.Internal, &se.Code)
+		return
+	}
+	if se.StreamID > s.lastID {
+		s.lastID = se.StreamID
+	}
+	s.cli.reset(se.StreamID, se.Code)
+}
+
+func (s *session) clientHeaders(f *http2.MetaHeadersFrame) {
+	id := f.StreamID
+	if st := s.streams[id]; st != nil {
+		// Trailers from the client: gRPC sends none; they end the request.
+		if st.up.closedIn {
+			s.clientStreamError(http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed})
+			return
+		}
+		if !f.StreamEnded() {
+			s.clientStreamError(http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol})
+			return
+		}
+		s.endRequest(st)
+		return
+	}
+	if id%2 == 0 {
+		s.cli.fail(s.lastID, http2.ErrCodeProtocol, "even stream ID from a client")
+		return
+	}
+	if id <= s.lastID {
+		return // a stream already ended (reset by us): ignored
+	}
+	s.lastID = id
+	if s.goingAway {
+		return // sent after our GOAWAY: not processed, the client retries it
+	}
+	method := f.PseudoValue("path")
+	st := &stream{id: id, method: method, start: time.Now(), code: codes.Unknown}
+	st.down.win = s.cli.initWin
+	st.up.closedIn = f.StreamEnded()
+	s.streams[id] = st
+	s.active.Add(1)
+	if f.Truncated {
+		s.answer(st, status.New(codes.ResourceExhausted, "armorshim: header list too large"))
+		return
+	}
+	st.backend, st.inspect = s.r.cfg.Hooks.Route(method)
+	if st.inspect != nil {
+		st.fields = append([]hpack.HeaderField(nil), f.Fields...)
+		st.encoding = headerValue(f.Fields, "grpc-encoding")
+		if st.up.closedIn {
+			s.inspect(st)
+		}
+		return
+	}
+	s.open(st, f.Fields, st.up.closedIn)
+}
+
+// open opens st on its backend connection, dialing it if need be, and sends
+// the request headers; if the backend cannot be reached it answers st.
+func (s *session) open(st *stream, fields []hpack.HeaderField, end bool) bool {
+	l := s.legs[st.backend]
+	if l == nil || !l.usable() {
+		var err error
+		if l, err = s.dial(st.backend); err != nil {
+			s.answer(st, status.Newf(codes.Unavailable, "armorshim: cannot reach the %s: %v", st.backend.Name, err))
+			return false
+		}
+	}
+	st.leg = l
+	st.legID = l.nextID
+	l.nextID += 2
+	l.streams[st.legID] = st
+	st.up.win = l.initWin
+	st.legOpen = true
+	l.writeHeaders(st.legID, fields, end)
+	return true
+}
+
+func (s *session) clientData(f *http2.DataFrame) {
+	n := int64(f.Length) // with padding: all of it counts against the windows
+	if !s.cli.received(n, s.lastID) {
+		return
+	}
+	data := f.Data()
+	st := s.streams[f.StreamID]
+	if st == nil || st.up.closedIn {
+		return // a stream already ended: discarded
+	}
+	if !st.up.receive(n, s.cli) {
+		s.close(st, codes.ResourceExhausted, ptr(http2.ErrCodeFlowControl))
+		return
+	}
+	if pad := n - int64(len(data)); pad > 0 {
+		s.creditStream(s.cli, st, &st.up, pad)
+	}
+	end := f.StreamEnded()
+	if end {
+		st.up.closedIn = true
+	}
+	if sst := st.up.framing.check(data, s.r.cfg.MaxMessageSize, "received"); sst != nil {
+		s.answer(st, sst)
+		return
+	}
+	if st.inspect != nil {
+		st.body = append(st.body, data...)
+		s.creditStream(s.cli, st, &st.up, int64(len(data)))
+		if end {
+			s.inspect(st)
+		}
+		return
+	}
+	if !st.legOpen || st.legEnded {
+		return // the backend already answered
+	}
+	s.forward(st, &st.up, data, end, s.pumpUp)
+}
+
+// endRequest ends the client's side of st.
+func (s *session) endRequest(st *stream) {
+	st.up.closedIn = true
+	if st.inspect != nil {
+		s.inspect(st)
+		return
+	}
+	if st.legOpen && !st.legEnded {
+		st.up.end = true
+		s.pumpUp(st)
+	}
+}
+
+// forward queues data on p and writes what the windows allow. data is only
+// borrowed.
+func (s *session) forward(st *stream, p *pipe, data []byte, end bool, pump func(*stream)) {
+	if end {
+		p.end = true
+	}
+	if len(p.queue) > 0 {
+		p.queue = append(p.queue, data...)
+		pump(st)
+		return
+	}
+	p.queue = data
+	pump(st)
+	if len(p.queue) > 0 {
+		p.queue = append([]byte(nil), p.queue...)
+	}
+}
+
+// pumpUp writes st's request bytes to the backend as far as its windows
+// allow.
+func (s *session) pumpUp(st *stream) {
+	if s.streams[st.id] != st || !st.legOpen || st.legEnded {
+		return
+	}
+	l := st.leg
+	if s.pump(st, &st.up, l.side, s.cli, st.legID) {
+		st.up.end = false
+	}
+}
+
+// pumpDown writes st's response to the client as far as its windows allow,
+// then its trailers.
+func (s *session) pumpDown(st *stream) {
+	if s.streams[st.id] != st {
+		return
+	}
+	var in *side
+	if st.leg != nil {
+		in = st.leg.side
+	}
+	if !s.pump(st, &st.down, s.cli, in, st.id) {
+		return
+	}
+	if st.down.trailers != nil {
+		s.cli.writeHeaders(st.id, st.down.trailers, true)
+		st.down.trailers = nil
+	}
+	s.close(st, st.code, nil)
+}
+
+// pump writes p's queue to out within the stream and connection windows,
+// crediting in for what it wrote; it reports whether the queue emptied with
+// the end of the stream due (and written, unless trailers follow).
+func (s *session) pump(st *stream, p *pipe, out, in *side, id uint32) bool {
+	for len(p.queue) > 0 {
+		n := min(int64(len(p.queue)), p.win, out.sendWin, int64(out.maxFrame))
+		if n <= 0 {
+			if out.sendWin <= 0 {
+				out.blocked[st] = struct{}{}
+			}
+			return false
+		}
+		last := n == int64(len(p.queue)) && p.end && p.trailers == nil
+		out.fr.WriteData(id, last, p.queue[:n])
+		out.dirty = true
+		p.queue = p.queue[n:]
+		p.win -= n
+		out.sendWin -= n
+		if !p.credited && in != nil {
+			s.creditStream(in, st, p, n)
+		}
+		if last {
+			return true
+		}
+	}
+	if !p.end {
+		return false
+	}
+	if p.trailers == nil {
+		out.fr.WriteData(id, true, nil)
+		out.dirty = true
+	}
+	return true
+}
+
+// creditStream returns stream credit to the side that sends on p, while it
+// still does.
+func (s *session) creditStream(in *side, st *stream, p *pipe, n int64) {
+	if p.closedIn {
+		return
+	}
+	p.owed += n
+	if p.owed >= p.recvLimit(in)/4 {
+		id := st.id
+		if in != s.cli {
+			id = st.legID
+		}
+		in.fr.WriteWindowUpdate(id, uint32(p.owed))
+		in.dirty = true
+		p.recvd -= p.owed
+		p.owed = 0
+	}
+}
+
+// inspect hands a held call's whole request to its Inspector.
+func (s *session) inspect(st *stream) {
+	msg, sst := unframe(st.body, st.encoding, s.r.cfg.MaxMessageSize)
+	if sst != nil {
+		s.answer(st, sst)
+		return
+	}
+	ctx := s.ctx
+	var cancel context.CancelFunc
+	if d, ok := timeoutOf(headerValue(st.fields, "grpc-timeout")); ok {
+		ctx, cancel = context.WithTimeout(ctx, d)
+	} else {
+		ctx, cancel = context.WithCancel(ctx)
+	}
+	st.ctx, st.cancel = ctx, cancel
+	s.r.runHook(func() {
+		v := st.inspect(ctx, msg)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		defer s.flush()
+		if s.streams[st.id] != st {
+			return // reset meanwhile
+		}
+		if v.Status != nil {
+			s.answer(st, v.Status)
+			return
+		}
+		body := st.body
+		if v.Request != nil {
+			body = frame(v.Request)
+		}
+		st.body = nil
+		st.vet = v.Response
+		if !s.open(st, st.fields, false) {
+			return
+		}
+		st.fields = nil
+		st.up.credited = true
+		st.up.queue = body
+		st.up.end = true
+		s.pumpUp(st)
+	})
+}
+
+// answer ends st with a status of the relay's own, telling the backend to
+// stop if it had the call.
+func (s *session) answer(st *stream, sst *status.Status) {
+	if s.streams[st.id] != st {
+		return
+	}
+	if st.sentHeader {
+		st.down.framing = framing{}
+		s.dropDown(st)
+		s.cli.writeHeaders(st.id, statusFields(sst, false), true)
+	} else {
+		s.cli.writeHeaders(st.id, statusFields(sst, true), true)
+	}
+	s.close(st, sst.Code(), nil)
+}
+
+// dropDown discards the response bytes still queued for the client.
+func (s *session) dropDown(st *stream) {
+	st.down.queue, st.down.trailers, st.down.end = nil, nil, false
+	delete(s.cli.blocked, st)
+}
+
+// close ends st: the client's side has its answer (or is reset with rst),
+// the backend's side is cancelled if still open, and the bytes never
+// forwarded are dropped.
+func (s *session) close(st *stream, code codes.Code, rst *http2.ErrCode) {
+	if s.streams[st.id] != st {
+		return
+	}
+	delete(s.streams, st.id)
+	switch {
+	case rst != nil:
+		s.cli.reset(st.id, *rst)
+	case !st.up.closedIn:
+		s.cli.reset(st.id, http2.ErrCodeNo) // answered: stop sending
+	}
+	s.dropDown(st)
+	st.up.queue = nil
+	if l := st.leg; l != nil {
+		delete(l.blocked, st)
+		if st.legOpen && !st.legEnded {
+			l.reset(st.legID, http2.ErrCodeCancel)
+		}
+		delete(l.streams, st.legID)
+		if len(l.streams) == 0 && !l.usable() {
+			l.conn.Close()
+		}
+	}
+	if st.cancel != nil {
+		st.cancel()
+	}
+	s.r.cfg.Hooks.Done(st.method, code, time.Since(st.start))
+	if s.active.Add(-1) == 0 {
+		if s.r.drainingFlag.Load() {
+			go s.r.streamIdle()
+		}
+		if s.goingAway {
+			s.cli.flush()
+			s.cli.conn.Close()
+		}
+	}
+}
+
+// goAway tells the client to open no new calls; the connection closes when
+// the open ones end.
+func (s *session) goAway() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.goingAway || s.closed {
+		return
+	}
+	s.goingAway = true
+	s.cli.fr.WriteGoAway(s.lastID, http2.ErrCodeNo, nil)
+	s.cli.dirty = true
+	s.flush()
+	if len(s.streams) == 0 {
+		s.cli.conn.Close()
+	}
+}
+
+// teardown ends every call of a client connection that is gone.
+func (s *session) teardown() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	s.cancel()
+	s.cli.conn.Close()
+	for _, st := range s.streams {
+		st.up.closedIn = true
+		s.close(st, codes.Canceled, nil)
+	}
+	s.flush()
+	for _, l := range s.legs {
+		l.conn.Close()
+	}
+}

@@ -1,0 +1,200 @@
+package h2relay
+
+import (
+	"bufio"
+	"bytes"
+	"net"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// maxHeaderListSize is the largest header list accepted from either side,
+// gRPC-Go's default.
+const maxHeaderListSize = 16 << 20
+
+// writeTimeout bounds each write to a peer. A peer's HTTP/2 reader drains
+// its socket whatever its application does, so a write blocks this long
+// only on a peer that is stuck; the connection is then closed.
+const writeTimeout = 15 * time.Second
+
+// deadlineConn sets the write deadline before every write.
+type deadlineConn struct{ net.Conn }
+
+func (c deadlineConn) Write(p []byte) (int, error) {
+	c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return c.Conn.Write(p)
+}
+
+// bufSize is the read and write buffer of every connection.
+const bufSize = 32 << 10
+
+// side is one HTTP/2 connection of a session: the client's, or one to a
+// backend. All of it is guarded by the session's mutex.
+type side struct {
+	conn net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	fr   *http2.Framer
+	enc  *hpack.Encoder
+	ebuf bytes.Buffer
+
+	// What the peer allows us to send.
+	maxFrame uint32
+	initWin  int64 // each new stream's send window
+	sendWin  int64 // the connection's send window
+
+	// What we allow the peer to send, what it may still send on the
+	// connection, and the credit we owe it back.
+	streamWin, connWin int64
+	recvWin            int64
+	owed               int64
+
+	// blocked holds the streams with data for this side that wait for its
+	// connection window.
+	blocked map[*stream]struct{}
+	dirty   bool
+}
+
+func newSide(conn net.Conn, streamWin, connWin int32) *side {
+	connWin = max(connWin, 65535) // a connection window only grows
+	sd := &side{
+		conn:      conn,
+		br:        bufio.NewReaderSize(conn, bufSize),
+		bw:        bufio.NewWriterSize(deadlineConn{conn}, bufSize),
+		maxFrame:  1 << 14, // the protocol default
+		initWin:   65535,
+		sendWin:   65535,
+		streamWin: int64(streamWin),
+		connWin:   int64(connWin),
+		recvWin:   int64(connWin),
+		blocked:   map[*stream]struct{}{},
+	}
+	sd.fr = http2.NewFramer(sd.bw, sd.br)
+	sd.fr.SetReuseFrames()
+	sd.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	sd.fr.MaxHeaderListSize = maxHeaderListSize
+	sd.enc = hpack.NewEncoder(&sd.ebuf)
+	return sd
+}
+
+// hello writes the settings and the connection window this side gets.
+func (sd *side) hello(extra ...http2.Setting) {
+	settings := append([]http2.Setting{{ID: http2.SettingInitialWindowSize, Val: uint32(sd.streamWin)}}, extra...)
+	sd.fr.WriteSettings(settings...)
+	if d := sd.connWin - 65535; d > 0 {
+		sd.fr.WriteWindowUpdate(0, uint32(d))
+	}
+	sd.dirty = true
+}
+
+// settings applies the peer's settings; it returns the change of the
+// initial stream window, to apply to open streams, or false for settings
+// out of range (the connection is then failed).
+func (sd *side) settings(f *http2.SettingsFrame, lastID uint32) (delta int64, ok bool) {
+	if err := f.ForeachSetting(func(s http2.Setting) error { return s.Valid() }); err != nil {
+		code := http2.ErrCodeProtocol
+		if ce, isConn := err.(http2.ConnectionError); isConn {
+			code = http2.ErrCode(ce)
+		}
+		sd.fail(lastID, code, "invalid settings")
+		return 0, false
+	}
+	f.ForeachSetting(func(s http2.Setting) error {
+		switch s.ID {
+		case http2.SettingMaxFrameSize:
+			sd.maxFrame = s.Val
+		case http2.SettingInitialWindowSize:
+			delta += int64(s.Val) - sd.initWin
+			sd.initWin = int64(s.Val)
+		case http2.SettingHeaderTableSize:
+			sd.enc.SetMaxDynamicTableSizeLimit(s.Val)
+		}
+		return nil
+	})
+	sd.fr.WriteSettingsAck()
+	sd.dirty = true
+	return delta, true
+}
+
+// writeHeaders encodes a header block and writes it, split into
+// CONTINUATION frames to fit the peer's frame size.
+func (sd *side) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) {
+	sd.ebuf.Reset()
+	for _, f := range fields {
+		sd.enc.WriteField(f)
+	}
+	block := sd.ebuf.Bytes()
+	first := true
+	for first || len(block) > 0 {
+		n := min(len(block), int(sd.maxFrame))
+		chunk := block[:n]
+		block = block[n:]
+		if first {
+			sd.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: chunk, EndStream: end, EndHeaders: len(block) == 0})
+			first = false
+		} else {
+			sd.fr.WriteContinuation(id, len(block) == 0, chunk)
+		}
+	}
+	sd.dirty = true
+}
+
+// credit returns n bytes of connection window to the peer, in updates of
+// at least a quarter of the window.
+func (sd *side) credit(n int64) {
+	sd.owed += n
+	if sd.owed >= sd.connWin/4 {
+		sd.fr.WriteWindowUpdate(0, uint32(sd.owed))
+		sd.recvWin += sd.owed
+		sd.owed = 0
+		sd.dirty = true
+	}
+}
+
+// received accounts for a DATA frame of n bytes and returns its connection
+// credit at once, as gRPC-Go does: a stream whose reader is slow holds only
+// its stream window, never the other calls of the connection. A peer that
+// sends more than its window is cut off (FLOW_CONTROL_ERROR).
+func (sd *side) received(n int64, lastID uint32) bool {
+	sd.recvWin -= n
+	if sd.recvWin < 0 {
+		sd.fail(lastID, http2.ErrCodeFlowControl, "data beyond the flow-control window")
+		return false
+	}
+	sd.credit(n)
+	return true
+}
+
+// fail ends the connection with a connection error; its reader cleans up.
+func (sd *side) fail(lastID uint32, code http2.ErrCode, why string) {
+	sd.fr.WriteGoAway(lastID, code, []byte(why))
+	sd.dirty = true
+	sd.flush()
+	sd.conn.Close()
+}
+
+// windowUpdate adds a peer's WINDOW_UPDATE increment to a send window; a
+// window past 2^31-1 is a flow-control error.
+func windowUpdate(win *int64, inc uint32) bool {
+	*win += int64(inc)
+	return *win <= 1<<31-1
+}
+
+func (sd *side) reset(id uint32, code http2.ErrCode) {
+	sd.fr.WriteRSTStream(id, code)
+	sd.dirty = true
+}
+
+// flush writes out what is buffered; a failed write closes the connection,
+// and its reader cleans up.
+func (sd *side) flush() {
+	if !sd.dirty {
+		return
+	}
+	sd.dirty = false
+	if err := sd.bw.Flush(); err != nil {
+		sd.conn.Close()
+	}
+}

@@ -1,0 +1,107 @@
+package h2relay
+
+import (
+	"context"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// pipe is one direction of a stream: bytes read from one side, on their way
+// to the other under its flow control.
+type pipe struct {
+	queue    []byte // read, not yet written
+	end      bool   // END_STREAM follows the queue
+	trailers []hpack.HeaderField
+	win      int64 // the stream's send window on the writing side
+	owed     int64 // stream credit owed to the reading side
+	recvd    int64 // bytes read not yet given back as stream credit
+	closedIn bool  // the reading side ended the stream
+	credited bool  // the queue was credited when it was read
+	framing  framing
+}
+
+// recvLimit is the stream window the reading side may fill: what the relay
+// advertised, or the protocol's default until the peer has seen that.
+func (p *pipe) recvLimit(in *side) int64 { return max(in.streamWin, 65535) }
+
+// receive accounts for n bytes read on p; false if the peer sent beyond the
+// stream window, which would let a stream make the relay queue without
+// bound.
+func (p *pipe) receive(n int64, in *side) bool {
+	p.recvd += n
+	return p.recvd <= p.recvLimit(in)
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// stream is one call: the client's stream and its stream on a backend.
+type stream struct {
+	id      uint32 // the client's stream ID
+	legID   uint32 // its ID on the backend connection; 0 before it is opened
+	method  string
+	start   time.Time
+	backend *Backend
+	leg     *leg
+
+	up   pipe // client to backend
+	down pipe // backend to client
+
+	legOpen    bool // HEADERS went to the backend
+	legEnded   bool // the backend ended its side (END_STREAM or RST_STREAM)
+	gotHeaders bool // the backend's response headers arrived
+	sentHeader bool // response headers went to the client
+	code       codes.Code
+
+	// A held call.
+	inspect  Inspector
+	fields   []hpack.HeaderField // the request headers
+	body     []byte              // the request, as read
+	encoding string
+	ctx      context.Context
+	cancel   context.CancelFunc
+	vet      func(ctx context.Context, resp []byte, st *status.Status) *status.Status
+	held     heldResponse
+}
+
+// heldResponse is a backend's answer kept back until it is vetted.
+type heldResponse struct {
+	fields   []hpack.HeaderField
+	body     []byte
+	trailers []hpack.HeaderField
+}
+
+// codeOfReset is the status code a gRPC client reports for RST_STREAM
+// (gRPC's HTTP/2 mapping).
+func codeOfReset(c http2.ErrCode) codes.Code {
+	switch c {
+	case http2.ErrCodeRefusedStream:
+		return codes.Unavailable
+	case http2.ErrCodeCancel:
+		return codes.Canceled
+	case http2.ErrCodeEnhanceYourCalm, http2.ErrCodeFlowControl:
+		return codes.ResourceExhausted
+	case http2.ErrCodeInadequateSecurity:
+		return codes.PermissionDenied
+	}
+	return codes.Internal
+}
+
+func codeOf(fields []hpack.HeaderField) codes.Code {
+	if st, ok := statusOf(fields); ok {
+		return st.Code()
+	}
+	return codes.Unknown
+}
+
+func headerValue(fields []hpack.HeaderField, name string) string {
+	for _, f := range fields {
+		if f.Name == name {
+			return f.Value
+		}
+	}
+	return ""
+}
