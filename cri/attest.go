@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -15,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/armorshim/armorshim/apparmor"
+	"github.com/armorshim/armorshim/cri/h2relay"
 )
 
 // Attestation modes.
@@ -113,37 +113,44 @@ func pidOf(info string) int {
 	return 0
 }
 
-// startContainer forwards StartContainer and, once the runtime started the
-// container, attests its confinement.
-func (p *Proxy) startContainer(ss grpc.ServerStream, conn grpc.ClientConnInterface, in *Frame) error {
+// inspectStart holds StartContainer's answer: once the runtime started the
+// container, its confinement is attested before the caller hears of it.
+func (p *Proxy) inspectStart(_ context.Context, in []byte) h2relay.Verdict {
 	req := &runtimeapi.StartContainerRequest{}
-	if err := proto.Unmarshal(in.Bytes(), req); err != nil {
-		in.Free()
-		return status.Errorf(codes.InvalidArgument, "armorshim: cannot decode StartContainerRequest: %v", err)
+	if err := proto.Unmarshal(in, req); err != nil {
+		return refusal(status.Errorf(codes.InvalidArgument, "armorshim: cannot decode StartContainerRequest: %v", err))
 	}
-	out, err := invokeUnary(ss, conn, StartContainerMethod, in)
-	if err != nil {
-		return err
-	}
-	if snap := p.host.Snapshot(); snap.Err != nil || !snap.Enabled {
-		p.attest.take(req.ContainerId)
-		p.metrics.observeAttestation("skipped")
-		return ss.SendMsg(out)
-	}
-	if mismatch := p.attestStart(ss.Context(), req.ContainerId); mismatch != "" {
-		p.metrics.observeAttestation("mismatch")
-		klog.InfoS("Container confinement mismatch", "containerID", req.ContainerId, "mode", p.attest.Mode, "mismatch", mismatch)
-		if p.attest.Mode == AttestEnforce {
-			out.Free()
-			ctx, cancel := context.WithTimeout(context.WithoutCancel(ss.Context()), 30*time.Second)
-			defer cancel()
-			if _, err := runtimeapi.NewRuntimeServiceClient(p.runtime).StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: req.ContainerId}); err != nil {
-				klog.ErrorS(err, "Stopping the mismatched container failed", "containerID", req.ContainerId)
-			}
-			return status.Error(codes.FailedPrecondition, "Blocked: AppArmor confinement mismatch: "+mismatch)
+	return h2relay.Verdict{Response: func(ctx context.Context, _ []byte, st *status.Status) *status.Status {
+		if st.Code() != codes.OK {
+			return nil
 		}
+		return p.attestStarted(ctx, req.ContainerId)
+	}}
+}
+
+// attestStarted attests a started container; in enforce mode a mismatch
+// stops it and becomes StartContainer's answer.
+func (p *Proxy) attestStarted(ctx context.Context, id string) *status.Status {
+	if snap := p.host.Snapshot(); snap.Err != nil || !snap.Enabled {
+		p.attest.take(id)
+		p.metrics.observeAttestation("skipped")
+		return nil
 	}
-	return ss.SendMsg(out)
+	mismatch := p.attestStart(ctx, id)
+	if mismatch == "" {
+		return nil
+	}
+	p.metrics.observeAttestation("mismatch")
+	klog.InfoS("Container confinement mismatch", "containerID", id, "mode", p.attest.Mode, "mismatch", mismatch)
+	if p.attest.Mode != AttestEnforce {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if _, err := runtimeapi.NewRuntimeServiceClient(p.runtime).StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: id}); err != nil {
+		klog.ErrorS(err, "Stopping the mismatched container failed", "containerID", id)
+	}
+	return status.New(codes.FailedPrecondition, "Blocked: AppArmor confinement mismatch: "+mismatch)
 }
 
 // attestStart compares the started container's confinement with what was

@@ -1,9 +1,9 @@
 package cri
 
 import (
+	"context"
 	"errors"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -11,49 +11,49 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/armorshim/armorshim/apparmor"
+	"github.com/armorshim/armorshim/cri/h2relay"
 )
 
-// createContainer decides the AppArmor confinement of a CreateContainer
-// request, then forwards it (the original bytes when the decision changed
-// nothing) or returns the refusal.
-func (p *Proxy) createContainer(ss grpc.ServerStream, conn grpc.ClientConnInterface, in *Frame) error {
-	in, req, dec, err := p.decideCreate(in)
+// inspectCreate decides the AppArmor confinement of a CreateContainer
+// request: it is forwarded (rewritten only when the decision changed it) or
+// refused.
+func (p *Proxy) inspectCreate(ctx context.Context, msg []byte) h2relay.Verdict {
+	fwd, req, dec, err := p.decideCreate(msg)
 	if err != nil {
-		return err
+		return refusal(err)
 	}
-	if err := p.checkContainer(ss.Context(), req, dec.Profile); err != nil {
-		in.Free()
-		return err
+	if err := p.checkContainer(ctx, req, dec.Profile); err != nil {
+		return refusal(err)
 	}
-	out, err := invokeUnary(ss, conn, CreateContainerMethod, in)
-	if err != nil {
-		return err
-	}
-	if p.attest != nil || p.denials != nil {
-		resp := &runtimeapi.CreateContainerResponse{}
-		if err := proto.Unmarshal(out.Bytes(), resp); err == nil {
+	v := h2relay.Verdict{Request: fwd}
+	if p.attest != nil || (p.denials != nil && dec.Profile.Type == apparmor.Localhost) {
+		pol := p.policy.Load()
+		v.Response = func(_ context.Context, out []byte, st *status.Status) *status.Status {
+			resp := &runtimeapi.CreateContainerResponse{}
+			if st.Code() != codes.OK || proto.Unmarshal(out, resp) != nil {
+				return nil
+			}
 			if p.attest != nil {
-				p.attest.remember(resp.ContainerId, dec.Profile, req, p.policy.Load())
+				p.attest.remember(resp.ContainerId, dec.Profile, req, pol)
 			}
 			if dec.Profile.Type == apparmor.Localhost {
 				p.denials.Confined(resp.ContainerId, dec.Profile.Name)
 			}
+			return nil
 		}
 	}
-	return ss.SendMsg(out)
+	return v
 }
 
-// decideCreate returns the frame to forward, with the decoded request and
-// the decision, or the refusal.
-func (p *Proxy) decideCreate(in *Frame) (*Frame, *runtimeapi.CreateContainerRequest, apparmor.Decision, error) {
+// decideCreate returns the request to forward instead of the caller's (nil
+// if unchanged), with the decoded request and the decision, or the refusal.
+func (p *Proxy) decideCreate(in []byte) ([]byte, *runtimeapi.CreateContainerRequest, apparmor.Decision, error) {
 	req := &runtimeapi.CreateContainerRequest{}
-	if err := proto.Unmarshal(in.Bytes(), req); err != nil {
-		in.Free()
+	if err := proto.Unmarshal(in, req); err != nil {
 		return nil, nil, apparmor.Decision{}, status.Errorf(codes.InvalidArgument, "armorshim: cannot decode CreateContainerRequest: %v", err)
 	}
 	dec, err := apparmor.Decide(req, p.host, p.policy.Load())
 	if err != nil {
-		in.Free()
 		var r *apparmor.Refusal
 		if errors.As(err, &r) {
 			p.metrics.observeDecision("refused", r.Reason, r.Cause)
@@ -71,12 +71,11 @@ func (p *Proxy) decideCreate(in *Frame) (*Frame, *runtimeapi.CreateContainerRequ
 			"container", t.Container, "profile", dec.Profile.String(), "source", string(dec.Source))
 	}
 	if !dec.Modified {
-		return in, req, dec, nil
+		return nil, req, dec, nil
 	}
-	in.Free()
 	b, err := proto.Marshal(req)
 	if err != nil {
 		return nil, nil, apparmor.Decision{}, status.Errorf(codes.Internal, "armorshim: cannot encode CreateContainerRequest: %v", err)
 	}
-	return FrameOf(b), req, dec, nil
+	return b, req, dec, nil
 }

@@ -1,9 +1,10 @@
-// Package cri owns armorshim's CRI proxy: a gRPC stream handler that forwards
-// every RuntimeService and ImageService call — and any method it does not
-// know — to the backend as raw bytes, keeping status, metadata, deadlines
-// and cancellation. It decodes CreateContainer to apply the AppArmor
-// decision before forwarding or refusing it and, while Pod Security is
-// configured, RunPodSandbox and CreateContainer to apply the pss decision
-// (refuse, warn, audit); accepted requests keep their bytes. It also reads
-// the node's running pods from the runtime for `armorshim pss check`.
+// Package cri owns armorshim's CRI proxy. Calls travel through the HTTP/2
+// stream relay of package h2relay as bytes, with their status, metadata,
+// deadlines and cancellation; cri routes each one (runtime, image service,
+// armorshim's own health service) and holds the few it decides on:
+// CreateContainer for the AppArmor decision (forwarded, rewritten only when
+// the decision changes it, or refused) and, while configured, RunPodSandbox
+// and CreateContainer for Pod Security (refuse, warn, audit) and
+// StartContainer for start attestation. It also reads the node's running
+// pods from the runtime for `armorshim pss check`.
 package cri

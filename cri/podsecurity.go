@@ -8,7 +8,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -16,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/armorshim/armorshim/apparmor"
+	"github.com/armorshim/armorshim/cri/h2relay"
 	"github.com/armorshim/armorshim/pss"
 )
 
@@ -41,13 +41,16 @@ func WithPodSecurity(ev *pss.Evaluator, audit io.Writer) Option {
 // start after it; nil turns Pod Security off.
 func (p *Proxy) SetPodSecurity(ev *pss.Evaluator) { p.podSecurity.Store(ev) }
 
-// runPodSandbox evaluates a sandbox's pod-level facts and forwards the
-// original bytes, or refuses it under enforce.
-func (p *Proxy) runPodSandbox(ss grpc.ServerStream, conn grpc.ClientConnInterface, ev *pss.Evaluator, in *Frame) error {
+// inspectSandbox evaluates a sandbox's pod-level facts: it is forwarded
+// unchanged, or refused under enforce.
+func (p *Proxy) inspectSandbox(_ context.Context, in []byte) h2relay.Verdict {
+	ev := p.podSecurity.Load()
+	if ev == nil {
+		return h2relay.Verdict{}
+	}
 	req := &runtimeapi.RunPodSandboxRequest{}
-	if err := proto.Unmarshal(in.Bytes(), req); err != nil {
-		in.Free()
-		return status.Errorf(codes.InvalidArgument, "armorshim: cannot decode RunPodSandboxRequest: %v", err)
+	if err := proto.Unmarshal(in, req); err != nil {
+		return refusal(status.Errorf(codes.InvalidArgument, "armorshim: cannot decode RunPodSandboxRequest: %v", err))
 	}
 	ns := req.GetConfig().GetMetadata().GetNamespace()
 	if reason := ev.Exemption(ns, req.GetRuntimeHandler()); reason != "" {
@@ -55,11 +58,10 @@ func (p *Proxy) runPodSandbox(ss grpc.ServerStream, conn grpc.ClientConnInterfac
 	} else if ev.Needs(ns) {
 		pod := pss.SandboxPod(req.GetConfig(), req.GetRuntimeHandler(), ev.Config())
 		if err := p.report(ev.Evaluate(pod), "RunPodSandbox"); err != nil {
-			in.Free()
-			return err
+			return refusal(err)
 		}
 	}
-	return forwardUnary(ss, conn, RunPodSandboxMethod, in)
+	return h2relay.Verdict{}
 }
 
 // checkContainer evaluates a CreateContainer request as armorshim will

@@ -1,8 +1,6 @@
 package cri
 
 import (
-	"context"
-	"errors"
 	"io"
 	"strings"
 	"sync/atomic"
@@ -10,22 +8,38 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/armorshim/armorshim/apparmor"
+	"github.com/armorshim/armorshim/cri/h2relay"
 	"github.com/armorshim/armorshim/pss"
 )
 
-// Proxy forwards CRI calls to the backend connections.
+// localServicePrefix is armorshim's own gRPC health service.
+const localServicePrefix = "/grpc.health.v1.Health/"
+
+// Backends are where the proxy sends calls.
+type Backends struct {
+	// Runtime and Image receive the relayed calls (the same Backend when
+	// the endpoints are one); Local, if not nil, serves armorshim's own
+	// gRPC health service.
+	Runtime, Image, Local *h2relay.Backend
+	// RuntimeConn and ImageConn carry the calls armorshim makes itself
+	// (Pod Security lookups, attestation). Use Codec on them
+	// (grpc.WithDefaultCallOptions(grpc.ForceCodecV2(Codec{}))).
+	RuntimeConn, ImageConn grpc.ClientConnInterface
+}
+
+// Proxy decides the calls the relay holds for it.
 type Proxy struct {
-	runtime grpc.ClientConnInterface
-	image   grpc.ClientConnInterface
-	host    apparmor.Host
-	policy  atomic.Pointer[apparmor.Policy]
-	metrics *Metrics
-	attest  *attestor
-	denials *Denials
+	backends Backends
+	runtime  grpc.ClientConnInterface
+	image    grpc.ClientConnInterface
+	host     apparmor.Host
+	policy   atomic.Pointer[apparmor.Policy]
+	metrics  *Metrics
+	attest   *attestor
+	denials  *Denials
 	// podSecurity is nil while Pod Security is off.
 	podSecurity atomic.Pointer[pss.Evaluator]
 	audit       io.Writer
@@ -41,12 +55,11 @@ func WithMetrics(m *Metrics) Option { return func(p *Proxy) { p.metrics = m } }
 // attributing denials of processes that are already gone.
 func WithDenials(d *Denials) Option { return func(p *Proxy) { p.denials = d } }
 
-// New returns a Proxy forwarding RuntimeService (and unknown services) to
-// runtime and ImageService to image. Both must use Codec for their calls
-// (grpc.WithDefaultCallOptions(grpc.ForceCodecV2(Codec{}))). host feeds the
+// New returns a Proxy relaying RuntimeService (and unknown services) to the
+// runtime backend and ImageService to the image backend. host feeds the
 // AppArmor decision; pol may be nil for the default policy.
-func New(runtime, image grpc.ClientConnInterface, host apparmor.Host, pol *apparmor.Policy, opts ...Option) *Proxy {
-	p := &Proxy{runtime: runtime, image: image, host: host}
+func New(b Backends, host apparmor.Host, pol *apparmor.Policy, opts ...Option) *Proxy {
+	p := &Proxy{backends: b, runtime: b.RuntimeConn, image: b.ImageConn, host: host}
 	for _, o := range opts {
 		o(p)
 	}
@@ -62,154 +75,37 @@ func (p *Proxy) SetPolicy(pol *apparmor.Policy) {
 	p.policy.Store(pol)
 }
 
-// Handle is the grpc.StreamHandler for every method the server does not
-// serve itself: register it with grpc.UnknownServiceHandler.
-func (p *Proxy) Handle(_ any, ss grpc.ServerStream) error {
-	method, ok := grpc.MethodFromServerStream(ss)
-	if !ok {
-		return status.Error(codes.Internal, "armorshim: no method in stream")
+// Route is the relay's hook: it sends armorshim's own services to the local
+// backend, the image service to the image backend and everything else to
+// the runtime, and holds the calls armorshim decides on.
+func (p *Proxy) Route(method string) (*h2relay.Backend, h2relay.Inspector) {
+	switch method {
+	case CreateContainerMethod:
+		return p.backends.Runtime, p.inspectCreate
+	case RunPodSandboxMethod:
+		if p.podSecurity.Load() != nil {
+			return p.backends.Runtime, p.inspectSandbox
+		}
+	case StartContainerMethod:
+		if p.attest != nil {
+			return p.backends.Runtime, p.inspectStart
+		}
 	}
-	if p.metrics == nil {
-		return p.handle(ss, method)
+	switch {
+	case isImageMethod(method):
+		return p.backends.Image, nil
+	case p.backends.Local != nil && strings.HasPrefix(method, localServicePrefix):
+		return p.backends.Local, nil
 	}
-	start := time.Now()
-	err := p.handle(ss, method)
-	p.metrics.observeCall(method, status.Code(err), time.Since(start))
-	return err
+	return p.backends.Runtime, nil
 }
 
-func (p *Proxy) handle(ss grpc.ServerStream, method string) error {
-	conn := p.runtime
-	if isImageMethod(method) {
-		conn = p.image
-	}
-	switch Methods[method] {
-	case Unary:
-		in := new(Frame)
-		if err := ss.RecvMsg(in); err != nil {
-			return err
-		}
-		switch {
-		case method == CreateContainerMethod:
-			return p.createContainer(ss, conn, in)
-		case method == RunPodSandboxMethod:
-			if ev := p.podSecurity.Load(); ev != nil {
-				return p.runPodSandbox(ss, conn, ev, in)
-			}
-		case method == StartContainerMethod && p.attest != nil:
-			return p.startContainer(ss, conn, in)
-		}
-		return forwardUnary(ss, conn, method, in)
-	case ServerStream:
-		return forwardStream(ss, conn, method, false)
-	default:
-		return forwardStream(ss, conn, method, true)
-	}
+// Done is the relay's hook for an ended call.
+func (p *Proxy) Done(method string, code codes.Code, elapsed time.Duration) {
+	p.metrics.observeCall(method, code, elapsed)
 }
 
-// outgoing carries the caller's metadata, deadline and cancellation to the
-// backend call. HTTP/2 pseudo-headers stay behind; gRPC drops its reserved
-// headers (content-type, user-agent, grpc-timeout ...) itself.
-func outgoing(ctx context.Context) context.Context {
-	in, _ := metadata.FromIncomingContext(ctx)
-	out := make(metadata.MD, len(in))
-	for k, v := range in {
-		if !strings.HasPrefix(k, ":") {
-			out[k] = v
-		}
-	}
-	return metadata.NewOutgoingContext(ctx, out)
-}
-
-func forwardUnary(ss grpc.ServerStream, conn grpc.ClientConnInterface, method string, in *Frame) error {
-	out, err := invokeUnary(ss, conn, method, in)
-	if err != nil {
-		return err
-	}
-	return ss.SendMsg(out)
-}
-
-// invokeUnary calls the backend and passes its header and trailer to the
-// caller; the response is the caller's to send or free.
-func invokeUnary(ss grpc.ServerStream, conn grpc.ClientConnInterface, method string, in *Frame) (*Frame, error) {
-	var header, trailer metadata.MD
-	out := new(Frame)
-	err := conn.Invoke(outgoing(ss.Context()), method, in, out, grpc.Header(&header), grpc.Trailer(&trailer))
-	if len(header) > 0 {
-		if herr := ss.SetHeader(header); herr != nil && err == nil {
-			err = herr
-		}
-	}
-	ss.SetTrailer(trailer)
-	if err != nil {
-		out.Free()
-		return nil, err
-	}
-	return out, nil
-}
-
-// forwardStream relays a server-streaming call, or with duplex any call of
-// unknown shape, until the backend ends it.
-func forwardStream(ss grpc.ServerStream, conn grpc.ClientConnInterface, method string, duplex bool) error {
-	ctx, cancel := context.WithCancel(outgoing(ss.Context()))
-	defer cancel()
-	desc := &grpc.StreamDesc{ServerStreams: true, ClientStreams: duplex}
-	cs, err := conn.NewStream(ctx, desc, method)
-	if err != nil {
-		return err
-	}
-	if duplex {
-		go relayRequests(ss, cs, cancel)
-	} else {
-		in := new(Frame)
-		if err := ss.RecvMsg(in); err != nil {
-			return err
-		}
-		if err := cs.SendMsg(in); err != nil && !errors.Is(err, io.EOF) {
-			return err
-		}
-		if err := cs.CloseSend(); err != nil {
-			return err
-		}
-	}
-	if header, err := cs.Header(); err == nil && len(header) > 0 {
-		if err := ss.SendHeader(header); err != nil {
-			return err
-		}
-	}
-	for {
-		out := new(Frame)
-		err := cs.RecvMsg(out)
-		if err != nil {
-			ss.SetTrailer(cs.Trailer())
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		if err := ss.SendMsg(out); err != nil {
-			return err
-		}
-	}
-}
-
-// relayRequests copies the caller's messages to the backend and half-closes
-// the backend stream when the caller does; on any other error it cancels.
-func relayRequests(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.CancelFunc) {
-	for {
-		in := new(Frame)
-		if err := ss.RecvMsg(in); err != nil {
-			if errors.Is(err, io.EOF) {
-				cs.CloseSend()
-			} else {
-				cancel()
-			}
-			return
-		}
-		if err := cs.SendMsg(in); err != nil {
-			// The backend ended the call; its status reaches the caller
-			// through RecvMsg.
-			return
-		}
-	}
+// refusal converts an error of armorshim's into the status answering a call.
+func refusal(err error) h2relay.Verdict {
+	return h2relay.Verdict{Status: status.Convert(err)}
 }

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"runtime"
 	"syscall"
 	"time"
 
@@ -16,26 +15,31 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/test/bufconn"
 	"k8s.io/klog/v2"
 
 	"github.com/armorshim/armorshim/cri"
+	"github.com/armorshim/armorshim/cri/h2relay"
 	"github.com/armorshim/armorshim/host"
 	"github.com/armorshim/armorshim/systemd"
 )
 
-// Server is one armorshim instance: a listener, the backend connections and
-// the gRPC server hosting the proxy.
+// Server is one armorshim instance: a listener, the relay serving it and the
+// backend connections of armorshim's own calls.
 type Server struct {
-	cfg     *Config
-	reload  func() (*Config, error)
-	host    *host.Reader
-	proxy   *cri.Proxy
-	grpc    *grpc.Server
-	obs     *observer
-	loader  *host.Loader
-	denials *cri.Denials
-	runtime *grpc.ClientConn
-	image   *grpc.ClientConn // the runtime connection when the endpoints are one
+	cfg    *Config
+	reload func() (*Config, error)
+	host   *host.Reader
+	proxy  *cri.Proxy
+	relay  *h2relay.Relay
+	// local serves armorshim's own gRPC services on localConns.
+	local      *grpc.Server
+	localConns *bufconn.Listener
+	obs        *observer
+	loader     *host.Loader
+	denials    *cri.Denials
+	runtime    *grpc.ClientConn
+	image      *grpc.ClientConn // the runtime connection when the endpoints are one
 	// auditLog is the Pod Security audit log, if any.
 	auditLog *rotatingFile
 }
@@ -93,18 +97,33 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 		opts = append(opts, cri.WithPodSecurity(ev, audit))
 		logPodSecurity(ev)
 	}
-	s.proxy = cri.New(s.runtime, s.image, s.host, pol, opts...)
-	s.grpc = grpc.NewServer(
-		grpc.UnknownServiceHandler(s.proxy.Handle),
-		grpc.ForceServerCodecV2(cri.Codec{}),
-		grpc.MaxRecvMsgSize(cfg.MaxMessageSize),
-		grpc.MaxSendMsgSize(cfg.MaxMessageSize),
-		// Serve calls on long-lived worker goroutines instead of a new one
-		// (and a new stack to grow) per call.
-		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
-	)
-	healthpb.RegisterHealthServer(s.grpc, s.obs.health)
+	// armorshim's own health service is a gRPC server of its own, reached
+	// through an in-memory connection like any backend.
+	s.local = grpc.NewServer()
+	healthpb.RegisterHealthServer(s.local, s.obs.health)
+	s.localConns = bufconn.Listen(64 << 10)
+	backends := cri.Backends{
+		Runtime:     socketBackend("runtime", cfg.RuntimeEndpoint),
+		Local:       &h2relay.Backend{Name: "health service", Dial: s.localConns.DialContext},
+		RuntimeConn: s.runtime,
+		ImageConn:   s.image,
+	}
+	backends.Image = backends.Runtime
+	if cfg.Image() != cfg.RuntimeEndpoint {
+		backends.Image = socketBackend("image service", cfg.Image())
+	}
+	s.proxy = cri.New(backends, s.host, pol, opts...)
+	s.relay = h2relay.New(h2relay.Config{Hooks: s.proxy, MaxMessageSize: cfg.MaxMessageSize})
 	return s, nil
+}
+
+// socketBackend relays to a CRI socket (an endpoint socketPath accepts).
+func socketBackend(name, endpoint string) *h2relay.Backend {
+	path, _ := socketPath(endpoint) // checked by Dial
+	return &h2relay.Backend{Name: name, Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}
 }
 
 // Dial opens a long-lived connection to a backend CRI socket. It does not
@@ -162,8 +181,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			return err
 		}
 	}
+	go s.local.Serve(s.localConns)
+	defer s.local.Stop()
 	errc := make(chan error, 1)
-	go func() { errc <- s.grpc.Serve(l) }()
+	go func() { errc <- s.relay.Serve(l) }()
 	klog.InfoS("Serving", "listen", l.Addr().String(), "runtimeEndpoint", s.cfg.RuntimeEndpoint, "imageEndpoint", s.cfg.Image())
 	systemd.Notify(systemd.Ready, systemd.Status("Serving CRI on "+l.Addr().String()))
 
@@ -175,15 +196,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	systemd.Notify(systemd.Stopping, systemd.Status("Draining in-flight calls"))
 	s.obs.health.Shutdown()
 	klog.InfoS("Shutting down: draining in-flight calls", "timeout", time.Duration(s.cfg.ShutdownTimeout))
-	done := make(chan struct{})
-	go func() { s.grpc.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(time.Duration(s.cfg.ShutdownTimeout)):
-		klog.InfoS("Shutdown timeout reached: ending the remaining calls")
-		s.grpc.Stop()
-		<-done
+	drain, cancel := context.WithTimeout(context.Background(), time.Duration(s.cfg.ShutdownTimeout))
+	defer cancel()
+	if err := s.relay.Shutdown(drain); err != nil {
+		klog.InfoS("Shutdown timeout reached: ended the remaining calls")
 	}
+	<-errc
 	return nil
 }
 
