@@ -100,8 +100,12 @@ func (p *Proxy) Route(method string) (*h2relay.Backend, h2relay.Inspector) {
 	return p.backends.Runtime, nil
 }
 
-// Done is the relay's hook for an ended call.
+// Done is the relay's hook for an ended call. armorshim's own health calls
+// are not CRI calls and are not counted.
 func (p *Proxy) Done(method string, code codes.Code, elapsed time.Duration) {
+	if strings.HasPrefix(method, localServicePrefix) {
+		return
+	}
 	p.metrics.observeCall(method, code, elapsed)
 }
 
