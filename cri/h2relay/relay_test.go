@@ -273,7 +273,13 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestInspector(t *testing.T) {
 	var mu sync.Mutex
 	var seen []string // what the backend received
-	srv := startServer(t, func(method string, ss grpc.ServerStream) error { return recordEcho(method, ss, &mu, &seen) })
+	var backendDeadline time.Time
+	srv := startServer(t, func(method string, ss grpc.ServerStream) error {
+		mu.Lock()
+		backendDeadline, _ = ss.Context().Deadline()
+		mu.Unlock()
+		return recordEcho(method, ss, &mu, &seen)
+	})
 	backendSaw := func() []string {
 		mu.Lock()
 		defer mu.Unlock()
@@ -291,6 +297,7 @@ func TestInspector(t *testing.T) {
 			return h2relay.Verdict{Status: refused}
 		},
 		"/t.S/Rewrite": func(_ context.Context, req []byte) h2relay.Verdict {
+			time.Sleep(300 * time.Millisecond) // a slow decision: the backend must not get the time it took
 			return h2relay.Verdict{Request: append([]byte("new-"), req...)}
 		},
 		"/t.S/Vet": func(_ context.Context, req []byte) h2relay.Verdict {
@@ -326,12 +333,17 @@ func TestInspector(t *testing.T) {
 		t.Errorf("backend saw a refused call: %v", got)
 	}
 
-	// Rewritten.
+	// Rewritten; the backend gets what is left of the caller's deadline.
 	out := new(raw)
 	var header, trailer metadata.MD
-	if err := conn.Invoke(ctx, "/t.S/Rewrite", &raw{[]byte("req")}, out, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil || string(out.b) != "re:new-req" {
+	if err := conn.Invoke(callCtx, "/t.S/Rewrite", &raw{[]byte("req")}, out, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil || string(out.b) != "re:new-req" {
 		t.Errorf("rewritten: %v %q", err, out.b)
 	}
+	mu.Lock()
+	if d := backendDeadline.Sub(want); d < -100*time.Millisecond || d > 100*time.Millisecond {
+		t.Errorf("backend deadline %v after the caller's", d)
+	}
+	mu.Unlock()
 	if header.Get("h")[0] != "1" || trailer.Get("t")[0] != "2" {
 		t.Errorf("rewritten: header %v trailer %v", header, trailer)
 	}

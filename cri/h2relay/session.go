@@ -418,6 +418,15 @@ func (s *session) inspect(st *stream) {
 		}
 		st.body = nil
 		st.vet = v.Response
+		if dl, ok := ctx.Deadline(); ok {
+			// The backend gets what is left of the caller's deadline.
+			left := time.Until(dl)
+			if left <= 0 {
+				s.answer(st, status.New(codes.DeadlineExceeded, "context deadline exceeded"))
+				return
+			}
+			setHeader(st.fields, "grpc-timeout", encodeTimeout(left))
+		}
 		if !s.open(st, st.fields, false) {
 			return
 		}

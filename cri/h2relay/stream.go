@@ -97,6 +97,15 @@ func codeOf(fields []hpack.HeaderField) codes.Code {
 	return codes.Unknown
 }
 
+// setHeader replaces the value of a field that is present.
+func setHeader(fields []hpack.HeaderField, name, value string) {
+	for i := range fields {
+		if fields[i].Name == name {
+			fields[i].Value = value
+		}
+	}
+}
+
 func headerValue(fields []hpack.HeaderField, name string) string {
 	for _, f := range fields {
 		if f.Name == name {

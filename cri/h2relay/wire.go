@@ -227,3 +227,25 @@ func timeoutOf(v string) (time.Duration, bool) {
 	}
 	return time.Duration(n) * unit, true
 }
+
+// encodeTimeout writes d as a grpc-timeout value: at most 8 digits, in the
+// finest unit that fits, rounded up.
+func encodeTimeout(d time.Duration) string {
+	for _, u := range []struct {
+		unit time.Duration
+		name string
+	}{{time.Nanosecond, "n"}, {time.Microsecond, "u"}, {time.Millisecond, "m"}, {time.Second, "S"}, {time.Minute, "M"}} {
+		if n := ceilDiv(d, u.unit); n <= 99999999 {
+			return strconv.FormatInt(n, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(min(ceilDiv(d, time.Hour), 99999999), 10) + "H"
+}
+
+func ceilDiv(d, unit time.Duration) int64 {
+	n := int64(d / unit)
+	if d%unit != 0 {
+		n++
+	}
+	return n
+}
