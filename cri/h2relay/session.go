@@ -31,6 +31,7 @@ type session struct {
 	streams   map[uint32]*stream
 	legs      map[*Backend]*leg
 	lastID    uint32 // the client's highest stream ID
+	started   bool   // our SETTINGS went out
 	goingAway bool
 	closed    bool
 
@@ -60,6 +61,11 @@ func (s *session) serve() {
 	}
 	c.SetReadDeadline(time.Time{})
 	s.mu.Lock()
+	if s.goingAway { // shut down before the connection started
+		s.mu.Unlock()
+		return
+	}
+	s.started = true
 	s.cli.hello(http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize})
 	s.cli.flush()
 	s.mu.Unlock()
@@ -510,6 +516,10 @@ func (s *session) goAway() {
 		return
 	}
 	s.goingAway = true
+	if !s.started {
+		s.cli.conn.Close()
+		return
+	}
 	s.cli.fr.WriteGoAway(s.lastID, http2.ErrCodeNo, nil)
 	s.cli.dirty = true
 	s.flush()
