@@ -294,14 +294,15 @@ func (s *session) forward(st *stream, p *pipe, data []byte, end bool, pump func(
 		p.end = true
 	}
 	if len(p.queue) > 0 {
-		p.queue = append(p.queue, data...)
+		p.enqueue(data)
 		pump(st)
 		return
 	}
 	p.queue = data
 	pump(st)
-	if len(p.queue) > 0 {
-		p.queue = append([]byte(nil), p.queue...)
+	if rest := p.queue; len(rest) > 0 {
+		p.queue = nil
+		p.enqueue(rest)
 	}
 }
 
@@ -481,7 +482,8 @@ func (s *session) close(st *stream, code codes.Code, rst *http2.ErrCode) {
 		s.cli.reset(st.id, http2.ErrCodeNo) // answered: stop sending
 	}
 	s.dropDown(st)
-	st.up.queue = nil
+	st.up.release()
+	st.down.release()
 	if l := st.leg; l != nil {
 		delete(l.blocked, st)
 		if st.legOpen && !st.legEnded {

@@ -2,6 +2,7 @@ package h2relay
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -14,6 +15,7 @@ import (
 // to the other under its flow control.
 type pipe struct {
 	queue    []byte // read, not yet written
+	buf      []byte // the storage queue reuses once the first bytes wait
 	end      bool   // END_STREAM follows the queue
 	trailers []hpack.HeaderField
 	win      int64 // the stream's send window on the writing side
@@ -37,6 +39,41 @@ func (p *pipe) receive(n int64, in *side) bool {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// queueBufs keeps the storage of pipes whose streams ended: a big answer
+// waiting for the client's window would otherwise allocate all it queues.
+var queueBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledQueue bounds the storage put back in queueBufs.
+const maxPooledQueue = 4 << 20
+
+// enqueue copies data to the end of the queue.
+func (p *pipe) enqueue(data []byte) {
+	if p.buf == nil {
+		p.buf = (*queueBufs.Get().(*[]byte))[:0]
+	}
+	if len(p.queue) == 0 {
+		p.queue = p.buf[:0]
+	}
+	if cap(p.queue)-len(p.queue) < len(data) {
+		n := len(p.queue) + len(data)
+		if n > cap(p.buf) {
+			p.buf = make([]byte, 0, max(2*cap(p.buf), n, 32<<10))
+		}
+		p.queue = p.buf[:copy(p.buf[:cap(p.buf)], p.queue)]
+	}
+	p.queue = append(p.queue, data...)
+}
+
+// release gives the pipe's storage back; the pipe is not used again.
+func (p *pipe) release() {
+	p.queue = nil
+	if p.buf != nil && cap(p.buf) <= maxPooledQueue {
+		b := p.buf[:0]
+		queueBufs.Put(&b)
+	}
+	p.buf = nil
+}
 
 // stream is one call: the client's stream and its stream on a backend.
 type stream struct {
