@@ -1,6 +1,12 @@
 package cri
 
-import "testing"
+import (
+	"encoding/json"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
 
 func TestPidOf(t *testing.T) {
 	for _, c := range []struct {
@@ -26,6 +32,40 @@ func BenchmarkPidOf(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if pidOf(info) != 4242 {
 			b.Fatal("wrong pid")
+		}
+	}
+}
+
+// The partial decode of the info's config keeps every field the AppArmor
+// expectation depends on, as containerd writes them (encoding/json of the
+// generated type).
+func TestContainerInfoConfig(t *testing.T) {
+	for name, cfg := range map[string]*runtimeapi.ContainerConfig{
+		"field": {Metadata: &runtimeapi.ContainerMetadata{Name: "hello", Attempt: 2}, Image: &runtimeapi.ImageSpec{Image: "busybox"},
+			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+				Apparmor: &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "k8s-apparmor-example-deny-write"},
+				RunAsUser: &runtimeapi.Int64Value{Value: 1000}}}},
+		"deprecated and privileged": {Metadata: &runtimeapi.ContainerMetadata{Name: "p"},
+			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+				Privileged: true, ApparmorProfile: "localhost/k8s-apparmor-example-deny-write"}}},
+		"no linux section": {Metadata: &runtimeapi.ContainerMetadata{Name: "n"}},
+	} {
+		raw, err := json.Marshal(map[string]any{"pid": 1, "config": cfg, "runtimeSpec": map[string]any{"process": map[string]any{"args": []string{"sh"}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var info containerInfo
+		if err := json.Unmarshal(raw, &info); err != nil {
+			t.Fatal(err)
+		}
+		got := info.config()
+		want := &runtimeapi.ContainerConfig{Metadata: cfg.Metadata}
+		if sc := cfg.GetLinux().GetSecurityContext(); sc != nil {
+			want.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+				Privileged: sc.Privileged, Apparmor: sc.Apparmor, ApparmorProfile: sc.ApparmorProfile}}
+		}
+		if !proto.Equal(got, want) {
+			t.Errorf("%s: decoded %v, want %v", name, got, want)
 		}
 	}
 }
