@@ -97,6 +97,18 @@ type containerInfo struct {
 	} `json:"config"`
 }
 
+// ConfigOfInfo decodes, from containerd's verbose ContainerStatus info,
+// the container config's fields that the AppArmor expectation depends on:
+// metadata and the AppArmor and privileged settings. The config is nil if
+// the info has none.
+func ConfigOfInfo(info string) (*runtimeapi.ContainerConfig, error) {
+	var i containerInfo
+	if err := json.Unmarshal([]byte(info), &i); err != nil {
+		return nil, err
+	}
+	return i.config(), nil
+}
+
 // config returns the decoded part as a ContainerConfig, nil if absent.
 func (i *containerInfo) config() *runtimeapi.ContainerConfig {
 	c := i.Config
@@ -196,9 +208,8 @@ func (p *Proxy) attestStart(ctx context.Context, id string) string {
 	if !known {
 		// Created before armorshim started: derive it from the runtime's
 		// copy of the container config.
-		var info containerInfo
-		if err := json.Unmarshal([]byte(raw), &info); err == nil {
-			exp, known = p.expectFromConfig(info.config())
+		if cfg, err := ConfigOfInfo(raw); err == nil {
+			exp, known = p.expectFromConfig(cfg)
 		}
 	}
 	if pid <= 0 || !known {

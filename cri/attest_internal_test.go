@@ -54,11 +54,10 @@ func TestContainerInfoConfig(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var info containerInfo
-		if err := json.Unmarshal(raw, &info); err != nil {
+		got, err := ConfigOfInfo(string(raw))
+		if err != nil {
 			t.Fatal(err)
 		}
-		got := info.config()
 		want := &runtimeapi.ContainerConfig{Metadata: cfg.Metadata}
 		if sc := cfg.GetLinux().GetSecurityContext(); sc != nil {
 			want.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
