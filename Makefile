@@ -5,7 +5,7 @@ DESTDIR  ?=
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 FUZZTIME ?= 10s
-FUZZ_PKGS := ./apparmor ./host
+FUZZ_PKGS := ./apparmor ./host ./cri/h2relay
 
 .PHONY: all build demo test unit fuzz integration bench install install-socket-activation clean FORCE
 
