@@ -40,7 +40,9 @@ type Config struct {
 	// Sysfs and Procfs are the roots of all host reads.
 	Sysfs  string `json:"sysfs,omitempty"`
 	Procfs string `json:"procfs,omitempty"`
-	// MaxMessageSize bounds every message, both ways, in bytes.
+	// MaxMessageSize bounds every message, both ways, in bytes as sent: a
+	// compressed message of a call armorshim does not hold is bounded by
+	// the kubelet's and the runtime's own limits once decompressed.
 	MaxMessageSize int `json:"maxMessageSize,omitempty"`
 	// ShutdownTimeout bounds how long in-flight calls may run on shutdown.
 	ShutdownTimeout Duration `json:"shutdownTimeout,omitempty"`

@@ -37,6 +37,9 @@ func (s *session) dial(b *Backend) (*leg, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.connsMu.Lock()
+	s.conns[c] = struct{}{}
+	s.connsMu.Unlock()
 	l := &leg{side: newSide(c, s.r.cfg.StreamWindow, s.r.cfg.ConnWindow), b: b, streams: map[uint32]*stream{}, nextID: 1}
 	l.bw.WriteString(http2.ClientPreface)
 	l.hello(http2.Setting{ID: http2.SettingEnablePush, Val: 0},
@@ -233,6 +236,10 @@ func (s *session) legData(l *leg, f *http2.DataFrame) {
 	}
 	if st.vet != nil {
 		st.held.body = append(st.held.body, data...)
+		if !oneMessage(st.held.body) {
+			s.answer(st, status.Newf(codes.Internal, "armorshim: the %s answered a unary call with more than one message", l.b.Name))
+			return
+		}
 		s.creditStream(l.side, st, &st.down, int64(len(data)))
 		if end {
 			s.vetAnswer(st)
@@ -294,6 +301,9 @@ func (s *session) vetAnswer(st *stream) {
 func (s *session) legLost(l *leg, err error) {
 	l.dead = true
 	l.conn.Close()
+	s.connsMu.Lock()
+	delete(s.conns, l.conn)
+	s.connsMu.Unlock()
 	if s.legs[l.b] == l {
 		delete(s.legs, l.b)
 	}

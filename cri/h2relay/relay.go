@@ -274,7 +274,7 @@ func (r *Relay) Close() {
 	}
 	r.mu.Unlock()
 	for _, s := range sessions {
-		s.cli.conn.Close()
+		s.closeAll()
 	}
 }
 

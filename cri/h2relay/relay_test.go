@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -660,5 +661,72 @@ func TestShutdownWithStuckClient(t *testing.T) {
 		}
 	case <-time.After(3 * time.Second):
 		t.Fatal("Shutdown with a 300 ms deadline still blocked after 3 s")
+	}
+}
+
+// Shutdown keeps to its deadline when the relay is stuck writing to a
+// backend that stopped reading (a frozen runtime).
+func TestShutdownWithStuckBackend(t *testing.T) {
+	sock := filepath.Join(sockDir(t), "stuck.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
+			fr := http2.NewFramer(c, c)
+			fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 16 << 20})
+			fr.WriteWindowUpdate(0, 16<<20) // then reads nothing more
+		}
+	}()
+	r, conn, _ := relay(t, h2relay.Config{Hooks: &hooks{b: &h2relay.Backend{Name: "runtime", Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}})
+	go conn.Invoke(context.Background(), "/t.S/Big", &raw{make([]byte, 8<<20)}, new(raw))
+	time.Sleep(500 * time.Millisecond) // the relay's writes to the backend block
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := r.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("Shutdown with a 300 ms deadline took %v", d)
+	}
+}
+
+// A held call is refused at its second message instead of buffered on; a
+// relay with stream windows below 16 KiB still returns stream credit.
+func TestHeldCallsAndSmallWindows(t *testing.T) {
+	srv := startServer(t, echo)
+	h := &hooks{b: srv.backend(), inspect: map[string]h2relay.Inspector{
+		"/t.S/Held": func(context.Context, []byte) h2relay.Verdict { return h2relay.Verdict{} },
+	}}
+	_, conn, _ := relay(t, h2relay.Config{Hooks: h, StreamWindow: 8 << 10, MaxMessageSize: 1 << 20})
+	ctx := ctxTimeout(t, 10*time.Second)
+
+	cs, err := conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, "/t.S/Held")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		cs.SendMsg(&raw{make([]byte, 1000)}) // never half-closes
+	}
+	err = cs.RecvMsg(new(raw))
+	if st := status.Convert(err); st.Code() != codes.Internal || !strings.Contains(st.Message(), "exactly one message") {
+		t.Errorf("a held call with three messages: %v", err)
+	}
+
+	out := new(raw)
+	if err := conn.Invoke(ctx, "/t.S/Echo", &raw{pattern(3, 200<<10)}, out); err != nil || !bytes.Equal(out.b, pattern(3, 200<<10)) {
+		t.Errorf("200 KiB through 8 KiB stream windows: %v (%d bytes back)", err, len(out.b))
 	}
 }

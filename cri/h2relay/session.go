@@ -36,6 +36,22 @@ type session struct {
 	closed    bool
 
 	active atomic.Int32 // calls in flight
+
+	// connsMu guards conns, the backend connections, for Relay.Close,
+	// which must not wait for mu (held by a write to a stuck peer).
+	connsMu sync.Mutex
+	conns   map[net.Conn]struct{}
+}
+
+// closeAll closes the client connection and every backend connection:
+// their readers and any write blocked on them end.
+func (s *session) closeAll() {
+	s.cli.conn.Close()
+	s.connsMu.Lock()
+	defer s.connsMu.Unlock()
+	for c := range s.conns {
+		c.Close()
+	}
 }
 
 func newSession(r *Relay, c net.Conn) *session {
@@ -44,6 +60,7 @@ func newSession(r *Relay, c net.Conn) *session {
 		cli:     newSide(c, r.cfg.StreamWindow, r.cfg.ConnWindow),
 		streams: map[uint32]*stream{},
 		legs:    map[*Backend]*leg{},
+		conns:   map[net.Conn]struct{}{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
@@ -262,6 +279,10 @@ func (s *session) clientData(f *http2.DataFrame) {
 	}
 	if st.inspect != nil {
 		st.body = append(st.body, data...)
+		if !oneMessage(st.body) {
+			s.answer(st, errNotOneMessage)
+			return
+		}
 		s.creditStream(s.cli, st, &st.up, int64(len(data)))
 		if end {
 			s.inspect(st)
@@ -380,7 +401,7 @@ func (s *session) creditStream(in *side, st *stream, p *pipe, n int64) {
 		return
 	}
 	p.owed += n
-	if p.owed >= p.recvLimit(in)/4 {
+	if p.owed >= in.streamWin/4 {
 		id := st.id
 		if in != s.cli {
 			id = st.legID
@@ -402,7 +423,7 @@ func (s *session) inspect(st *stream) {
 	ctx := s.ctx
 	var cancel context.CancelFunc
 	if d, ok := timeoutOf(headerValue(st.fields, "grpc-timeout")); ok {
-		ctx, cancel = context.WithTimeout(ctx, d)
+		ctx, cancel = context.WithDeadline(ctx, st.start.Add(d)) // from the call's start
 	} else {
 		ctx, cancel = context.WithCancel(ctx)
 	}

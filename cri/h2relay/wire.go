@@ -73,6 +73,18 @@ func (f *framing) check(p []byte, limit int, verb string) *status.Status {
 	return nil
 }
 
+var errNotOneMessage = status.New(codes.Internal, "armorshim: a unary call must carry exactly one message")
+
+// oneMessage reports whether body, the part of a unary call read so far,
+// holds at most one message: a held call is refused at its second message
+// instead of buffered on.
+func oneMessage(body []byte) bool {
+	if len(body) < msgHeaderLen {
+		return true
+	}
+	return uint64(len(body)) <= msgHeaderLen+uint64(binary.BigEndian.Uint32(body[1:msgHeaderLen]))
+}
+
 // unframe returns the one message of a unary call's body, decompressed.
 func unframe(body []byte, encoding string, limit int) ([]byte, *status.Status) {
 	if len(body) < msgHeaderLen {
@@ -83,7 +95,7 @@ func unframe(body []byte, encoding string, limit int) ([]byte, *status.Status) {
 		return nil, status.Newf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", n, limit)
 	}
 	if uint32(len(body)-msgHeaderLen) != n {
-		return nil, status.New(codes.Internal, "armorshim: a unary call must carry exactly one message")
+		return nil, errNotOneMessage
 	}
 	msg := body[msgHeaderLen:]
 	if body[0] == 0 {
