@@ -249,7 +249,16 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	for ctx.Err() == nil && r.busy() {
 		r.idle.Wait()
 	}
+	sessions = sessions[:0]
+	for s := range r.sessions {
+		sessions = append(sessions, s)
+	}
 	r.mu.Unlock()
+	if ctx.Err() == nil {
+		for _, s := range sessions {
+			s.finish() // the last answers may still be buffered
+		}
+	}
 	r.Close()
 	return ctx.Err()
 }

@@ -520,14 +520,23 @@ func (s *session) close(st *stream, code codes.Code, rst *http2.ErrCode) {
 	}
 	s.r.cfg.Hooks.Done(st.method, code, time.Since(st.start))
 	if s.active.Add(-1) == 0 {
-		if s.r.drainingFlag.Load() {
-			go s.r.streamIdle()
-		}
 		if s.goingAway {
 			s.cli.flush()
 			s.cli.conn.Close()
 		}
+		if s.r.drainingFlag.Load() {
+			go s.r.streamIdle()
+		}
 	}
+}
+
+// finish writes out what is buffered and closes the connections of a
+// session with no call left.
+func (s *session) finish() {
+	s.mu.Lock()
+	s.flush()
+	s.mu.Unlock()
+	s.closeAll()
 }
 
 // goAway tells the client to open no new calls; the connection closes when
