@@ -372,8 +372,7 @@ func (s *session) pump(st *stream, p *pipe, out, in *side, id uint32) bool {
 			return false
 		}
 		last := n == int64(len(p.queue)) && p.end && p.trailers == nil
-		out.fr.WriteData(id, last, p.queue[:n])
-		out.dirty = true
+		out.writeData(id, last, p.queue[:n])
 		p.queue = p.queue[n:]
 		p.win -= n
 		out.sendWin -= n
@@ -388,8 +387,7 @@ func (s *session) pump(st *stream, p *pipe, out, in *side, id uint32) bool {
 		return false
 	}
 	if p.trailers == nil {
-		out.fr.WriteData(id, true, nil)
-		out.dirty = true
+		out.writeData(id, true, nil)
 	}
 	return true
 }

@@ -3,6 +3,7 @@ package h2relay
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"net"
 	"time"
 
@@ -180,6 +181,21 @@ func (sd *side) fail(lastID uint32, code http2.ErrCode, why string) {
 func windowUpdate(win *int64, inc uint32) bool {
 	*win += int64(inc)
 	return *win <= 1<<31-1
+}
+
+// writeData writes a DATA frame straight into the buffered writer (the
+// Framer would copy the payload once more, into its own frame buffer).
+func (sd *side) writeData(id uint32, end bool, p []byte) {
+	var h [9]byte
+	h[0], h[1], h[2] = byte(len(p)>>16), byte(len(p)>>8), byte(len(p))
+	h[3] = byte(http2.FrameData)
+	if end {
+		h[4] = byte(http2.FlagDataEndStream)
+	}
+	binary.BigEndian.PutUint32(h[5:], id)
+	sd.bw.Write(h[:])
+	sd.bw.Write(p)
+	sd.dirty = true
 }
 
 func (sd *side) reset(id uint32, code http2.ErrCode) {
