@@ -48,6 +48,7 @@ func (s *session) dial(b *Backend) (*leg, error) {
 		old.conn.Close()
 	}
 	s.legs[b] = l
+	s.live[l] = struct{}{}
 	go s.serveLeg(l)
 	return l, nil
 }
@@ -304,6 +305,7 @@ func (s *session) legLost(l *leg, err error) {
 	s.connsMu.Lock()
 	delete(s.conns, l.conn)
 	s.connsMu.Unlock()
+	delete(s.live, l)
 	if s.legs[l.b] == l {
 		delete(s.legs, l.b)
 	}

@@ -730,3 +730,58 @@ func TestHeldCallsAndSmallWindows(t *testing.T) {
 		t.Errorf("200 KiB through 8 KiB stream windows: %v (%d bytes back)", err, len(out.b))
 	}
 }
+
+// A backend restarting gracefully (GOAWAY, a new server on the socket)
+// during a large answer: new calls go to the new server while the answer
+// still flows from the old one, which needs the relay's window updates.
+func TestBackendRestartDuringLargeAnswer(t *testing.T) {
+	srv := startServer(t, func(method string, ss grpc.ServerStream) error {
+		if err := ss.RecvMsg(new(raw)); err != nil {
+			return err
+		}
+		if method == "/t.S/Big" {
+			for i := 0; i < 64; i++ { // 4 MiB, 16 times the relay's stream window
+				if err := ss.SendMsg(&raw{pattern(i, 64<<10)}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		return ss.SendMsg(&raw{[]byte("pong")})
+	})
+	_, conn, _ := relay(t, h2relay.Config{Hooks: &hooks{b: srv.backend()}, StreamWindow: 256 << 10, ConnWindow: 1 << 20})
+	ctx := ctxTimeout(t, 20*time.Second)
+	cs, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/t.S/Big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs.SendMsg(&raw{[]byte("go")})
+	cs.CloseSend()
+	if err := cs.RecvMsg(new(raw)); err != nil {
+		t.Fatal(err)
+	}
+	// The old server drains; a new one takes the socket and the next call.
+	srv.mu.Lock()
+	old := srv.srv
+	srv.mu.Unlock()
+	drained := make(chan struct{})
+	go func() { old.GracefulStop(); close(drained) }()
+	time.Sleep(100 * time.Millisecond)
+	srv.start()
+	if err := conn.Invoke(ctx, "/t.S/Ping", &raw{[]byte("x")}, new(raw)); err != nil {
+		t.Fatalf("a call during the restart: %v", err)
+	}
+	for i := 1; i < 64; i++ {
+		m := new(raw)
+		if err := cs.RecvMsg(m); err != nil {
+			t.Fatalf("the large answer stopped at message %d: %v", i, err)
+		}
+		if !bytes.Equal(m.b, pattern(i, 64<<10)) {
+			t.Fatalf("message %d differs", i)
+		}
+	}
+	if err := cs.RecvMsg(new(raw)); !errors.Is(err, io.EOF) {
+		t.Errorf("end of the large answer: %v", err)
+	}
+	<-drained
+}

@@ -29,7 +29,8 @@ type session struct {
 
 	mu        sync.Mutex
 	streams   map[uint32]*stream
-	legs      map[*Backend]*leg
+	legs      map[*Backend]*leg // the one each new call of a backend uses
+	live      map[*leg]struct{} // every backend connection not yet lost
 	lastID    uint32 // the client's highest stream ID
 	started   bool   // our SETTINGS went out
 	goingAway bool
@@ -60,6 +61,7 @@ func newSession(r *Relay, c net.Conn) *session {
 		cli:     newSide(c, r.cfg.StreamWindow, r.cfg.ConnWindow),
 		streams: map[uint32]*stream{},
 		legs:    map[*Backend]*leg{},
+		live:    map[*leg]struct{}{},
 		conns:   map[net.Conn]struct{}{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -115,10 +117,12 @@ func (s *session) serve() {
 	}
 }
 
-// flush writes out every connection's buffered frames.
+// flush writes out every connection's buffered frames, including those of
+// a backend connection that new calls no longer use (after its GOAWAY)
+// but whose calls go on.
 func (s *session) flush() {
 	s.cli.flush()
-	for _, l := range s.legs {
+	for l := range s.live {
 		l.flush()
 	}
 }
@@ -570,7 +574,7 @@ func (s *session) teardown() {
 		s.close(st, codes.Canceled, nil)
 	}
 	s.flush()
-	for _, l := range s.legs {
+	for l := range s.live {
 		l.conn.Close()
 	}
 }
