@@ -43,7 +43,7 @@ func TestContainerInfoConfig(t *testing.T) {
 	for name, cfg := range map[string]*runtimeapi.ContainerConfig{
 		"field": {Metadata: &runtimeapi.ContainerMetadata{Name: "hello", Attempt: 2}, Image: &runtimeapi.ImageSpec{Image: "busybox"},
 			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
-				Apparmor: &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "k8s-apparmor-example-deny-write"},
+				Apparmor:  &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "k8s-apparmor-example-deny-write"},
 				RunAsUser: &runtimeapi.Int64Value{Value: 1000}}}},
 		"deprecated and privileged": {Metadata: &runtimeapi.ContainerMetadata{Name: "p"},
 			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{

@@ -30,6 +30,7 @@ import (
 	apitest "k8s.io/cri-api/pkg/apis/testing"
 
 	"github.com/armorshim/armorshim/cri"
+	"github.com/armorshim/armorshim/internal/rawgrpc"
 	"github.com/armorshim/armorshim/shim"
 )
 
@@ -278,7 +279,7 @@ func TestUnknownMethodsPass(t *testing.T) {
 		md, _ := metadata.FromIncomingContext(ss.Context())
 		ss.SetHeader(metadata.Pairs("x-echo-header", "h1", "x-seen", strings.Join(md.Get("x-custom"), ",")))
 		ss.SetTrailer(metadata.Pairs("x-echo-trailer", "t1"))
-		return ss.SendMsg(cri.FrameOf(append([]byte("echo:"), in...)))
+		return ss.SendMsg(rawgrpc.FrameOf(append([]byte("echo:"), in...)))
 	})
 	// Not a valid protobuf message: nothing on the way may decode it.
 	payload := []byte{0xff, 0xfe, 0x00, 0x01, 'f', 'u', 't', 'u', 'r', 'e'}
@@ -311,7 +312,7 @@ func TestUnknownMethodsPass(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if err := ss.SendMsg(cri.FrameOf(bytes.ToUpper(in))); err != nil {
+			if err := ss.SendMsg(rawgrpc.FrameOf(bytes.ToUpper(in))); err != nil {
 				return err
 			}
 		}
@@ -321,10 +322,10 @@ func TestUnknownMethodsPass(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, w := range []string{"one", "two", "three"} {
-		if err := cs.SendMsg(cri.FrameOf([]byte(w))); err != nil {
+		if err := cs.SendMsg(rawgrpc.FrameOf([]byte(w))); err != nil {
 			t.Fatal(err)
 		}
-		f := new(cri.Frame)
+		f := new(rawgrpc.Frame)
 		if err := cs.RecvMsg(f); err != nil {
 			t.Fatalf("%s: %v", w, err)
 		}
@@ -338,7 +339,7 @@ func TestUnknownMethodsPass(t *testing.T) {
 	if err := cs.CloseSend(); err != nil {
 		t.Fatal(err)
 	}
-	if err := cs.RecvMsg(new(cri.Frame)); !errors.Is(err, io.EOF) {
+	if err := cs.RecvMsg(new(rawgrpc.Frame)); !errors.Is(err, io.EOF) {
 		t.Fatalf("after half-close: %v, want EOF", err)
 	}
 	if strings.Join(cs.Trailer().Get("x-chat"), "") != "closed" {
@@ -359,10 +360,10 @@ func TestUnknownMethodsPass(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := hs.SendMsg(cri.FrameOf([]byte("hello"))); err != nil {
+	if err := hs.SendMsg(rawgrpc.FrameOf([]byte("hello"))); err != nil {
 		t.Fatal(err)
 	}
-	err = hs.RecvMsg(new(cri.Frame))
+	err = hs.RecvMsg(new(rawgrpc.Frame))
 	if st := status.Convert(err); st.Code() != codes.Aborted || st.Message() != "hung up" || strings.Join(hs.Trailer().Get("x-bye"), "") != "now" {
 		t.Errorf("hangup: %v, trailer %v", err, hs.Trailer())
 	}
@@ -654,7 +655,7 @@ func TestMessageSizes(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		return ss.SendMsg(cri.FrameOf(in))
+		return ss.SendMsg(rawgrpc.FrameOf(in))
 	})
 	payload := bytes.Repeat([]byte{0xa5}, 15<<20)
 	out, st := rawUnary(ctx, e.through, echo, payload)

@@ -23,7 +23,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/cri-client/pkg/fake"
 
-	"github.com/armorshim/armorshim/cri"
+	"github.com/armorshim/armorshim/internal/rawgrpc"
 	"github.com/armorshim/armorshim/shim"
 )
 
@@ -222,13 +222,13 @@ func (b *backend) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.St
 	return handler(srv, ss)
 }
 
-// recordingCodec is armorshim's raw codec (so hooks can use *cri.Frame) that
+// recordingCodec is armorshim's raw codec (so hooks can use *rawgrpc.Frame) that
 // also keeps the raw bytes of every CreateContainerRequest it decodes.
 type recordingCodec struct{ b *backend }
 
-func (recordingCodec) Name() string { return cri.Codec{}.Name() }
+func (recordingCodec) Name() string { return rawgrpc.Codec{}.Name() }
 
-func (recordingCodec) Marshal(v any) (mem.BufferSlice, error) { return cri.Codec{}.Marshal(v) }
+func (recordingCodec) Marshal(v any) (mem.BufferSlice, error) { return rawgrpc.Codec{}.Marshal(v) }
 
 func (c recordingCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if ccr, ok := v.(*runtimeapi.CreateContainerRequest); ok {
@@ -239,12 +239,12 @@ func (c recordingCodec) Unmarshal(data mem.BufferSlice, v any) error {
 		c.b.sandboxRaw = append(c.b.sandboxRaw, data.Materialize())
 		c.b.mu.Unlock()
 	}
-	return cri.Codec{}.Unmarshal(data, v)
+	return rawgrpc.Codec{}.Unmarshal(data, v)
 }
 
 // recvRaw receives one raw message on a server stream.
 func recvRaw(ss grpc.ServerStream) ([]byte, error) {
-	f := new(cri.Frame)
+	f := new(rawgrpc.Frame)
 	if err := ss.RecvMsg(f); err != nil {
 		return nil, err
 	}
@@ -354,14 +354,14 @@ func startArmorshimReloading(t *testing.T, backendSock string, sysfs *fakeSysfs,
 }
 
 // dial returns a client connection to a unix socket that sends typed
-// messages as protobuf and *cri.Frame as raw bytes, with limits far above
+// messages as protobuf and *rawgrpc.Frame as raw bytes, with limits far above
 // armorshim's.
 func dial(t *testing.T, sock string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+sock,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(
-			grpc.ForceCodecV2(cri.Codec{}),
+			grpc.ForceCodecV2(rawgrpc.Codec{}),
 			grpc.MaxCallRecvMsgSize(bigLimit),
 			grpc.MaxCallSendMsgSize(bigLimit),
 		))
@@ -410,8 +410,8 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 // rawUnary calls method with raw request bytes and returns the raw response
 // bytes, or the status.
 func rawUnary(ctx context.Context, conn *grpc.ClientConn, method string, req []byte, opts ...grpc.CallOption) ([]byte, *status.Status) {
-	out := new(cri.Frame)
-	err := conn.Invoke(ctx, method, cri.FrameOf(req), out, opts...)
+	out := new(rawgrpc.Frame)
+	err := conn.Invoke(ctx, method, rawgrpc.FrameOf(req), out, opts...)
 	if err != nil {
 		return nil, status.Convert(err)
 	}
@@ -427,7 +427,7 @@ func rawServerStream(ctx context.Context, conn *grpc.ClientConn, method string, 
 	if err != nil {
 		return nil, status.Convert(err)
 	}
-	if err := cs.SendMsg(cri.FrameOf(req)); err != nil && !errors.Is(err, io.EOF) {
+	if err := cs.SendMsg(rawgrpc.FrameOf(req)); err != nil && !errors.Is(err, io.EOF) {
 		return nil, status.Convert(err)
 	}
 	if err := cs.CloseSend(); err != nil {
@@ -435,7 +435,7 @@ func rawServerStream(ctx context.Context, conn *grpc.ClientConn, method string, 
 	}
 	var out [][]byte
 	for {
-		f := new(cri.Frame)
+		f := new(rawgrpc.Frame)
 		err := cs.RecvMsg(f)
 		if errors.Is(err, io.EOF) {
 			return out, status.New(codes.OK, "")

@@ -25,8 +25,7 @@ type Backends struct {
 	// gRPC health service.
 	Runtime, Image, Local *h2relay.Backend
 	// RuntimeConn and ImageConn carry the calls armorshim makes itself
-	// (Pod Security lookups, attestation). Use Codec on them
-	// (grpc.WithDefaultCallOptions(grpc.ForceCodecV2(Codec{}))).
+	// (Pod Security lookups, attestation).
 	RuntimeConn, ImageConn grpc.ClientConnInterface
 }
 

@@ -20,7 +20,7 @@ import (
 	"k8s.io/cri-client/pkg/fake"
 
 	"github.com/armorshim/armorshim/apparmor"
-	"github.com/armorshim/armorshim/cri"
+	"github.com/armorshim/armorshim/internal/rawgrpc"
 	"github.com/armorshim/armorshim/shim"
 )
 
@@ -180,9 +180,9 @@ func TestListenRefusesRegularFile(t *testing.T) {
 func rawBackend(t *testing.T, handle func(ctx context.Context, method string, in []byte) ([]byte, error)) string {
 	t.Helper()
 	sock := filepath.Join(sockDir(t), "backend.sock")
-	srv := grpc.NewServer(grpc.ForceServerCodecV2(cri.Codec{}), grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(rawgrpc.Codec{}), grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
 		method, _ := grpc.MethodFromServerStream(ss)
-		in := new(cri.Frame)
+		in := new(rawgrpc.Frame)
 		if err := ss.RecvMsg(in); err != nil {
 			return err
 		}
@@ -191,7 +191,7 @@ func rawBackend(t *testing.T, handle func(ctx context.Context, method string, in
 		if err != nil {
 			return err
 		}
-		return ss.SendMsg(cri.FrameOf(out))
+		return ss.SendMsg(rawgrpc.FrameOf(out))
 	}))
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -249,7 +249,7 @@ func testConfig(t *testing.T, backendSock string) *shim.Config {
 func dial(t *testing.T, sock string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(cri.Codec{})))
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawgrpc.Codec{})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,8 +258,8 @@ func dial(t *testing.T, sock string) *grpc.ClientConn {
 }
 
 func rawCall(ctx context.Context, conn *grpc.ClientConn, method string, in []byte) ([]byte, error) {
-	out := new(cri.Frame)
-	if err := conn.Invoke(ctx, method, cri.FrameOf(in), out); err != nil {
+	out := new(rawgrpc.Frame)
+	if err := conn.Invoke(ctx, method, rawgrpc.FrameOf(in), out); err != nil {
 		return nil, err
 	}
 	return append([]byte(nil), out.Bytes()...), nil

@@ -84,9 +84,9 @@ var fuzzMethods = []string{"/t.S/Echo", "/t.S/Refuse", "/t.S/Vet", "/t.S/Missing
 // bytes each: kind, stream, flags, size) and then checks that the relay
 // still relays a call on a new connection: no input may crash or wedge it.
 func FuzzClientFrames(f *testing.F) {
-	f.Add([]byte{0, 0, 0, 0, 1, 0, 4, 10})                      // a call: HEADERS, DATA with END_STREAM
+	f.Add([]byte{0, 0, 0, 0, 1, 0, 4, 10})                        // a call: HEADERS, DATA with END_STREAM
 	f.Add([]byte{0, 1, 1, 0, 1, 1, 4, 3, 0, 2, 2, 0, 1, 2, 4, 9}) // refused and vetted calls
-	f.Add([]byte{0, 0, 8, 0, 1, 0, 2, 200, 2, 0, 8, 0})          // CONTINUATION, padded data, a reset
+	f.Add([]byte{0, 0, 8, 0, 1, 0, 2, 200, 2, 0, 8, 0})           // CONTINUATION, padded data, a reset
 	f.Add([]byte{4, 0, 0, 0, 0, 3, 0, 0, 1, 3, 0, 255, 3, 0, 1, 9, 5, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		startFuzzRelay(t)

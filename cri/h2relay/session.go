@@ -31,8 +31,8 @@ type session struct {
 	streams   map[uint32]*stream
 	legs      map[*Backend]*leg // the one each new call of a backend uses
 	live      map[*leg]struct{} // every backend connection not yet lost
-	lastID    uint32 // the client's highest stream ID
-	started   bool   // our SETTINGS went out
+	lastID    uint32            // the client's highest stream ID
+	started   bool              // our SETTINGS went out
 	goingAway bool
 	closed    bool
 

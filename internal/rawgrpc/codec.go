@@ -1,4 +1,6 @@
-package cri
+// Package rawgrpc is a gRPC codec that hands messages over undecoded, for
+// the tests' backends and clients that handle calls as bytes.
+package rawgrpc
 
 import (
 	"fmt"
@@ -33,10 +35,9 @@ func FrameOf(b []byte) *Frame {
 	return &Frame{data: mem.BufferSlice{mem.SliceBuffer(b)}}
 }
 
-// Codec passes Frames through untouched and encodes anything else (armorshim's
-// own services, such as health) as protobuf. Use it on both the server
-// (grpc.ForceServerCodecV2) and the backend calls (grpc.ForceCodecV2): the
-// wire content type stays application/grpc.
+// Codec passes Frames through untouched and encodes anything else as
+// protobuf. Use it on a server (grpc.ForceServerCodecV2) or a client
+// (grpc.ForceCodecV2): the wire content type stays application/grpc.
 type Codec struct{}
 
 var protoCodec = encoding.GetCodecV2(proto.Name)
@@ -55,7 +56,7 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if f, ok := v.(*Frame); ok {
 		if f.data != nil {
-			return fmt.Errorf("cri: frame reused")
+			return fmt.Errorf("rawgrpc: frame reused")
 		}
 		data.Ref()
 		f.data = data
