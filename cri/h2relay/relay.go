@@ -236,31 +236,32 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 		r.mu.Unlock()
 	})
 	defer stop()
-	r.mu.Lock()
-	sessions := make([]*session, 0, len(r.sessions))
-	for s := range r.sessions {
-		sessions = append(sessions, s)
-	}
-	r.mu.Unlock()
-	for _, s := range sessions {
+	for _, s := range r.snapshot() {
 		s.goAway()
 	}
 	r.mu.Lock()
 	for ctx.Err() == nil && r.busy() {
 		r.idle.Wait()
 	}
-	sessions = sessions[:0]
-	for s := range r.sessions {
-		sessions = append(sessions, s)
-	}
 	r.mu.Unlock()
 	if ctx.Err() == nil {
-		for _, s := range sessions {
+		for _, s := range r.snapshot() {
 			s.finish() // the last answers may still be buffered
 		}
 	}
 	r.Close()
 	return ctx.Err()
+}
+
+// snapshot returns the sessions, to act on them without r.mu.
+func (r *Relay) snapshot() []*session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*session, 0, len(r.sessions))
+	for s := range r.sessions {
+		out = append(out, s)
+	}
+	return out
 }
 
 // busy reports whether a session has calls in flight (r.mu held).
@@ -276,13 +277,7 @@ func (r *Relay) busy() bool {
 // Close closes the listeners and every connection at once.
 func (r *Relay) Close() {
 	r.stopListening()
-	r.mu.Lock()
-	sessions := make([]*session, 0, len(r.sessions))
-	for s := range r.sessions {
-		sessions = append(sessions, s)
-	}
-	r.mu.Unlock()
-	for _, s := range sessions {
+	for _, s := range r.snapshot() {
 		s.closeAll()
 	}
 }

@@ -437,18 +437,25 @@ func TestCancellationAndBackendLoss(t *testing.T) {
 	_, conn, _ := relay(t, h2relay.Config{Hooks: h})
 	ctx := ctxTimeout(t, 20*time.Second)
 
+	// block starts a server stream and waits for its first message.
+	block := func(ctx context.Context) grpc.ClientStream {
+		t.Helper()
+		cs, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/t.S/Block")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs.SendMsg(&raw{[]byte("x")})
+		cs.CloseSend()
+		if err := cs.RecvMsg(new(raw)); err != nil {
+			t.Fatal(err)
+		}
+		<-started
+		return cs
+	}
+
 	// Cancellation of a server stream after its first message.
 	callCtx, cancel := context.WithCancel(ctx)
-	cs, err := conn.NewStream(callCtx, &grpc.StreamDesc{ServerStreams: true}, "/t.S/Block")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs.SendMsg(&raw{[]byte("x")})
-	cs.CloseSend()
-	if err := cs.RecvMsg(new(raw)); err != nil {
-		t.Fatal(err)
-	}
-	<-started
+	block(callCtx)
 	cancel()
 	select {
 	case <-cancelled:
@@ -461,19 +468,10 @@ func TestCancellationAndBackendLoss(t *testing.T) {
 	}
 
 	// The backend goes away in the middle of a call.
-	cs, err = conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/t.S/Block")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs.SendMsg(&raw{[]byte("x")})
-	cs.CloseSend()
-	if err := cs.RecvMsg(new(raw)); err != nil {
-		t.Fatal(err)
-	}
-	<-started
+	cs := block(ctx)
 	srv.stop()
 	<-cancelled
-	err = cs.RecvMsg(new(raw))
+	err := cs.RecvMsg(new(raw))
 	if st := status.Convert(err); st.Code() != codes.Unavailable {
 		t.Errorf("backend lost mid-call: %v", err)
 	}
