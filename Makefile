@@ -53,7 +53,7 @@ fuzz:
 # relay (docs/performance.md), then the hot functions.
 bench:
 	$(GO) run ./cmd/armorshim-bench
-	$(GO) test -run '^$$' -bench . -benchtime 200ms ./apparmor ./host
+	$(GO) test -run '^$$' -bench . -benchtime 200ms ./apparmor ./host ./cri/h2relay
 
 # The VM suite: a qemu guest with AppArmor, containerd, runc, crictl and
 # critest (integration/README.md). Needs root; caches its builds.

@@ -43,7 +43,7 @@ func (rawCodec) Unmarshal(d mem.BufferSlice, v any) error {
 
 var _ encoding.CodecV2 = rawCodec{}
 
-func sockDir(t *testing.T) string {
+func sockDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "h2")
 	if err != nil {
@@ -55,14 +55,14 @@ func sockDir(t *testing.T) string {
 
 // server is a gRPC backend whose every method is handled by handle.
 type server struct {
-	t      *testing.T
+	t      testing.TB
 	sock   string
 	mu     sync.Mutex
 	srv    *grpc.Server
 	handle func(method string, ss grpc.ServerStream) error
 }
 
-func startServer(t *testing.T, handle func(method string, ss grpc.ServerStream) error) *server {
+func startServer(t testing.TB, handle func(method string, ss grpc.ServerStream) error) *server {
 	s := &server{t: t, sock: filepath.Join(sockDir(t), "backend.sock"), handle: handle}
 	s.start()
 	t.Cleanup(s.stop)
@@ -145,7 +145,7 @@ func (h *hooks) ended() []string {
 
 // relay starts a Relay with cfg in front of b and returns a client
 // connection to it.
-func relay(t *testing.T, cfg h2relay.Config) (*h2relay.Relay, *grpc.ClientConn, string) {
+func relay(t testing.TB, cfg h2relay.Config) (*h2relay.Relay, *grpc.ClientConn, string) {
 	t.Helper()
 	r := h2relay.New(cfg)
 	sock := filepath.Join(sockDir(t), "relay.sock")
@@ -158,7 +158,7 @@ func relay(t *testing.T, cfg h2relay.Config) (*h2relay.Relay, *grpc.ClientConn, 
 	return r, dial(t, sock), sock
 }
 
-func dial(t *testing.T, sock string) *grpc.ClientConn {
+func dial(t testing.TB, sock string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawCodec{}), grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))

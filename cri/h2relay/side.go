@@ -56,6 +56,7 @@ type side struct {
 	// connection window.
 	blocked map[*stream]struct{}
 	dirty   bool
+	hdr     [9]byte // writeData's frame header
 }
 
 func newSide(conn net.Conn, streamWin, connWin int32) *side {
@@ -186,9 +187,10 @@ func windowUpdate(win *int64, inc uint32) bool {
 // writeData writes a DATA frame straight into the buffered writer (the
 // Framer would copy the payload once more, into its own frame buffer).
 func (sd *side) writeData(id uint32, end bool, p []byte) {
-	var h [9]byte
+	h := &sd.hdr
 	h[0], h[1], h[2] = byte(len(p)>>16), byte(len(p)>>8), byte(len(p))
 	h[3] = byte(http2.FrameData)
+	h[4] = 0
 	if end {
 		h[4] = byte(http2.FlagDataEndStream)
 	}
