@@ -38,6 +38,11 @@ func (s *session) dial(b *Backend) (*leg, error) {
 		return nil, err
 	}
 	s.connsMu.Lock()
+	if s.connsClosed { // Close ran during the dial
+		s.connsMu.Unlock()
+		c.Close()
+		return nil, errors.New("connection closed")
+	}
 	s.conns[c] = struct{}{}
 	s.connsMu.Unlock()
 	l := &leg{side: newSide(c, s.r.cfg.StreamWindow, s.r.cfg.ConnWindow), b: b, streams: map[uint32]*stream{}, nextID: 1}

@@ -40,8 +40,9 @@ type session struct {
 
 	// connsMu guards conns, the backend connections, for Relay.Close,
 	// which must not wait for mu (held by a write to a stuck peer).
-	connsMu sync.Mutex
-	conns   map[net.Conn]struct{}
+	connsMu     sync.Mutex
+	conns       map[net.Conn]struct{}
+	connsClosed bool // closeAll ran: a connection dialed now is closed at once
 }
 
 // closeAll closes the client connection and every backend connection:
@@ -50,6 +51,7 @@ func (s *session) closeAll() {
 	s.cli.conn.Close()
 	s.connsMu.Lock()
 	defer s.connsMu.Unlock()
+	s.connsClosed = true
 	for c := range s.conns {
 		c.Close()
 	}
