@@ -118,7 +118,7 @@ func TestEveryRPCPassesThrough(t *testing.T) {
 			ctx := metadata.AppendToOutgoingContext(ctxTimeout(t, 10*time.Second), "x-via", "armorshim")
 			var directOut, thruOut [][]byte
 			var directSt, thruSt *status.Status
-			before := e.backend.callCount()
+			var before int // the backend's calls before the proxied one
 			if md.IsStreamingServer() {
 				directOut, directSt = rawServerStream(ctx, e.direct, method, reqBytes)
 				before = e.backend.callCount()

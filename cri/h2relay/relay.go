@@ -114,10 +114,10 @@ type Relay struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{}
-	draining  bool
-	// drainingFlag is draining, for sessions that must not take mu.
-	drainingFlag atomic.Bool
-	idle         *sync.Cond // signalled when a session ends or gets idle
+	// draining is set (under mu) once the relay stops accepting; sessions
+	// read it without mu.
+	draining atomic.Bool
+	idle     *sync.Cond // signalled when a session ends or gets idle
 
 	// hooks run the Inspectors and vetting functions on long-lived
 	// goroutines, whose stacks stay grown; when all are busy, on a new one.
@@ -170,7 +170,7 @@ var ErrRelayClosed = errors.New("h2relay: relay closed")
 // Serve accepts connections on l until l fails or the relay is shut down.
 func (r *Relay) Serve(l net.Listener) error {
 	r.mu.Lock()
-	if r.draining {
+	if r.draining.Load() {
 		r.mu.Unlock()
 		l.Close()
 		return ErrRelayClosed
@@ -181,10 +181,7 @@ func (r *Relay) Serve(l net.Listener) error {
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			r.mu.Lock()
-			draining := r.draining
-			r.mu.Unlock()
-			if draining {
+			if r.draining.Load() {
 				return ErrRelayClosed
 			}
 			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) ||
@@ -199,7 +196,7 @@ func (r *Relay) Serve(l net.Listener) error {
 		delay = 0
 		s := newSession(r, c)
 		r.mu.Lock()
-		if r.draining {
+		if r.draining.Load() {
 			r.mu.Unlock()
 			c.Close()
 			continue
@@ -213,11 +210,9 @@ func (r *Relay) Serve(l net.Listener) error {
 func (r *Relay) stopListening() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.draining {
+	if !r.draining.Swap(true) {
 		close(r.done)
 	}
-	r.draining = true
-	r.drainingFlag.Store(true)
 	for l := range r.listeners {
 		l.Close()
 	}

@@ -528,7 +528,7 @@ func (s *session) close(st *stream, code codes.Code, rst *http2.ErrCode) {
 			s.cli.flush()
 			s.cli.conn.Close()
 		}
-		if s.r.drainingFlag.Load() {
+		if s.r.draining.Load() {
 			go s.r.streamIdle()
 		}
 	}
