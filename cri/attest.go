@@ -3,6 +3,7 @@ package cri
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -102,11 +103,47 @@ type containerInfo struct {
 // metadata and the AppArmor and privileged settings. The config is nil if
 // the info has none.
 func ConfigOfInfo(info string) (*runtimeapi.ContainerConfig, error) {
-	var i containerInfo
-	if err := json.Unmarshal([]byte(info), &i); err != nil {
-		return nil, err
+	_, cfg, err := parseInfo(info, true)
+	return cfg, err
+}
+
+// parseInfo reads "pid" and, with withConfig, the config's decoded part
+// from containerd's verbose info, stopping as soon as it has them:
+// containerd writes the pid second and the config before the OCI spec,
+// which makes up most of the document. pid is 0 if there is none.
+func parseInfo(info string, withConfig bool) (pid int, cfg *runtimeapi.ContainerConfig, err error) {
+	dec := json.NewDecoder(strings.NewReader(info))
+	if t, err := dec.Token(); err != nil {
+		return 0, nil, err
+	} else if t != json.Delim('{') {
+		return 0, nil, fmt.Errorf("container info: not a JSON object")
 	}
-	return i.config(), nil
+	var i containerInfo
+	havePid, haveConfig := false, !withConfig
+	for dec.More() && !(havePid && haveConfig) {
+		key, err := dec.Token()
+		if err != nil {
+			return 0, nil, err
+		}
+		switch {
+		case key == "pid" && !havePid:
+			if err := dec.Decode(&pid); err != nil {
+				return 0, nil, fmt.Errorf("container info: pid: %w", err)
+			}
+			havePid = true
+		case key == "config" && !haveConfig:
+			if err := dec.Decode(&i.Config); err != nil {
+				return 0, nil, fmt.Errorf("container info: config: %w", err)
+			}
+			haveConfig = true
+		default:
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return 0, nil, err
+			}
+		}
+	}
+	return pid, i.config(), nil
 }
 
 // config returns the decoded part as a ContainerConfig, nil if absent.
@@ -123,34 +160,6 @@ func (i *containerInfo) config() *runtimeapi.ContainerConfig {
 		}}
 	}
 	return cfg
-}
-
-// pidOf reads "pid" from containerd's verbose info without decoding the
-// rest: containerd writes it second, before the config and the OCI spec
-// that make up most of the document. It returns 0 if there is none.
-func pidOf(info string) int {
-	dec := json.NewDecoder(strings.NewReader(info))
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return 0
-	}
-	for dec.More() {
-		key, err := dec.Token()
-		if err != nil {
-			return 0
-		}
-		if key == "pid" {
-			var pid int
-			if dec.Decode(&pid) != nil {
-				return 0
-			}
-			return pid
-		}
-		var skip json.RawMessage
-		if dec.Decode(&skip) != nil {
-			return 0
-		}
-	}
-	return 0
 }
 
 // inspectStart holds StartContainer's answer: once the runtime started the
@@ -203,14 +212,11 @@ func (p *Proxy) attestStart(ctx context.Context, id string) string {
 		p.metrics.observeAttestation("unattested")
 		return ""
 	}
-	raw := resp.GetInfo()["info"]
-	pid := pidOf(raw)
-	if !known {
-		// Created before armorshim started: derive it from the runtime's
-		// copy of the container config.
-		if cfg, err := ConfigOfInfo(raw); err == nil {
-			exp, known = p.expectFromConfig(cfg)
-		}
+	// Created before armorshim started (not known): derive the expectation
+	// from the runtime's copy of the container config.
+	pid, cfg, err := parseInfo(resp.GetInfo()["info"], !known)
+	if err == nil && !known {
+		exp, known = p.expectFromConfig(cfg)
 	}
 	if pid <= 0 || !known {
 		klog.V(2).InfoS("Cannot attest: the runtime reports no process or config", "containerID", id)

@@ -2,36 +2,76 @@ package cri
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-func TestPidOf(t *testing.T) {
+func TestParseInfoPid(t *testing.T) {
 	for _, c := range []struct {
 		info string
 		want int
+		err  bool
 	}{
-		{`{"sandboxID":"sb","pid":4242,"removing":false,"config":{"metadata":{"name":"hello"}},"runtimeSpec":{"process":{"apparmorProfile":"x"}}}`, 4242},
-		{`{"config":{"metadata":{"name":"pid"},"labels":{"pid":"7"}},"runtimeSpec":{},"pid":99}`, 99},
-		{`{"sandboxID":"sb","removing":false}`, 0},
-		{`{"pid":"4242"}`, 0},
-		{`not json`, 0},
-		{``, 0},
-		{`[1,2]`, 0},
+		{`{"sandboxID":"sb","pid":4242,"removing":false,"config":{"metadata":{"name":"hello"}},"runtimeSpec":{"process":{"apparmorProfile":"x"}}}`, 4242, false},
+		{`{"config":{"metadata":{"name":"pid"},"labels":{"pid":"7"}},"runtimeSpec":{},"pid":99}`, 99, false},
+		{`{"sandboxID":"sb","removing":false}`, 0, false},
+		{`{"pid":"4242"}`, 0, true},
+		{`not json`, 0, true},
+		{``, 0, true},
+		{`[1,2]`, 0, true},
+		{`{"sandboxID":"sb",`, 0, true},
 	} {
-		if got := pidOf(c.info); got != c.want {
-			t.Errorf("pidOf(%q) = %d, want %d", c.info, got, c.want)
+		pid, _, err := parseInfo(c.info, false)
+		if pid != c.want || (err != nil) != c.err {
+			t.Errorf("parseInfo(%q) = %d, %v; want %d, error %v", c.info, pid, err, c.want, c.err)
 		}
 	}
 }
 
-func BenchmarkPidOf(b *testing.B) {
-	info := `{"sandboxID":"0123456789abcdef","pid":4242,"removing":false,"snapshotKey":"k","snapshotter":"overlayfs","runtimeType":"io.containerd.runc.v2","runtimeOptions":{},"config":{"metadata":{"name":"hello"},"image":{"image":"busybox"}},"runtimeSpec":{"ociVersion":"1.2.0","process":{"args":["sh"],"apparmorProfile":"cri-containerd.apparmor.d"}}}`
-	for i := 0; i < b.N; i++ {
-		if pidOf(info) != 4242 {
-			b.Fatal("wrong pid")
+// parseInfo stops once it has what it was asked for: what follows (the OCI
+// spec, most of the document) is not read, so not even checked.
+func TestParseInfoStopsEarly(t *testing.T) {
+	const head = `{"sandboxID":"sb","pid":7,"config":{"metadata":{"name":"hello"}},`
+	pid, cfg, err := parseInfo(head+`"runtimeSpec":{not json`, true)
+	if err != nil || pid != 7 || cfg.GetMetadata().GetName() != "hello" {
+		t.Errorf("pid and config: %d %v %v", pid, cfg, err)
+	}
+	if pid, cfg, err := parseInfo(`{"sandboxID":"sb","pid":7,"config":{not json`, false); err != nil || pid != 7 || cfg != nil {
+		t.Errorf("pid only: %d %v %v", pid, cfg, err)
+	}
+	if _, _, err := parseInfo(`{"sandboxID":"sb","pid":7,"config":{not json`, true); err == nil {
+		t.Error("a broken config decoded without an error")
+	}
+}
+
+// BenchmarkParseInfo decodes the pid and config of a containerd-shaped info
+// document of about 7 KB, most of it the OCI spec after the config.
+func BenchmarkParseInfo(b *testing.B) {
+	cfg := &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "hello"},
+		Command: []string{"/app"}, Labels: map[string]string{"io.kubernetes.pod.name": "hello-apparmor"},
+		Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+			Apparmor: &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}}}}
+	var mounts []map[string]any
+	for i := 0; i < 40; i++ {
+		mounts = append(mounts, map[string]any{"destination": fmt.Sprintf("/var/lib/kubelet/pods/0123456789/volumes/%d", i), "type": "bind", "options": []string{"rbind", "rprivate", "rw"}})
+	}
+	raw, err := json.Marshal(struct {
+		SandboxID string                      `json:"sandboxID"`
+		Pid       int                         `json:"pid"`
+		Config    *runtimeapi.ContainerConfig `json:"config"`
+		Spec      map[string]any              `json:"runtimeSpec"`
+	}{"0123456789abcdef", 4242, cfg, map[string]any{"ociVersion": "1.2.0", "mounts": mounts}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	info := string(raw)
+	b.SetBytes(int64(len(info)))
+	for b.Loop() {
+		if pid, cfg, err := parseInfo(info, true); err != nil || pid != 4242 || cfg.GetMetadata().GetName() != "hello" {
+			b.Fatal(pid, cfg, err)
 		}
 	}
 }

@@ -151,9 +151,9 @@ func readTimes(procfs string, containers, n int) ([]float64, error) {
 }
 
 // decodeTimes times armorshim's decoding of a verbose ContainerStatus's
-// info JSON in process (cri.ConfigOfInfo, what armorshim does after a
-// restart; the pid is read with a cheaper token scan), n times;
-// microseconds.
+// info JSON in process (cri.ConfigOfInfo: the pid and the config, read in
+// one pass that stops before the OCI spec, what armorshim does after a
+// restart), n times; microseconds.
 func decodeTimes(info string, n int) ([]float64, error) {
 	out := make([]float64, 0, n)
 	for i := 0; i < n; i++ {
