@@ -54,7 +54,7 @@ fuzz:
 # relay (docs/performance.md), then the hot functions.
 bench:
 	$(GO) run ./cmd/armorshim-bench
-	$(GO) test -run '^$$' -bench . -benchtime 200ms ./apparmor ./host ./cri/h2relay
+	$(GO) test -run '^$$' -bench . -benchtime 200ms ./apparmor ./host ./cri ./cri/h2relay
 
 # The VM suite: a qemu guest with AppArmor, containerd, runc, crictl and
 # critest (integration/README.md). Needs root; caches its builds.
