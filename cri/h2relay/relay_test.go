@@ -506,6 +506,19 @@ func TestCancellationAndBackendLoss(t *testing.T) {
 	}
 }
 
+// awaitEntered waits until a call reached the backend's handler, failing if
+// it ended first.
+func awaitEntered(t *testing.T, entered <-chan struct{}, errc <-chan error) {
+	t.Helper()
+	select {
+	case <-entered:
+	case err := <-errc:
+		t.Fatalf("the call ended before reaching the backend: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the call did not reach the backend in 20 s")
+	}
+}
+
 // A backend that stops gracefully finishes the calls it has; Shutdown of
 // the relay lets its calls in flight finish, then closes.
 func TestGracefulStops(t *testing.T) {
@@ -531,7 +544,7 @@ func TestGracefulStops(t *testing.T) {
 	// The backend's GracefulStop during a call.
 	errc := make(chan error, 1)
 	go func() { errc <- conn.Invoke(ctx, "/t.S/Slow", &raw{[]byte("x")}, new(raw)) }()
-	<-entered
+	awaitEntered(t, entered, errc)
 	srv.mu.Lock()
 	s := srv.srv
 	srv.mu.Unlock()
@@ -549,7 +562,7 @@ func TestGracefulStops(t *testing.T) {
 	// The relay's Shutdown during a call.
 	waitFor(t, func() bool { return conn.Invoke(ctx, "/t.S/Fast", &raw{[]byte("x")}, new(raw)) == nil })
 	go func() { errc <- conn.Invoke(ctx, "/t.S/Slow", &raw{[]byte("x")}, new(raw)) }()
-	<-entered
+	awaitEntered(t, entered, errc)
 	shut := make(chan error, 1)
 	go func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -578,7 +591,7 @@ func TestGracefulStops(t *testing.T) {
 	srv2 := startServer(t, func(string, grpc.ServerStream) error { entered <- struct{}{}; select {} })
 	r2, conn2, _ := relay(t, h2relay.Config{Hooks: &hooks{b: srv2.backend()}})
 	go func() { errc <- conn2.Invoke(ctx, "/t.S/Forever", &raw{[]byte("x")}, new(raw)) }()
-	<-entered
+	awaitEntered(t, entered, errc)
 	sctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	if err := r2.Shutdown(sctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -692,7 +705,6 @@ func TestShutdownWithStuckBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	accepted := make(chan struct{}, 1) // the relay dials for the call it has
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -700,22 +712,31 @@ func TestShutdownWithStuckBackend(t *testing.T) {
 				return
 			}
 			defer c.Close()
-			select {
-			case accepted <- struct{}{}:
-			default:
-			}
 			io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
 			fr := http2.NewFramer(c, c)
 			fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 16 << 20})
 			fr.WriteWindowUpdate(0, 16<<20) // then reads nothing more
 		}
 	}()
+	blocked := make(chan struct{}) // closed once a write to the backend blocks
+	var once sync.Once
 	r, conn, _ := relay(t, h2relay.Config{Hooks: &hooks{b: &h2relay.Backend{Name: "runtime", Dial: func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
+		c, err := d.DialContext(ctx, "unix", sock)
+		if err != nil {
+			return nil, err
+		}
+		return &stallConn{c, func() { once.Do(func() { close(blocked) }) }}, nil
 	}}}})
-	go conn.Invoke(context.Background(), "/t.S/Big", &raw{make([]byte, 8<<20)}, new(raw))
-	<-accepted // the call is in flight, and the relay's writes soon block
+	errc := make(chan error, 1)
+	go func() { errc <- conn.Invoke(context.Background(), "/t.S/Big", &raw{make([]byte, 8<<20)}, new(raw)) }()
+	select {
+	case <-blocked:
+	case err := <-errc:
+		t.Fatalf("the call ended before the relay got stuck: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no write to the backend blocked in 30 s")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -729,6 +750,18 @@ func TestShutdownWithStuckBackend(t *testing.T) {
 
 // A held call is refused at its second message instead of buffered on; a
 // relay with stream windows below 16 KiB still returns stream credit.
+// stallConn calls stalled when one of its writes has been blocked for 200 ms.
+type stallConn struct {
+	net.Conn
+	stalled func()
+}
+
+func (c *stallConn) Write(p []byte) (int, error) {
+	t := time.AfterFunc(200*time.Millisecond, c.stalled)
+	defer t.Stop()
+	return c.Conn.Write(p)
+}
+
 func TestHeldCallsAndSmallWindows(t *testing.T) {
 	srv := startServer(t, echo)
 	h := &hooks{b: srv.backend(), inspect: map[string]h2relay.Inspector{
