@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -843,4 +844,28 @@ func TestBackendRestartDuringLargeAnswer(t *testing.T) {
 		t.Errorf("end of the large answer: %v", err)
 	}
 	<-drained
+}
+
+type panicHooks struct{ hooks }
+
+func (*panicHooks) Route(string) (*h2relay.Backend, h2relay.Inspector) { panic("boom in Route") }
+
+// A panic on a session's reading goroutine (here in Route, which runs with
+// the session locked) crashes the process, as one in a gRPC-Go server
+// would, rather than leaving the connection wedged and the caller waiting.
+func TestPanicCrashes(t *testing.T) {
+	if os.Getenv("H2RELAY_PANIC_CHILD") == "1" {
+		_, conn, _ := relay(t, h2relay.Config{Hooks: &panicHooks{}})
+		ctx := ctxTimeout(t, 10*time.Second)
+		err := conn.Invoke(ctx, "/t.S/Any", &raw{[]byte("x")}, new(raw))
+		t.Fatalf("the relay did not crash; the call ended with %v", err)
+	}
+	ctx := ctxTimeout(t, 60*time.Second)
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestPanicCrashes$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "H2RELAY_PANIC_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "panic: boom in Route") {
+		t.Errorf("child: %v (want a crash, exit status 2, with the panic)\n%.2000s", err, out)
+	}
 }

@@ -72,7 +72,14 @@ func newSession(r *Relay, c net.Conn) *session {
 
 func (s *session) serve() {
 	defer s.r.ended(s)
-	defer s.teardown()
+	defer func() {
+		if p := recover(); p != nil {
+			// s.mu may be held: teardown would block for ever and the
+			// connection stay wedged. Crash, as gRPC-Go would.
+			panic(p)
+		}
+		s.teardown()
+	}()
 	c := s.cli.conn
 	c.SetReadDeadline(time.Now().Add(prefaceTimeout))
 	preface := make([]byte, len(http2.ClientPreface))
