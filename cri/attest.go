@@ -98,13 +98,13 @@ type containerInfo struct {
 	} `json:"config"`
 }
 
-// ConfigOfInfo decodes, from containerd's verbose ContainerStatus info,
-// the container config's fields that the AppArmor expectation depends on:
-// metadata and the AppArmor and privileged settings. The config is nil if
-// the info has none.
-func ConfigOfInfo(info string) (*runtimeapi.ContainerConfig, error) {
-	_, cfg, err := parseInfo(info, true)
-	return cfg, err
+// ParseContainerInfo reads, from containerd's verbose ContainerStatus info,
+// the container's pid and the config's fields that the AppArmor expectation
+// depends on: metadata and the AppArmor and privileged settings. pid is 0
+// and the config nil if the info has none. It reads the document only up
+// to them (see parseInfo): what follows is not checked.
+func ParseContainerInfo(info string) (pid int, cfg *runtimeapi.ContainerConfig, err error) {
+	return parseInfo(info, true)
 }
 
 // parseInfo reads "pid" and, with withConfig, the config's decoded part
@@ -219,7 +219,7 @@ func (p *Proxy) attestStart(ctx context.Context, id string) string {
 		exp, known = p.expectFromConfig(cfg)
 	}
 	if pid <= 0 || !known {
-		klog.V(2).InfoS("Cannot attest: the runtime reports no process or config", "containerID", id)
+		klog.V(2).InfoS("Cannot attest: the runtime reports no process or config", "containerID", id, "err", err)
 		p.metrics.observeAttestation("unattested")
 		return ""
 	}

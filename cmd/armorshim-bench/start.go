@@ -151,19 +151,19 @@ func readTimes(procfs string, containers, n int) ([]float64, error) {
 }
 
 // decodeTimes times armorshim's decoding of a verbose ContainerStatus's
-// info JSON in process (cri.ConfigOfInfo: the pid and the config, read in
-// one pass that stops before the OCI spec, what armorshim does after a
-// restart), n times; microseconds.
+// info JSON in process (cri.ParseContainerInfo: the pid and the config,
+// read in one pass that stops before the OCI spec, what armorshim does
+// after a restart), n times; microseconds.
 func decodeTimes(info string, n int) ([]float64, error) {
 	out := make([]float64, 0, n)
 	for i := 0; i < n; i++ {
 		t0 := time.Now()
-		cfg, err := cri.ConfigOfInfo(info)
+		pid, cfg, err := cri.ParseContainerInfo(info)
 		out = append(out, float64(time.Since(t0))/float64(time.Microsecond))
 		if err != nil {
 			return nil, err
 		}
-		if cfg.GetMetadata().GetName() == "" {
+		if pid <= 0 || cfg.GetMetadata().GetName() == "" {
 			return nil, fmt.Errorf("info JSON: no pid or config: %.200s", info)
 		}
 	}
