@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -445,12 +446,7 @@ func TestCancellationAndBackendLoss(t *testing.T) {
 	// block starts a server stream and waits for its first message.
 	block := func(ctx context.Context) grpc.ClientStream {
 		t.Helper()
-		cs, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/t.S/Block")
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs.SendMsg(&raw{[]byte("x")})
-		cs.CloseSend()
+		cs := serverStream(t, ctx, conn, "/t.S/Block", "x")
 		if err := cs.RecvMsg(new(raw)); err != nil {
 			t.Fatal(err)
 		}
@@ -518,6 +514,22 @@ func awaitEntered(t *testing.T, entered <-chan struct{}, errc <-chan error) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the call did not reach the backend in 20 s")
 	}
+}
+
+// serverStream opens a server stream on conn and sends its one request.
+func serverStream(t *testing.T, ctx context.Context, conn *grpc.ClientConn, method, req string) grpc.ClientStream {
+	t.Helper()
+	cs, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, method)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.SendMsg(&raw{[]byte(req)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	return cs
 }
 
 // A backend that stops gracefully finishes the calls it has; Shutdown of
@@ -607,6 +619,7 @@ func TestGracefulStops(t *testing.T) {
 // another call on the same connection still goes through, as it does
 // direct to a gRPC-Go server.
 func TestSlowStreamsDoNotBlockOthers(t *testing.T) {
+	var sent atomic.Int64 // messages of the streams the backend sent
 	srv := startServer(t, func(method string, ss grpc.ServerStream) error {
 		if err := ss.RecvMsg(new(raw)); err != nil {
 			return err
@@ -616,6 +629,7 @@ func TestSlowStreamsDoNotBlockOthers(t *testing.T) {
 				if err := ss.SendMsg(&raw{make([]byte, 32<<10)}); err != nil {
 					return err
 				}
+				sent.Add(1)
 			}
 			return nil
 		}
@@ -629,16 +643,23 @@ func TestSlowStreamsDoNotBlockOthers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		sent.Store(0)
 		for i := 0; i < 5; i++ { // never read
-			cs, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/t.S/Stream")
-			if err != nil {
-				t.Fatal(err)
-			}
-			cs.SendMsg(&raw{[]byte("go")})
-			cs.CloseSend()
+			serverStream(t, ctx, conn, "/t.S/Stream", "go")
 		}
-		time.Sleep(500 * time.Millisecond)
+		// The streams hold every window they can once the backend stops
+		// sending: at least the client's 64 KiB each.
+		for last, still := int64(-1), 0; still < 6; time.Sleep(50 * time.Millisecond) {
+			if n := sent.Load(); n != last || n < 5*2 {
+				last, still = n, 0
+				if ctx.Err() != nil {
+					t.Fatalf("%s: the streams' answers never stalled (%d messages sent)", name, n)
+				}
+				continue
+			}
+			still++
+		}
 		uctx, ucancel := context.WithTimeout(ctx, 3*time.Second)
 		if err := conn.Invoke(uctx, "/t.S/Unary", &raw{[]byte("ping")}, new(raw)); err != nil {
 			t.Errorf("%s: a call beside slow streams: %v", name, err)
@@ -809,12 +830,7 @@ func TestBackendRestartDuringLargeAnswer(t *testing.T) {
 	})
 	_, conn, _ := relay(t, h2relay.Config{Hooks: &hooks{b: srv.backend()}, StreamWindow: 256 << 10, ConnWindow: 1 << 20})
 	ctx := ctxTimeout(t, 20*time.Second)
-	cs, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/t.S/Big")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs.SendMsg(&raw{[]byte("go")})
-	cs.CloseSend()
+	cs := serverStream(t, ctx, conn, "/t.S/Big", "go")
 	if err := cs.RecvMsg(new(raw)); err != nil {
 		t.Fatal(err)
 	}
