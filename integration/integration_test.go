@@ -24,7 +24,8 @@ var (
 		"s3-runtime-default", "s4-unconfined", "s6-invalid", "s7-critest-apparmor", "s8-oci-spec",
 		// issues 4, 6 and 7 (guest/node.sh)
 		"n4-default-profile", "n7-attested", "n7-denial-attributed", "n4-allowed-refused", "n4-profile-directory",
-		"n4-nfd-labels", "n4-check", "n4-complain-refused", "n7-swap-detected", "n4-disabled",
+		"n4-nfd-labels", "n4-check", "n4-complain-refused", "n7-swap-detected", "n7-attested-from-config",
+		"n4-disabled",
 		"n6-hostnetwork-refused", "n6-privileged-refused", "n6-exempt-namespace", "n6-nginx-warned"}
 	noaaSteps = []string{"setup-containerd", "setup-armorshim", "s5-refused", "s5-no-profile"}
 	// critest runs of the main boot; each leaves a JUnit report in the artefacts.

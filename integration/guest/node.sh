@@ -214,6 +214,27 @@ scenarios_node() {
 	fi
 	node_remove
 
+	# ---- issue 7: a container armorshim did not create (one made before it
+	# started) is attested from containerd's copy of its config
+	ok=false
+	write_configs n7-from-config "{\"apparmor_profile\":\"localhost/$DENY\"}" '{}'
+	POD=$(cd_ runp /tmp/cfg/n7-from-config-pod.json 2>>"$LOG")
+	CTR=
+	[ -n "$POD" ] && CTR=$(cd_ create "$POD" /tmp/cfg/n7-from-config-ctr.json /tmp/cfg/n7-from-config-pod.json 2>>"$LOG" | tail -n 1)
+	if [ -n "$CTR" ]; then
+		before=$(metric 'armorshim_start_attestations_total{outcome="attested"}')
+		out=$(ns_ start "$CTR" 2>&1 | grep -o 'rpc error: .*' | oneline)
+		after=$(metric 'armorshim_start_attestations_total{outcome="attested"}')
+		attr=$(node_attr)
+		[ -z "$out" ] && [ "${after%.*}" -eq $((${before%.*} + 1)) ] && [ "$attr" = "$DENY (enforce)" ] && ok=true
+		result n7-attested-from-config $ok "created directly on containerd with localhost/$DENY, then started through armorshim" \
+			"attested starts: $before -> $after (want one more); StartContainer: ${out:-ok}; /proc/1/attr/current: $attr" \
+			"$(grep -m1 "Container confinement attested\" containerID=\"$CTR\"" $NODE_LOG | oneline)"
+	else
+		result n7-attested-from-config false "could not create the container directly on containerd" "$(tail -n 3 "$LOG" | oneline)"
+	fi
+	node_remove
+
 	# ---- issue 4: AppArmor switched off on the node
 	node_config "  enabled: false"
 	node_reload
