@@ -22,6 +22,7 @@ import (
 type h2client struct {
 	t       *testing.T
 	connWin int64 // what the relay lets us send, as it said
+	pinged  bool  // the relay acknowledged our ping
 	conn    net.Conn
 	fr      *http2.Framer
 	enc     *hpack.Encoder
@@ -74,40 +75,48 @@ func grpcMessage(flag byte, msg []byte) []byte {
 	return append(out, msg...)
 }
 
+// connFrame handles a frame of the connection itself: settings, connection
+// credit, the acknowledgement of our ping.
+func (h *h2client) connFrame(f http2.Frame) {
+	switch f := f.(type) {
+	case *http2.SettingsFrame:
+		if !f.IsAck() {
+			h.fr.WriteSettingsAck()
+		}
+	case *http2.WindowUpdateFrame:
+		if f.StreamID == 0 {
+			h.connWin += int64(f.Increment)
+		}
+	case *http2.PingFrame:
+		if f.IsAck() && f.Data == [8]byte{'a', 'r', 'm', 'o', 'r'} {
+			h.pinged = true
+		}
+	}
+}
+
 // answer reads frames until stream id ends and returns its body and last
-// header block, answering pings and noting whether one was acknowledged.
-func (h *h2client) answer(id uint32) (body []byte, trailers []hpack.HeaderField, pinged bool) {
+// header block.
+func (h *h2client) answer(id uint32) (body []byte, trailers []hpack.HeaderField) {
 	h.t.Helper()
 	for {
 		f, err := h.fr.ReadFrame()
 		if err != nil {
 			h.t.Fatalf("reading stream %d: %v", id, err)
 		}
+		h.connFrame(f)
 		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				h.fr.WriteSettingsAck()
-			}
-		case *http2.WindowUpdateFrame:
-			if f.StreamID == 0 {
-				h.connWin += int64(f.Increment)
-			}
-		case *http2.PingFrame:
-			if f.IsAck() && f.Data == [8]byte{'a', 'r', 'm', 'o', 'r'} {
-				pinged = true
-			}
 		case *http2.DataFrame:
 			if f.StreamID == id {
 				body = append(body, f.Data()...)
 				if f.StreamEnded() {
-					return body, nil, pinged
+					return body, nil
 				}
 			}
 		case *http2.MetaHeadersFrame:
 			if f.StreamID == id {
 				trailers = append([]hpack.HeaderField(nil), f.Fields...)
 				if f.StreamEnded() {
-					return body, trailers, pinged
+					return body, trailers
 				}
 			}
 		case *http2.RSTStreamFrame:
@@ -124,21 +133,12 @@ func (h *h2client) answer(id uint32) (body []byte, trailers []hpack.HeaderField,
 // connection deadline fails a relay that never does.
 func (h *h2client) awaitPing() {
 	h.t.Helper()
-	for {
+	for !h.pinged {
 		f, err := h.fr.ReadFrame()
 		if err != nil {
 			h.t.Fatalf("waiting for the ping's acknowledgement: %v", err)
 		}
-		switch f := f.(type) {
-		case *http2.WindowUpdateFrame:
-			if f.StreamID == 0 {
-				h.connWin += int64(f.Increment)
-			}
-		case *http2.PingFrame:
-			if f.IsAck() && f.Data == [8]byte{'a', 'r', 'm', 'o', 'r'} {
-				return
-			}
-		}
+		h.connFrame(f)
 	}
 }
 
@@ -196,7 +196,7 @@ func TestFramesGRPCGoDoesNotSend(t *testing.T) {
 	c.fr.WriteDataPadded(1, false, msg[3:16000], make([]byte, 200))
 	c.fr.WriteDataPadded(1, true, msg[16000:], make([]byte, 1))
 	c.fr.WritePing(false, [8]byte{'a', 'r', 'm', 'o', 'r'})
-	body, trailers, pinged := c.answer(1)
+	body, trailers := c.answer(1)
 	if !bytes.Equal(body, msg) {
 		t.Errorf("echo: %d bytes back, want the %d sent", len(body), len(msg))
 	}
@@ -205,9 +205,7 @@ func TestFramesGRPCGoDoesNotSend(t *testing.T) {
 	}
 	// The answer can overtake the ping's acknowledgement: the relay reads
 	// the ping only after it forwarded the end of the stream.
-	if !pinged {
-		c.awaitPing()
-	}
+	c.awaitPing()
 
 	// Stream 3: a gzip-compressed message to a held call, which sees it
 	// decompressed and forwards its own (uncompressed) message.
@@ -218,7 +216,7 @@ func TestFramesGRPCGoDoesNotSend(t *testing.T) {
 	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, EndHeaders: true,
 		BlockFragment: c.block(request("/t.S/Held", hpack.HeaderField{Name: "grpc-encoding", Value: "gzip"})...)})
 	c.fr.WriteData(3, true, grpcMessage(1, z.Bytes()))
-	body, trailers, _ = c.answer(3)
+	body, trailers = c.answer(3)
 	if len(body) > 5 && body[0] == 1 { // the backend answers in kind
 		zr, err := gzip.NewReader(bytes.NewReader(body[5:]))
 		if err != nil {
@@ -235,7 +233,7 @@ func TestFramesGRPCGoDoesNotSend(t *testing.T) {
 	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, EndHeaders: true,
 		BlockFragment: c.block(request("/t.S/Held", hpack.HeaderField{Name: "grpc-encoding", Value: "snappy"})...)})
 	c.fr.WriteData(5, true, grpcMessage(1, []byte("??")))
-	_, trailers, _ = c.answer(5)
+	_, trailers = c.answer(5)
 	if value(trailers, "grpc-status") != "12" { // Unimplemented
 		t.Errorf("unknown compression: %v", trailers)
 	}
@@ -264,7 +262,7 @@ func TestConnectionCreditReturned(t *testing.T) {
 			c.fr.WriteDataPadded(id, j == 2, grpcMessage(0, make([]byte, 8000))[:8000], make([]byte, 100))
 			sent += 8101
 		}
-		_, trailers, _ := c.answer(id)
+		_, trailers := c.answer(id)
 		if value(trailers, "grpc-status") != "0" {
 			t.Fatalf("stream %d: %v", id, trailers)
 		}

@@ -106,17 +106,23 @@ func (s *server) backend() *h2relay.Backend {
 }
 
 // echo answers each message with itself until the client half-closes.
-func echo(_ string, ss grpc.ServerStream) error {
-	for {
-		m := new(raw)
-		if err := ss.RecvMsg(m); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
+var echo = echoAfter(0)
+
+// echoAfter is echo from a backend that takes delay to read each message.
+func echoAfter(delay time.Duration) func(string, grpc.ServerStream) error {
+	return func(_ string, ss grpc.ServerStream) error {
+		for {
+			m := new(raw)
+			if err := ss.RecvMsg(m); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
 			}
-			return err
-		}
-		if err := ss.SendMsg(m); err != nil {
-			return err
+			time.Sleep(delay)
+			if err := ss.SendMsg(m); err != nil {
+				return err
+			}
 		}
 	}
 }
@@ -191,21 +197,7 @@ func pattern(seed, n int) []byte {
 // directions and a backend that reads slowly: the relay queues under flow
 // control instead of losing, reordering or buffering without bound.
 func TestFlowControlSmallWindows(t *testing.T) {
-	srv := startServer(t, func(_ string, ss grpc.ServerStream) error {
-		for {
-			m := new(raw)
-			if err := ss.RecvMsg(m); err != nil {
-				if errors.Is(err, io.EOF) {
-					return nil
-				}
-				return err
-			}
-			time.Sleep(time.Millisecond) // a slow reader
-			if err := ss.SendMsg(m); err != nil {
-				return err
-			}
-		}
-	})
+	srv := startServer(t, echoAfter(time.Millisecond)) // a slow reader
 	h := &hooks{b: srv.backend()}
 	_, conn, _ := relay(t, h2relay.Config{Hooks: h, StreamWindow: 16 << 10, ConnWindow: 48 << 10})
 	ctx := ctxTimeout(t, 60*time.Second)
