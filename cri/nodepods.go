@@ -70,7 +70,7 @@ func NodePods(ctx context.Context, runtime, image grpc.ClientConnInterface, name
 				break
 			}
 			nc := pss.NodeContainer{Config: cc}
-			if pss.NeedsImageUser(cc) {
+			if pss.NeedsImageUser(cc, sbCfg) {
 				ref := cc.GetImage().GetImage()
 				u, seen := users[ref]
 				if !seen {

@@ -96,7 +96,7 @@ func (p *Proxy) checkContainer(ctx context.Context, req *runtimeapi.CreateContai
 		}
 	}
 	d := ev.Evaluate(pss.ContainerPod(req, profile, nil, ev.Config()))
-	if pss.NeedsImageUser(req.GetConfig()) && d.DependsOnUser() {
+	if pss.NeedsImageUser(req.GetConfig(), req.GetSandboxConfig()) && d.DependsOnUser() {
 		if image := p.imageUser(ctx, req.GetConfig().GetImage()); image != nil {
 			d = ev.Evaluate(pss.ContainerPod(req, profile, image, ev.Config()))
 		}

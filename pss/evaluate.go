@@ -221,17 +221,17 @@ func (e *Evaluator) NamespaceWarnings(namespace string, lv api.LevelVersion, pod
 	return append([]string{head}, lines...)
 }
 
-// runAsNonRootReason is the upstream runAsNonRoot check's reason.
-const runAsNonRootReason = "runAsNonRoot != true"
+// The upstream reasons that the image's user can change.
+var userReasons = map[string]bool{"runAsNonRoot != true": true, "runAsUser=0": true}
 
 // DependsOnUser says whether knowing the image's user could change the
-// decision: enforce refuses for runAsNonRoot, or enforce allows and another
-// mode finds runAsNonRoot. A request refused for other reasons is refused
-// without asking the runtime.
+// decision: enforce refuses for runAsNonRoot or runAsUser, or enforce
+// allows and another mode finds one of them. A request refused for other
+// reasons is refused without asking the runtime.
 func (d *Decision) DependsOnUser() bool {
 	has := func(v Verdict) bool {
 		for _, r := range v.Result.ForbiddenReasons {
-			if r == runAsNonRootReason {
+			if userReasons[r] {
 				return true
 			}
 		}

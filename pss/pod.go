@@ -161,10 +161,11 @@ func podLevel(p *Pod, cfg *runtimeapi.PodSandboxConfig, cc *runtimeapi.Container
 	if u := ns.GetUsernsOptions(); u != nil && u.GetMode() == runtimeapi.NamespaceMode_POD {
 		p.Spec.HostUsers = ptr(false) // hostUsers: false
 	}
-	psc := &corev1.PodSecurityContext{
-		SeccompProfile: seccomp(sc.GetSeccomp(), sc.GetSeccompProfilePath(), c.KubeletSeccompDefault),
-		SELinuxOptions: selinux(sc.GetSelinuxOptions()),
-	}
+	// The sandbox's seccomp profile is the infra container's: the kubelet
+	// always sends RuntimeDefault there, whatever the pod says, and folds
+	// the pod's seccompProfile into each container's. So the pod level has
+	// none, and every container is judged by its own.
+	psc := &corev1.PodSecurityContext{SELinuxOptions: selinux(sc.GetSelinuxOptions())}
 	if u := sc.GetRunAsUser(); u != nil {
 		psc.RunAsUser = ptr(u.GetValue())
 	}
@@ -219,14 +220,12 @@ func container(cc *runtimeapi.ContainerConfig, profile apparmor.Profile, image *
 	if !lsc.GetPrivileged() && len(lsc.GetMaskedPaths()) == 0 && len(lsc.GetReadonlyPaths()) == 0 {
 		sc.ProcMount = ptr(corev1.UnmaskedProcMount)
 	}
+	sc.SeccompProfile = seccomp(lsc.GetSeccomp(), lsc.GetSeccompProfilePath(), c.KubeletSeccompDefault)
 	// Values equal to the pod's are the pod's, inherited by the kubelet.
-	if s := seccomp(lsc.GetSeccomp(), lsc.GetSeccompProfilePath(), c.KubeletSeccompDefault); !equalSeccomp(s, pod.SeccompProfile) {
-		sc.SeccompProfile = s
-	}
 	if se := selinux(lsc.GetSelinuxOptions()); se != nil && (pod.SELinuxOptions == nil || *se != *pod.SELinuxOptions) {
 		sc.SELinuxOptions = se
 	}
-	if u := lsc.GetRunAsUser(); u != nil && (pod.RunAsUser == nil || *pod.RunAsUser != u.GetValue()) {
+	if u := lsc.GetRunAsUser(); u != nil && (pod.RunAsUser == nil || *pod.RunAsUser != u.GetValue()) && !FromImage(u, pod.RunAsUser != nil, image) {
 		sc.RunAsUser = ptr(u.GetValue())
 	}
 	if g := lsc.GetRunAsGroup(); g != nil && (pod.RunAsGroup == nil || *pod.RunAsGroup != g.GetValue()) {
@@ -290,14 +289,6 @@ func seccomp(sp *runtimeapi.SecurityProfile, path string, seccompDefault bool) *
 		}
 	}
 	return nil
-}
-
-func equalSeccomp(a, b *corev1.SeccompProfile) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.Type == b.Type && (a.LocalhostProfile == nil) == (b.LocalhostProfile == nil) &&
-		(a.LocalhostProfile == nil || *a.LocalhostProfile == *b.LocalhostProfile)
 }
 
 func selinux(o *runtimeapi.SELinuxOption) *corev1.SELinuxOptions {

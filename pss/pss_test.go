@@ -150,8 +150,9 @@ func TestControls(t *testing.T) {
 			hostNS(r).UsernsOptions = &runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_POD}
 		}},
 		{name: "seccomp unconfined without seccompDefault reads as unset", level: "baseline", mutate: func(*runtimeapi.CreateContainerRequest) {}},
+		// The kubelet folds a pod-level Unconfined into the container's.
 		{name: "seccomp unconfined with seccompDefault", level: "baseline", seccompD: true, mutate: func(*runtimeapi.CreateContainerRequest) {},
-			want: `seccompProfile (pod must not set securityContext.seccompProfile.type to "Unconfined")`},
+			want: `seccompProfile (container "nginx" must not set securityContext.seccompProfile.type to "Unconfined")`},
 		{name: "container seccomp unconfined with seccompDefault", level: "baseline", seccompD: true, mutate: func(r *runtimeapi.CreateContainerRequest) {
 			r.SandboxConfig.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
 		}, want: `seccompProfile (container "nginx" must not set securityContext.seccompProfile.type to "Unconfined")`},
@@ -163,10 +164,13 @@ func TestControls(t *testing.T) {
 			restrictedOK(r)
 			csc(r).Seccomp = nil
 		}, want: `seccompProfile (pod or container "nginx" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")`},
-		{name: "seccomp restricted: pod-level RuntimeDefault inherited", level: "restricted", mutate: func(r *runtimeapi.CreateContainerRequest) {
+		// The kubelet always puts RuntimeDefault on the sandbox (the pause
+		// container's) and sends Unconfined for a container without one.
+		{name: "seccomp restricted: the sandbox's RuntimeDefault is not the pod's", level: "restricted", mutate: func(r *runtimeapi.CreateContainerRequest) {
 			restrictedOK(r)
 			r.SandboxConfig.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
-		}},
+			csc(r).Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}
+		}, want: `seccompProfile (pod or container "nginx" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")`},
 		{name: "safe sysctl", level: "baseline", mutate: func(r *runtimeapi.CreateContainerRequest) {
 			r.SandboxConfig.Linux.Sysctls = map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"}
 		}},
@@ -198,6 +202,16 @@ func TestControls(t *testing.T) {
 			csc(r).RunAsUser, csc(r).RunAsUsername = nil, "1001"
 		}},
 		{name: "runAsUser=0", level: "restricted", mutate: func(r *runtimeapi.CreateContainerRequest) {
+			restrictedOK(r)
+			csc(r).RunAsUser = &runtimeapi.Int64Value{Value: 0}
+		}, want: `runAsNonRoot != true (pod or container "nginx" must set securityContext.runAsNonRoot=true), runAsUser=0 (container "nginx" must not set runAsUser=0)`},
+		// The kubelet copies the image's user into run_as_user; an image
+		// without a USER gives 0.
+		{name: "runAsUser=0 copied from an image without a USER", level: "restricted", image: &pss.ImageUser{}, mutate: func(r *runtimeapi.CreateContainerRequest) {
+			restrictedOK(r)
+			csc(r).RunAsUser = &runtimeapi.Int64Value{Value: 0}
+		}, want: `runAsNonRoot != true (pod or container "nginx" must set securityContext.runAsNonRoot=true)`},
+		{name: "runAsUser=0 with an image of user 1000 is the pod's own", level: "restricted", image: &pss.ImageUser{UID: ptr(int64(1000))}, mutate: func(r *runtimeapi.CreateContainerRequest) {
 			restrictedOK(r)
 			csc(r).RunAsUser = &runtimeapi.Int64Value{Value: 0}
 		}, want: `runAsNonRoot != true (pod or container "nginx" must set securityContext.runAsNonRoot=true), runAsUser=0 (container "nginx" must not set runAsUser=0)`},

@@ -68,9 +68,39 @@ func uidNonRoot(u *ImageUser) bool {
 	return false
 }
 
-// NeedsImageUser says whether the run-as fields leave the user to the
-// image, so that the image's user must be looked up.
-func NeedsImageUser(cc *runtimeapi.ContainerConfig) bool {
+// FromImage says whether a container's run_as_user is the image's user
+// that the kubelet copied: with no runAsUser on the container or the pod,
+// the kubelet sends the image's UID (0 for an image without a USER,
+// "treat it as root"). A value equal to the image's, with no pod-level
+// value, therefore counts as not set; image nil: unknown, so it counts as
+// set.
+func FromImage(runAsUser *runtimeapi.Int64Value, podLevel bool, image *ImageUser) bool {
+	if runAsUser == nil || podLevel || image == nil {
+		return false
+	}
+	uid := int64(0) // no USER: root
+	switch {
+	case image.UID != nil:
+		uid = *image.UID
+	case image.Username == "" || image.Username == "root":
+	default:
+		n, err := strconv.ParseInt(image.Username, 10, 64)
+		if err != nil {
+			return false // a name: the kubelet sends run_as_username instead
+		}
+		uid = n
+	}
+	return runAsUser.GetValue() == uid
+}
+
+// NeedsImageUser says whether the image's user can change what a
+// container is judged as: the run-as fields leave the user to the image
+// (runAsNonRoot), or run_as_user may be the image's that the kubelet
+// copied (runAsUser). sandbox is the request's sandbox config.
+func NeedsImageUser(cc *runtimeapi.ContainerConfig, sandbox *runtimeapi.PodSandboxConfig) bool {
 	sc := cc.GetLinux().GetSecurityContext()
-	return sc.GetRunAsUser() == nil && sc.GetRunAsUsername() == ""
+	if sc.GetRunAsUser() == nil {
+		return sc.GetRunAsUsername() == ""
+	}
+	return sandbox.GetLinux().GetSecurityContext().GetRunAsUser() == nil
 }
