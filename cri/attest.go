@@ -225,7 +225,7 @@ func (p *Proxy) attestStart(ctx context.Context, id string) string {
 	}
 	label, err := p.attest.Processes.SettledConfinement(pid, time.Second)
 	if err != nil {
-		klog.V(2).InfoS("Cannot attest: the process is gone", "containerID", id, "pid", pid, "err", err)
+		klog.V(2).InfoS("Cannot attest: the process is gone or has not executed yet", "containerID", id, "pid", pid, "err", err)
 		p.metrics.observeAttestation("unattested")
 		return ""
 	}

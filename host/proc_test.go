@@ -1,6 +1,7 @@
 package host
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -53,12 +54,20 @@ func TestSettledConfinementWaitsForExec(t *testing.T) {
 	if err != nil || got != "k8s-apparmor-example-deny-write (enforce)" {
 		t.Errorf("settled = %q %v", got, err)
 	}
-	// Still in runc's init after the wait: the current label is returned.
-	root = procTree(t, 8, map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "unconfined\n"})
+	// Still in runc's init after the wait (a loaded node): the label runc
+	// set for the exec is the one the process gets, never runc's own.
+	root = procTree(t, 8, map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "unconfined\n",
+		"attr/exec": "k8s-apparmor-example-deny-write (enforce)\n"})
 	start := time.Now()
 	got, err = NewReader("", root).SettledConfinement(8, 20*time.Millisecond)
-	if err != nil || got != "unconfined" || time.Since(start) > 2*time.Second {
+	if err != nil || got != "k8s-apparmor-example-deny-write (enforce)" || time.Since(start) > 2*time.Second {
 		t.Errorf("bounded wait: %q %v after %v", got, err, time.Since(start))
+	}
+	// No exec label either: not settled, not unconfined.
+	root = procTree(t, 9, map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "unconfined\n"})
+	got, err = NewReader("", root).SettledConfinement(9, 20*time.Millisecond)
+	if !errors.Is(err, ErrNotSettled) {
+		t.Errorf("no exec label: %q %v, want ErrNotSettled", got, err)
 	}
 }
 
