@@ -7,13 +7,16 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	_ "google.golang.org/grpc/encoding/gzip" // the backend takes gzip
+	"google.golang.org/grpc/status"
 
 	"github.com/armorshim/armorshim/cri/h2relay"
 )
@@ -317,5 +320,68 @@ func TestInvalidSettings(t *testing.T) {
 			}
 			return
 		}
+	}
+}
+
+// A call routed to a Refuse backend is answered as soon as its headers are
+// read, with the status, before the client sends its request: nothing is
+// dialed, the request that follows is discarded (its credit returned) and
+// the connection serves on. The call ends with the status's code.
+func TestRefuseAnswersAtOnce(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	srv := startServer(t, func(method string, ss grpc.ServerStream) error {
+		mu.Lock()
+		seen = append(seen, method)
+		mu.Unlock()
+		return echo(method, ss)
+	})
+	h := &hooks{b: srv.backend(), refuse: map[string]*status.Status{
+		"t.S/Refused": status.New(codes.Unimplemented, "refused: not here"),
+	}}
+	_, _, sock := relay(t, h2relay.Config{Hooks: h, ConnWindow: 64 << 10})
+	c := newH2Client(t, sock)
+
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: c.block(request("t.S/Refused")...)})
+	var trailers []hpack.HeaderField
+	for trailers == nil {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no answer before the request: %v", err)
+		}
+		c.connFrame(f)
+		if hf, ok := f.(*http2.MetaHeadersFrame); ok && hf.StreamID == 1 {
+			if !hf.StreamEnded() {
+				t.Fatalf("response headers without END_STREAM: %v", hf.Fields)
+			}
+			trailers = append([]hpack.HeaderField(nil), hf.Fields...)
+		}
+	}
+	if value(trailers, ":status") != "200" || value(trailers, "grpc-status") != "12" || value(trailers, "grpc-message") != "refused: not here" {
+		t.Errorf("refusal %v", trailers)
+	}
+	// The request comes anyway: over the connection window in all, which
+	// the relay must give back although no stream takes it.
+	for range 3 {
+		c.credit(30000)
+		c.fr.WriteData(1, false, make([]byte, 30000))
+	}
+	c.fr.WriteData(1, true, nil)
+
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, EndHeaders: true, BlockFragment: c.block(request("/t.S/Echo")...)})
+	msg := grpcMessage(0, []byte("after"))
+	c.credit(int64(len(msg)))
+	c.fr.WriteData(3, true, msg)
+	if body, tr := c.answer(3); !bytes.Equal(body, msg) || value(tr, "grpc-status") != "0" {
+		t.Errorf("call after the refusal: %q %v", body, tr)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 1 || seen[0] != "/t.S/Echo" {
+		t.Errorf("backend saw %v, want only /t.S/Echo", seen)
+	}
+	waitFor(t, func() bool { return len(h.ended()) == 2 })
+	if got := h.ended(); got[0] != "t.S/Refused Unimplemented" {
+		t.Errorf("ended %v", got)
 	}
 }

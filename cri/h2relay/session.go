@@ -233,6 +233,10 @@ func (s *session) clientHeaders(f *http2.MetaHeadersFrame) {
 		return
 	}
 	st.backend, st.inspect = s.r.cfg.Hooks.Route(method)
+	if b := st.backend; b != nil && b.refusal != nil {
+		s.answer(st, b.refusal) // the request that may follow is discarded
+		return
+	}
 	if st.inspect != nil {
 		st.fields = append([]hpack.HeaderField(nil), f.Fields...)
 		st.encoding = headerValue(f.Fields, "grpc-encoding")
