@@ -108,10 +108,9 @@ func (s *session) serve() {
 				s.mu.Unlock()
 				continue
 			}
-			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
+			if code, ok := connectionError(err); ok {
 				klog.V(2).InfoS("Closing a client connection: protocol error", "err", err)
-				s.cli.fr.WriteGoAway(s.lastID, http2.ErrCode(ce), nil)
+				s.cli.fr.WriteGoAway(s.lastID, code, nil)
 				s.cli.dirty = true
 				s.flush()
 			}
