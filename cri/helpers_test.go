@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/cri-client/pkg/fake"
@@ -79,6 +80,10 @@ type backend struct {
 	raw sync.Map // *runtimeapi.CreateContainerRequest -> []byte, filled by the codec
 
 	sandboxRaw [][]byte // raw RunPodSandbox requests, in order (under mu)
+
+	// paths is the :path of every stream the backend's transport received,
+	// routable or not, in order (under mu).
+	paths []string
 }
 
 func newBackend(t *testing.T, sock string) *backend {
@@ -110,6 +115,7 @@ func (b *backend) start() {
 		grpc.MaxRecvMsgSize(bigLimit), grpc.MaxSendMsgSize(bigLimit),
 		grpc.ChainUnaryInterceptor(b.unaryInterceptor),
 		grpc.ChainStreamInterceptor(b.streamInterceptor),
+		grpc.InTapHandle(b.tap),
 		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
 			m, _ := grpc.MethodFromServerStream(ss)
 			return status.Errorf(codes.Unimplemented, "backend: unknown method %s", m)
@@ -157,6 +163,29 @@ func (b *backend) record(ctx context.Context, method string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.calls = append(b.calls, call{Method: method, MD: md.Copy(), Deadline: dl, HasDeadline: ok})
+}
+
+// tap records the path of each stream as the transport reads its headers,
+// before the server routes it: what the backend saw, whether or not it
+// would call a method for it.
+func (b *backend) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.paths = append(b.paths, info.FullMethodName)
+	return ctx, nil
+}
+
+// pathsSince returns the paths recorded after the first n.
+func (b *backend) pathsSince(n int) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.paths[n:]...)
+}
+
+func (b *backend) pathCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.paths)
 }
 
 // callsSince returns the calls recorded after the first n.

@@ -76,7 +76,9 @@ func (p *Proxy) SetPolicy(pol *apparmor.Policy) {
 
 // Route is the relay's hook: it sends armorshim's own services to the local
 // backend, the image service to the image backend and everything else to
-// the runtime, and holds the calls armorshim decides on.
+// the runtime, and holds the calls armorshim decides on. A path a backend
+// could take for a CRI call but that is not canonical CRI v1 is refused
+// (see pathRefusal): it would reach that call undecided.
 func (p *Proxy) Route(method string) (*h2relay.Backend, h2relay.Inspector) {
 	switch method {
 	case CreateContainerMethod:
@@ -89,6 +91,9 @@ func (p *Proxy) Route(method string) (*h2relay.Backend, h2relay.Inspector) {
 		if p.attest != nil {
 			return p.backends.Runtime, p.inspectStart
 		}
+	}
+	if st := pathRefusal(method); st != nil {
+		return refusePath(st), nil
 	}
 	switch {
 	case isImageMethod(method):

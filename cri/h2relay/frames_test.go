@@ -7,13 +7,18 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	_ "google.golang.org/grpc/encoding/gzip" // the backend takes gzip
+	"google.golang.org/grpc/status"
 
 	"github.com/armorshim/armorshim/cri/h2relay"
 )
@@ -183,8 +188,8 @@ func TestFramesGRPCGoDoesNotSend(t *testing.T) {
 	_, _, sock := relay(t, h2relay.Config{Hooks: h, StreamWindow: 64 << 10, ConnWindow: 256 << 10})
 	c := newH2Client(t, sock, http2.Setting{ID: http2.SettingHeaderTableSize, Val: 0})
 
-	// Stream 1: HEADERS + 2 CONTINUATION, a 40 KB message over three
-	// padded DATA frames.
+	// Stream 1: HEADERS + 2 CONTINUATION, a 40 KB message over four
+	// padded DATA frames (each within the 16 KiB frame size).
 	long := hpack.HeaderField{Name: "x-long", Value: string(bytes.Repeat([]byte("v"), 300))}
 	blk := c.block(request("/t.S/Echo", long)...)
 	third := len(blk) / 3
@@ -194,7 +199,8 @@ func TestFramesGRPCGoDoesNotSend(t *testing.T) {
 	msg := grpcMessage(0, pattern(7, 40<<10))
 	c.fr.WriteDataPadded(1, false, msg[:3], []byte{0, 0, 0, 0, 0, 0, 0})
 	c.fr.WriteDataPadded(1, false, msg[3:16000], make([]byte, 200))
-	c.fr.WriteDataPadded(1, true, msg[16000:], make([]byte, 1))
+	c.fr.WriteDataPadded(1, false, msg[16000:32000], make([]byte, 255))
+	c.fr.WriteDataPadded(1, true, msg[32000:], make([]byte, 1))
 	c.fr.WritePing(false, [8]byte{'a', 'r', 'm', 'o', 'r'})
 	body, trailers := c.answer(1)
 	if !bytes.Equal(body, msg) {
@@ -317,5 +323,165 @@ func TestInvalidSettings(t *testing.T) {
 			}
 			return
 		}
+	}
+}
+
+// A call routed to a Refuse backend is answered as soon as its headers are
+// read, with the status, before the client sends its request: nothing is
+// dialed, the request that follows is discarded (its credit returned) and
+// the connection serves on. The call ends with the status's code.
+func TestRefuseAnswersAtOnce(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	srv := startServer(t, func(method string, ss grpc.ServerStream) error {
+		mu.Lock()
+		seen = append(seen, method)
+		mu.Unlock()
+		return echo(method, ss)
+	})
+	h := &hooks{b: srv.backend(), refuse: map[string]*status.Status{
+		"t.S/Refused": status.New(codes.Unimplemented, "refused: not here"),
+	}}
+	_, _, sock := relay(t, h2relay.Config{Hooks: h, ConnWindow: 64 << 10})
+	c := newH2Client(t, sock)
+
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: c.block(request("t.S/Refused")...)})
+	var trailers []hpack.HeaderField
+	for trailers == nil {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no answer before the request: %v", err)
+		}
+		c.connFrame(f)
+		if hf, ok := f.(*http2.MetaHeadersFrame); ok && hf.StreamID == 1 {
+			if !hf.StreamEnded() {
+				t.Fatalf("response headers without END_STREAM: %v", hf.Fields)
+			}
+			trailers = append([]hpack.HeaderField(nil), hf.Fields...)
+		}
+	}
+	if value(trailers, ":status") != "200" || value(trailers, "grpc-status") != "12" || value(trailers, "grpc-message") != "refused: not here" {
+		t.Errorf("refusal %v", trailers)
+	}
+	// The request comes anyway: over the connection window in all, which
+	// the relay must give back although no stream takes it.
+	for range 6 {
+		c.credit(16000)
+		c.fr.WriteData(1, false, make([]byte, 16000))
+	}
+	c.fr.WriteData(1, true, nil)
+
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, EndHeaders: true, BlockFragment: c.block(request("/t.S/Echo")...)})
+	msg := grpcMessage(0, []byte("after"))
+	c.credit(int64(len(msg)))
+	c.fr.WriteData(3, true, msg)
+	if body, tr := c.answer(3); !bytes.Equal(body, msg) || value(tr, "grpc-status") != "0" {
+		t.Errorf("call after the refusal: %q %v", body, tr)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 1 || seen[0] != "/t.S/Echo" {
+		t.Errorf("backend saw %v, want only /t.S/Echo", seen)
+	}
+	waitFor(t, func() bool { return len(h.ended()) == 2 })
+	if got := h.ended(); got[0] != "t.S/Refused Unimplemented" {
+		t.Errorf("ended %v", got)
+	}
+}
+
+// goAwayCode reads frames until a GOAWAY and returns its code; ping, if
+// not zero, must not be acknowledged first (the frame before it was read).
+func goAwayCode(t *testing.T, fr *http2.Framer, ping [8]byte) http2.ErrCode {
+	t.Helper()
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY: %v", err)
+		}
+		switch f := f.(type) {
+		case *http2.GoAwayFrame:
+			return f.ErrCode
+		case *http2.PingFrame:
+			if f.IsAck() && ping != [8]byte{} && f.Data == ping {
+				t.Fatal("the oversize frame was read: the ping after it was answered")
+			}
+		}
+	}
+}
+
+// The relay reads no frame larger than the SETTINGS_MAX_FRAME_SIZE it
+// advertised (the default, 16 KiB): a client that sends one gets a
+// FRAME_SIZE_ERROR GOAWAY, without the relay reading (or allocating) its
+// payload. A frame of exactly 16 KiB is read.
+func TestOversizeFrameFromClient(t *testing.T) {
+	_, _, sock := relay(t, h2relay.Config{Hooks: &hooks{}})
+	c := newH2Client(t, sock)
+	c.conn.SetDeadline(time.Now().Add(5 * time.Second))
+	const unknownType = http2.FrameType(0xfa) // ignored when read
+	c.fr.WriteRawFrame(unknownType, 0, 0, make([]byte, 1<<14))
+	c.fr.WritePing(false, [8]byte{'a', 'r', 'm', 'o', 'r'})
+	c.awaitPing()
+
+	c.fr.WriteRawFrame(unknownType, 0, 0, make([]byte, 1<<14+1))
+	c.fr.WritePing(false, [8]byte{'b', 'i', 'g'})
+	if code := goAwayCode(t, c.fr, [8]byte{'b', 'i', 'g'}); code != http2.ErrCodeFrameSize {
+		t.Errorf("GOAWAY %v, want FRAME_SIZE_ERROR", code)
+	}
+}
+
+// The same bound holds for the backend: a backend that sends a frame over
+// 16 KiB gets a FRAME_SIZE_ERROR GOAWAY, and the call on it fails with
+// Unavailable.
+func TestOversizeFrameFromBackend(t *testing.T) {
+	sock := filepath.Join(sockDir(t), "raw.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	goAway := make(chan http2.ErrCode, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
+			return
+		}
+		fr := http2.NewFramer(c, c)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		fr.WriteSettings()
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				close(goAway)
+				return
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					fr.WriteSettingsAck()
+				}
+			case *http2.MetaHeadersFrame:
+				fr.WriteData(f.StreamID, false, make([]byte, 1<<14+1))
+			case *http2.GoAwayFrame:
+				goAway <- f.ErrCode
+				return
+			}
+		}
+	}()
+	b := &h2relay.Backend{Name: "runtime", Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}
+	_, conn, _ := relay(t, h2relay.Config{Hooks: &hooks{b: b}})
+	err = conn.Invoke(ctxTimeout(t, 5*time.Second), "/t.S/Any", &raw{[]byte("x")}, new(raw))
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "frame too large") {
+		t.Errorf("call: %v, want Unavailable: frame too large", err)
+	}
+	if code, ok := <-goAway; !ok || code != http2.ErrCodeFrameSize {
+		t.Errorf("backend got GOAWAY %v (%v), want FRAME_SIZE_ERROR", code, ok)
 	}
 }

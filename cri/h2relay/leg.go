@@ -78,6 +78,9 @@ func (s *session) serveLeg(l *leg) {
 				s.mu.Unlock()
 				continue
 			}
+			if code, ok := connectionError(err); ok {
+				l.fail(0, code, err.Error()) // the backend opens no streams
+			}
 			s.legLost(l, err)
 			s.flush()
 			s.mu.Unlock()

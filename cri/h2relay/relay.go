@@ -31,11 +31,20 @@ type Backend struct {
 	// Dial opens a new connection to the backend.
 	Dial func(ctx context.Context) (net.Conn, error)
 
+	// refusal, if not nil, answers every call routed here (see Refuse).
+	refusal *status.Status
+
 	mu       sync.Mutex
 	failedAt time.Time
 	delay    time.Duration
 	lastErr  error
 }
+
+// Refuse returns a Backend that answers each call routed to it with st as
+// soon as the call's headers are read, before its request: nothing is
+// dialed and nothing reaches a backend. The call counts as ended with st's
+// code (Hooks.Done).
+func Refuse(st *status.Status) *Backend { return &Backend{Name: "refusal", refusal: st} }
 
 // Backoff between dials of a backend that is down: calls fail at once with
 // Unavailable, and the backend is tried again after at most maxDialDelay.
@@ -89,7 +98,8 @@ type Verdict struct {
 // Hooks are the relay's caller.
 type Hooks interface {
 	// Route returns the backend for a new call and, to hold the call
-	// whole, an Inspector (nil: the call streams through untouched).
+	// whole, an Inspector (nil: the call streams through untouched). A
+	// backend made by Refuse turns the call away at once.
 	Route(method string) (*Backend, Inspector)
 	// Done reports a call that ended, with its status code.
 	Done(method string, code codes.Code, elapsed time.Duration)

@@ -127,15 +127,20 @@ func echoAfter(delay time.Duration) func(string, grpc.ServerStream) error {
 	}
 }
 
-// hooks routes everything to one backend and holds the methods in inspect.
+// hooks routes everything to one backend, holds the methods in inspect and
+// refuses those in refuse.
 type hooks struct {
 	b       *h2relay.Backend
 	inspect map[string]h2relay.Inspector
+	refuse  map[string]*status.Status
 	mu      sync.Mutex
 	done    []string // "method code"
 }
 
 func (h *hooks) Route(method string) (*h2relay.Backend, h2relay.Inspector) {
+	if st := h.refuse[method]; st != nil {
+		return h2relay.Refuse(st), nil
+	}
 	return h.b, h.inspect[method]
 }
 

@@ -108,10 +108,9 @@ func (s *session) serve() {
 				s.mu.Unlock()
 				continue
 			}
-			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
+			if code, ok := connectionError(err); ok {
 				klog.V(2).InfoS("Closing a client connection: protocol error", "err", err)
-				s.cli.fr.WriteGoAway(s.lastID, http2.ErrCode(ce), nil)
+				s.cli.fr.WriteGoAway(s.lastID, code, nil)
 				s.cli.dirty = true
 				s.flush()
 			}
@@ -233,6 +232,10 @@ func (s *session) clientHeaders(f *http2.MetaHeadersFrame) {
 		return
 	}
 	st.backend, st.inspect = s.r.cfg.Hooks.Route(method)
+	if b := st.backend; b != nil && b.refusal != nil {
+		s.answer(st, b.refusal) // the request that may follow is discarded
+		return
+	}
 	if st.inspect != nil {
 		st.fields = append([]hpack.HeaderField(nil), f.Fields...)
 		st.encoding = headerValue(f.Fields, "grpc-encoding")

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"net"
 	"time"
 
@@ -14,6 +15,13 @@ import (
 // maxHeaderListSize is the largest header list accepted from either side,
 // gRPC-Go's default.
 const maxHeaderListSize = 16 << 20
+
+// maxFrameSize is the largest frame the relay reads from either side: the
+// SETTINGS_MAX_FRAME_SIZE it advertises to both, which it leaves at the
+// protocol's default (RFC 9113 §4.2: a receiver enforces the size it
+// advertised; gRPC-Go's transport reads no more either). A larger frame is
+// a FRAME_SIZE_ERROR and is never read into memory.
+const maxFrameSize = 1 << 14
 
 // writeTimeout bounds each write to a peer. A peer's HTTP/2 reader drains
 // its socket whatever its application does, so a write blocks this long
@@ -74,6 +82,7 @@ func newSide(conn net.Conn, streamWin, connWin int32) *side {
 		blocked:   map[*stream]struct{}{},
 	}
 	sd.fr = http2.NewFramer(sd.bw, sd.br)
+	sd.fr.SetMaxReadFrameSize(maxFrameSize)
 	sd.fr.SetReuseFrames()
 	sd.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	sd.fr.MaxHeaderListSize = maxHeaderListSize
@@ -167,6 +176,19 @@ func (sd *side) received(n int64, lastID uint32) bool {
 	}
 	sd.credit(n)
 	return true
+}
+
+// connectionError returns the error code of a connection error that
+// Framer.ReadFrame reported, for the GOAWAY telling the peer why.
+func connectionError(err error) (http2.ErrCode, bool) {
+	var ce http2.ConnectionError
+	switch {
+	case errors.As(err, &ce):
+		return http2.ErrCode(ce), true
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		return http2.ErrCodeFrameSize, true
+	}
+	return 0, false
 }
 
 // fail ends the connection with a connection error; its reader cleans up.
