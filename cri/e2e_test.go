@@ -262,14 +262,16 @@ func TestServerStreamingAndCancellation(t *testing.T) {
 	}
 }
 
-// 3. RPCs that cri-api does not know pass as raw bytes: a future method of
-// RuntimeService (unary shape) and a bidirectional method of an unknown
-// service, with headers and trailers.
+// 3. RPCs of the CRI v1 services that cri-api does not know pass as raw
+// bytes: future methods of RuntimeService (unary shape, bidirectional) and
+// of ImageService (bidirectional), with headers and trailers.
 func TestUnknownMethodsPass(t *testing.T) {
 	e := newEnv(t)
 	const future = "/runtime.v1.RuntimeService/FutureMethod"
-	if _, known := cri.Methods[future]; known {
-		t.Fatalf("%s is known to cri-api now; pick another name", future)
+	for _, m := range []string{future, "/runtime.v1.RuntimeService/FutureTalk", "/runtime.v1.ImageService/FutureHangup"} {
+		if _, known := cri.Methods[m]; known {
+			t.Fatalf("%s is known to cri-api now; pick another name", m)
+		}
 	}
 	e.backend.onStream(future, func(ss grpc.ServerStream, _ grpc.StreamHandler) error {
 		in, err := recvRaw(ss)
@@ -300,7 +302,7 @@ func TestUnknownMethodsPass(t *testing.T) {
 	}
 
 	// Full duplex: each message is answered before the client half-closes.
-	const chat = "/future.v9.Chat/Talk"
+	const chat = "/runtime.v1.RuntimeService/FutureTalk"
 	e.backend.onStream(chat, func(ss grpc.ServerStream, _ grpc.StreamHandler) error {
 		ss.SendHeader(metadata.Pairs("x-chat", "open"))
 		for {
@@ -348,7 +350,7 @@ func TestUnknownMethodsPass(t *testing.T) {
 
 	// The backend ends a duplex call while the client still has its side
 	// open: the client gets the backend's status and trailer.
-	const hangup = "/future.v9.Chat/Hangup"
+	const hangup = "/runtime.v1.ImageService/FutureHangup"
 	e.backend.onStream(hangup, func(ss grpc.ServerStream, _ grpc.StreamHandler) error {
 		if _, err := recvRaw(ss); err != nil {
 			return err

@@ -12,6 +12,15 @@ import (
 	"github.com/armorshim/armorshim/cri/h2relay"
 )
 
+// armorshim relays the CRI and nothing else. The runtime endpoint is
+// containerd's socket, which also serves containerd's native API
+// (containerd.services.containers.v1.Containers/Create,
+// containerd.services.tasks.v1.Tasks/Create, ...): relayed, it would create
+// and start containers with any OCI spec, past every check. So only the
+// services of CRI v1 reach a backend, known methods and new ones alike;
+// armorshim's own health service is served locally (Proxy.Route), and every
+// other service is refused before anything reaches a backend.
+//
 // The relay routes and decides calls by their HTTP/2 :path, but the backend
 // routes them its own way. gRPC-Go servers before 1.79.3 (containerd 2.1
 // pins 1.72.2), and later ones run with
@@ -19,9 +28,9 @@ import (
 // leading "/" and split the rest at its last "/" (CVE-2026-33186), so
 // "runtime.v1.RuntimeService/CreateContainer" reaches CreateContainer there.
 // containerd 1.6 and 1.7 also serve CRI v1alpha2, whose CreateContainer
-// creates containers just the same. armorshim holds and decides only
-// canonical CRI v1 paths, so every other path that a backend could take for
-// a CRI call is turned away before it reaches one.
+// creates containers just the same. armorshim relays, holds and decides
+// only canonical CRI v1 paths, so every other path is turned away, with a
+// message saying why.
 
 // criVersion is the only CRI version armorshim relays.
 const criVersion = "v1"
@@ -31,11 +40,12 @@ const criVersion = "v1"
 const maxQuotedPath = 256
 
 // pathRefusal returns the status refusing a call on path, or nil to relay
-// it: a path any server could take for a CRI call must be canonical
-// ("/runtime.v1.RuntimeService/<Method>", "/runtime.v1.ImageService/<Method>"),
-// and a CRI call of another version than v1 is not relayed. Other paths
-// (armorshim's health service, services that are not CRI, a service name
-// in another case, which gRPC-Go does not route to CRI) pass.
+// it. Only the canonical paths of CRI v1 are relayed
+// ("/runtime.v1.RuntimeService/<Method>", "/runtime.v1.ImageService/<Method>",
+// methods cri-api does not know included). Anything a server could take for
+// a CRI call in another form, or for a call of another CRI version, is
+// refused as such; every other service (containerd's own API, gRPC
+// reflection, a service name in another case) as not CRI.
 func pathRefusal(path string) *status.Status {
 	// The kubelet's calls: canonical v1, decided in one pass.
 	for _, prefix := range [...]string{"/runtime.v1.RuntimeService/", "/runtime.v1.ImageService/"} {
@@ -43,17 +53,24 @@ func pathRefusal(path string) *status.Status {
 			return nil
 		}
 	}
-	service, version, ok := criServiceOf(path)
-	if !ok {
-		return nil
+	if service, version, ok := criServiceOf(path); ok {
+		if m, ok := strings.CutPrefix(path, "/"+service+"/"); !ok || !isMethodName(m) {
+			return malformedPath(path)
+		}
+		if version != criVersion {
+			return status.Newf(codes.Unimplemented, "armorshim: unknown service %s: armorshim serves CRI %s only", service, criVersion)
+		}
 	}
-	if m, ok := strings.CutPrefix(path, "/"+service+"/"); !ok || !isMethodName(m) {
-		return status.Newf(codes.Unimplemented, "armorshim: malformed method name: %s", quotePath(path))
+	service, method, ok := strings.Cut(strings.TrimPrefix(path, "/"), "/")
+	if !ok || !strings.HasPrefix(path, "/") || !isServiceName(service) || !isMethodName(method) {
+		return malformedPath(path)
 	}
-	if version != criVersion {
-		return status.Newf(codes.Unimplemented, "armorshim: unknown service %s: armorshim serves CRI %s only", service, criVersion)
-	}
-	return nil
+	return status.Newf(codes.Unimplemented, "armorshim: unknown service %s: armorshim relays the CRI (runtime.%s) only", service, criVersion)
+}
+
+// malformedPath refuses a path that is no "/<service>/<method>".
+func malformedPath(path string) *status.Status {
+	return status.Newf(codes.Unimplemented, "armorshim: malformed method name: %s", quotePath(path))
 }
 
 // criServiceOf returns the CRI service a server could take path to call,
@@ -96,6 +113,20 @@ func isMethodName(m string) bool {
 	for i := 0; i < len(m); i++ {
 		c := m[i]
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// isServiceName reports whether s is a protobuf service's full name as
+// armorshim repeats it: dot-separated names, at most maxQuotedPath bytes.
+func isServiceName(s string) bool {
+	if len(s) > maxQuotedPath {
+		return false
+	}
+	for _, part := range strings.Split(s, ".") {
+		if !isMethodName(part) {
 			return false
 		}
 	}

@@ -6,11 +6,15 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/armorshim/armorshim/cri"
+	"github.com/armorshim/armorshim/internal/rawgrpc"
 )
 
 // privilegedUnconfined is a CreateContainer that Pod Security's baseline
@@ -111,17 +115,19 @@ func TestNonCanonicalPathsAreRefused(t *testing.T) {
 	}
 }
 
-// A path no server takes for a CRI call passes as an unknown method:
-// gRPC-Go matches service and method names case-sensitively, so these
-// reach the backend, which answers Unimplemented and creates nothing.
-func TestLookalikePathsPassAsUnknown(t *testing.T) {
+// A method of the CRI v1 services that only looks like a decided one
+// passes as an unknown method: gRPC-Go matches method names
+// case-sensitively, so these reach the backend, which answers Unimplemented
+// and creates nothing. (A service name in another case is not CRI:
+// TestOnlyCRIIsRelayed.)
+func TestLookalikeMethodsPassAsUnknown(t *testing.T) {
 	pe := newPSSEnv(t, nil)
 	ctx := ctxTimeout(t, 20*time.Second)
 	create := privilegedUnconfined(t)
 	for _, path := range []string{
-		"/RUNTIME.V1.RUNTIMESERVICE/CREATECONTAINER",
+		"/runtime.v1.RuntimeService/CREATECONTAINER",
 		"/runtime.v1.RuntimeService/createContainer",
-		"/Runtime.v1.RuntimeService/CreateContainer",
+		"/runtime.v1.RuntimeService/RunPodSandbox_",
 	} {
 		n := pe.backend.pathCount()
 		_, st := rawUnary(ctx, pe.through, path, create)
@@ -134,5 +140,94 @@ func TestLookalikePathsPassAsUnknown(t *testing.T) {
 	}
 	if creates, _ := pe.backend.createRequests(); len(creates) != 0 {
 		t.Errorf("the backend created %d containers", len(creates))
+	}
+}
+
+// armorshim relays CRI v1 only. containerd's socket also serves its own
+// API, which creates and starts containers with any OCI spec: relayed, it
+// would be a way around every check. Its services, gRPC reflection and any
+// made-up service are refused before anything reaches the backend, with
+// the service named; armorshim's health service is still answered
+// locally, and a method of runtime.v1.RuntimeService that cri-api does not
+// know still reaches the backend.
+func TestOnlyCRIIsRelayed(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxTimeout(t, 20*time.Second)
+	const notCRI = ": armorshim relays the CRI (runtime.v1) only"
+	spec := []byte(`{"process":{"args":["/bin/sh"]},"linux":{"namespaces":[]}}`)
+	for _, c := range []struct {
+		path, service string
+		req           []byte
+	}{
+		{"/containerd.services.containers.v1.Containers/Create", "containerd.services.containers.v1.Containers", spec},
+		{"/containerd.services.tasks.v1.Tasks/Create", "containerd.services.tasks.v1.Tasks", []byte{0x0a, 0x01, 'x'}},
+		{"/containerd.services.tasks.v1.Tasks/Start", "containerd.services.tasks.v1.Tasks", nil},
+		{"/containerd.services.version.v1.Version/Version", "containerd.services.version.v1.Version", nil},
+		{"/made.up.v3.Service/Anything", "made.up.v3.Service", []byte{0xff, 0x00}},
+		{"/runtime.v1.FutureService/Call", "runtime.v1.FutureService", nil},
+		{"/Runtime.v1.RuntimeService/CreateContainer", "Runtime.v1.RuntimeService", privilegedUnconfined(t)},
+		{"/RUNTIME.V1.RUNTIMESERVICE/CREATECONTAINER", "RUNTIME.V1.RUNTIMESERVICE", privilegedUnconfined(t)},
+	} {
+		n := e.backend.pathCount()
+		want := "armorshim: unknown service " + c.service + notCRI
+		if _, st := rawUnary(ctx, e.through, c.path, c.req); st.Code() != codes.Unimplemented || st.Message() != want {
+			t.Errorf("%s: %s, want Unimplemented %q", c.path, statusString(st), want)
+		}
+		if got := e.backend.pathsSince(n); len(got) != 0 {
+			t.Errorf("%s: the backend received %q", c.path, got)
+		}
+	}
+
+	// Streams too, before the client sends anything: containerd's event
+	// stream and gRPC reflection (full duplex).
+	for _, c := range []struct {
+		path, service string
+		desc          grpc.StreamDesc
+	}{
+		{"/containerd.services.events.v1.Events/Subscribe", "containerd.services.events.v1.Events", grpc.StreamDesc{ServerStreams: true}},
+		{"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "grpc.reflection.v1.ServerReflection", grpc.StreamDesc{ClientStreams: true, ServerStreams: true}},
+	} {
+		n := e.backend.pathCount()
+		cs, err := e.through.NewStream(ctx, &c.desc, c.path)
+		if err == nil {
+			err = cs.RecvMsg(new(rawgrpc.Frame))
+		}
+		want := "armorshim: unknown service " + c.service + notCRI
+		if st := status.Convert(err); st.Code() != codes.Unimplemented || st.Message() != want {
+			t.Errorf("%s: %v, want Unimplemented %q", c.path, err, want)
+		}
+		if got := e.backend.pathsSince(n); len(got) != 0 {
+			t.Errorf("%s: the backend received %q", c.path, got)
+		}
+	}
+	if creates, _ := e.backend.createRequests(); len(creates) != 0 {
+		t.Errorf("the backend created %d containers", len(creates))
+	}
+
+	// armorshim's own health service is answered by armorshim.
+	n := e.backend.pathCount()
+	if resp, err := healthpb.NewHealthClient(e.through).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health: %v, %v", resp, err)
+	}
+	if got := e.backend.pathsSince(n); len(got) != 0 {
+		t.Errorf("health: the backend received %q", got)
+	}
+
+	// A method of the CRI v1 services that cri-api does not know reaches
+	// the backend, as it is.
+	for _, path := range []string{"/runtime.v1.RuntimeService/FutureMethod", "/runtime.v1.ImageService/FutureMethod", "/runtime.v1.RuntimeService/createContainer"} {
+		if _, known := cri.Methods[path]; known {
+			t.Fatalf("%s is known to cri-api now; pick another name", path)
+		}
+		n := e.backend.pathCount()
+		if _, st := rawUnary(ctx, e.through, path, []byte{0xff}); st.Code() != codes.Unimplemented || st.Message() != "backend: unknown method "+path {
+			t.Errorf("%s: %s, want the backend's Unimplemented", path, statusString(st))
+		}
+		if got := e.backend.pathsSince(n); len(got) != 1 || got[0] != path {
+			t.Errorf("%s: the backend received %q", path, got)
+		}
+	}
+	if _, err := e.runtime.Version(ctx, &runtimeapi.VersionRequest{}); err != nil {
+		t.Errorf("after the refusals: %v", err)
 	}
 }

@@ -10,6 +10,9 @@ import (
 
 func TestPathRefusal(t *testing.T) {
 	const malformed = "armorshim: malformed method name: "
+	notCRI := func(service string) string {
+		return "armorshim: unknown service " + service + ": armorshim relays the CRI (runtime.v1) only"
+	}
 	for _, c := range []struct {
 		path string
 		want string // the refusal's message; "" when relayed
@@ -19,16 +22,32 @@ func TestPathRefusal(t *testing.T) {
 		{"/runtime.v1.RuntimeService/StartContainer", ""},
 		{"/runtime.v1.ImageService/PullImage", ""},
 		{"/runtime.v1.RuntimeService/FutureMethod", ""},
-		// Not CRI for any server: relayed.
-		{"/grpc.health.v1.Health/Check", ""},
-		{"/future.v9.Chat/Talk", ""},
-		{"/containerd.services.version.v1.Version/Version", ""},
-		{"/runtime.v1.FutureService/Call", ""},
-		{"/RUNTIME.V1.RUNTIMESERVICE/CREATECONTAINER", ""},
-		{"/Runtime.v1.RuntimeService/CreateContainer", ""},
-		{"/foo/runtime.v1.RuntimeService/CreateContainer", ""},
-		{"", ""},
-		{"/", ""},
+		{"/runtime.v1.ImageService/FutureMethod", ""},
+		{"/runtime.v1.RuntimeService/createContainer", ""}, // an unknown method to any server
+		// Not CRI: refused, the service named (armorshim's health service
+		// is routed before, by Proxy.Route).
+		{"/grpc.health.v1.Health/Check", notCRI("grpc.health.v1.Health")},
+		{"/future.v9.Chat/Talk", notCRI("future.v9.Chat")},
+		{"/containerd.services.containers.v1.Containers/Create", notCRI("containerd.services.containers.v1.Containers")},
+		{"/containerd.services.tasks.v1.Tasks/Create", notCRI("containerd.services.tasks.v1.Tasks")},
+		{"/containerd.services.version.v1.Version/Version", notCRI("containerd.services.version.v1.Version")},
+		{"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", notCRI("grpc.reflection.v1.ServerReflection")},
+		{"/runtime.v1.FutureService/Call", notCRI("runtime.v1.FutureService")},
+		{"/RUNTIME.V1.RUNTIMESERVICE/CREATECONTAINER", notCRI("RUNTIME.V1.RUNTIMESERVICE")},
+		{"/Runtime.v1.RuntimeService/CreateContainer", notCRI("Runtime.v1.RuntimeService")},
+		{"/S/M", notCRI("S")},
+		// Not even a service and a method: refused as malformed.
+		{"/foo/runtime.v1.RuntimeService/CreateContainer", malformed + `"/foo/runtime.v1.RuntimeService/CreateContainer"`},
+		{"containerd.services.tasks.v1.Tasks/Create", malformed + `"containerd.services.tasks.v1.Tasks/Create"`},
+		{"/containerd.services.tasks.v1.Tasks/Create?x", malformed + `"/containerd.services.tasks.v1.Tasks/Create?x"`},
+		{"/containerd..Tasks/Create", malformed + `"/containerd..Tasks/Create"`},
+		{"/.Tasks/Create", malformed + `"/.Tasks/Create"`},
+		{"/Tasks/", malformed + `"/Tasks/"`},
+		{"/Tasks", malformed + `"/Tasks"`},
+		{"/ä.S/M", malformed + `"/ä.S/M"`},
+		{"/" + strings.Repeat("s", 300) + "/M", malformed + `"/` + strings.Repeat("s", 255) + `"...`},
+		{"", malformed + `""`},
+		{"/", malformed + `"/"`},
 		// gRPC-Go before 1.79.3 routes these to the method.
 		{"runtime.v1.RuntimeService/CreateContainer", malformed + `"runtime.v1.RuntimeService/CreateContainer"`},
 		{"runtime.v1.ImageService/PullImage", malformed + `"runtime.v1.ImageService/PullImage"`},
@@ -94,9 +113,17 @@ var criServices = map[string]bool{
 }
 
 // checkNoPathAround fails if a server could route path to a CRI method
-// while armorshim neither sees it as that canonical v1 path nor refuses it.
+// while armorshim neither sees it as that canonical v1 path nor refuses it,
+// or if armorshim relays a path that is not a canonical CRI v1 one (any
+// other reaches containerd's own API, or nothing).
 func checkNoPathAround(t *testing.T, path string) {
 	refused := pathRefusal(path) != nil
+	if !refused {
+		service, method, _ := strings.Cut(strings.TrimPrefix(path, "/"), "/")
+		if !strings.HasPrefix(path, "/") || (service != "runtime.v1.RuntimeService" && service != "runtime.v1.ImageService") || !isMethodName(method) {
+			t.Errorf("%q: relayed, but it is no canonical CRI v1 path", path)
+		}
+	}
 	for _, r := range grpcRoutes(path) {
 		if !criServices[r[0]] || r[1] == "" {
 			continue
@@ -116,6 +143,7 @@ func FuzzNoPathAroundTheChecks(f *testing.F) {
 		"/runtime.v1.Runtime%53ervice/CreateContainer", "/runtime.v1.RuntimeService%2FCreateContainer",
 		"/runtime.v1.RuntimeService/%2e%2e/CreateContainer", " /runtime.v1.RuntimeService/CreateContainer",
 		"/runtime.v1.RuntimeService/CreateContainer#x", "/runtime.v1.RuntimeService/",
+		"/containerd.services.tasks.v1.Tasks/Create", "/runtime.v1.ImageService/FutureMethod",
 	} {
 		f.Add(p)
 	}

@@ -54,8 +54,9 @@ func WithMetrics(m *Metrics) Option { return func(p *Proxy) { p.metrics = m } }
 // attributing denials of processes that are already gone.
 func WithDenials(d *Denials) Option { return func(p *Proxy) { p.denials = d } }
 
-// New returns a Proxy relaying RuntimeService (and unknown services) to the
-// runtime backend and ImageService to the image backend. host feeds the
+// New returns a Proxy relaying CRI v1's RuntimeService to the runtime
+// backend and its ImageService to the image backend; other services are
+// refused. host feeds the
 // AppArmor decision; pol may be nil for the default policy.
 func New(b Backends, host apparmor.Host, pol *apparmor.Policy, opts ...Option) *Proxy {
 	p := &Proxy{backends: b, runtime: b.RuntimeConn, image: b.ImageConn, host: host}
@@ -74,11 +75,12 @@ func (p *Proxy) SetPolicy(pol *apparmor.Policy) {
 	p.policy.Store(pol)
 }
 
-// Route is the relay's hook: it sends armorshim's own services to the local
-// backend, the image service to the image backend and everything else to
-// the runtime, and holds the calls armorshim decides on. A path a backend
-// could take for a CRI call but that is not canonical CRI v1 is refused
-// (see pathRefusal): it would reach that call undecided.
+// Route is the relay's hook: it sends armorshim's own health service to the
+// local backend, CRI v1's image service to the image backend and its runtime
+// service to the runtime, and holds the calls armorshim decides on. Every
+// other path is refused (see pathRefusal): containerd's own API would
+// create containers past the checks, and a non-canonical CRI path would
+// reach a CRI call undecided.
 func (p *Proxy) Route(method string) (*h2relay.Backend, h2relay.Inspector) {
 	switch method {
 	case CreateContainerMethod:
@@ -92,22 +94,29 @@ func (p *Proxy) Route(method string) (*h2relay.Backend, h2relay.Inspector) {
 			return p.backends.Runtime, p.inspectStart
 		}
 	}
+	if p.backends.Local != nil && isLocalMethod(method) {
+		return p.backends.Local, nil
+	}
 	if st := pathRefusal(method); st != nil {
 		return refusePath(st), nil
 	}
-	switch {
-	case isImageMethod(method):
+	if isImageMethod(method) {
 		return p.backends.Image, nil
-	case p.backends.Local != nil && strings.HasPrefix(method, localServicePrefix):
-		return p.backends.Local, nil
 	}
 	return p.backends.Runtime, nil
+}
+
+// isLocalMethod reports whether method is a method of armorshim's own health
+// service.
+func isLocalMethod(method string) bool {
+	m, ok := strings.CutPrefix(method, localServicePrefix)
+	return ok && isMethodName(m)
 }
 
 // Done is the relay's hook for an ended call. armorshim's own health calls
 // are not CRI calls and are not counted.
 func (p *Proxy) Done(method string, code codes.Code, elapsed time.Duration) {
-	if strings.HasPrefix(method, localServicePrefix) {
+	if isLocalMethod(method) {
 		return
 	}
 	p.metrics.observeCall(method, code, elapsed)
