@@ -33,17 +33,13 @@ type Denials struct {
 	targets map[string]apparmor.Target // container ID -> names, bounded
 	series  map[[5]string]bool         // label sets in use, bounded
 	byProf  map[string]map[string]bool // profile -> IDs of containers confined by it
-	tokens  float64
-	last    time.Time
-	dropped int
+	logs    tokenBucket
 }
 
 // Bounds on memory and metric cardinality.
 const (
-	maxTargets    = 4096
-	maxSeries     = 1000
-	logsPerSecond = 5
-	logBurst      = 20
+	maxTargets = 4096
+	maxSeries  = 1000
 )
 
 // NewDenials returns an attributor asking the runtime at conn for
@@ -63,7 +59,7 @@ func NewDenials(conn grpc.ClientConnInterface, containers Containers, reg promet
 		targets: map[string]apparmor.Target{},
 		series:  map[[5]string]bool{},
 		byProf:  map[string]map[string]bool{},
-		tokens:  logBurst,
+		logs:    newTokenBucket(logsPerSecond, logBurst),
 	}
 	reg.MustRegister(d.total, d.overruns)
 	return d
@@ -112,7 +108,7 @@ func (d *Denials) Handle(ctx context.Context, den host.Denial) {
 		}
 		d.series[labels] = true
 	}
-	log, dropped := d.allowLog(time.Now())
+	log, dropped := d.logs.allow(time.Now())
 	d.mu.Unlock()
 	d.total.WithLabelValues(labels[:]...).Inc()
 	if log {
@@ -120,26 +116,6 @@ func (d *Denials) Handle(ctx context.Context, den host.Denial) {
 			"profile", den.Profile, "operation", den.Operation, "name", den.Name, "comm", den.Comm,
 			"pid", den.Pid, "attributedBy", how, "suppressedBefore", dropped)
 	}
-}
-
-// allowLog is a token bucket: logsPerSecond, bursts of logBurst. It returns
-// how many lines were suppressed since the last one logged.
-func (d *Denials) allowLog(now time.Time) (bool, int) {
-	if !d.last.IsZero() {
-		d.tokens += now.Sub(d.last).Seconds() * logsPerSecond
-		if d.tokens > logBurst {
-			d.tokens = logBurst
-		}
-	}
-	d.last = now
-	if d.tokens < 1 {
-		d.dropped++
-		return false, 0
-	}
-	d.tokens--
-	dropped := d.dropped
-	d.dropped = 0
-	return true, dropped
 }
 
 // attribute finds the container of a denial: by the process's cgroup, else

@@ -5,12 +5,12 @@ import (
 	"time"
 )
 
-func TestDenialLogRateLimit(t *testing.T) {
-	d := &Denials{tokens: logBurst}
+func TestTokenBucket(t *testing.T) {
+	b := newTokenBucket(logsPerSecond, logBurst)
 	now := time.Unix(1764121000, 0)
 	logged := 0
 	for i := 0; i < 100; i++ {
-		if ok, _ := d.allowLog(now); ok {
+		if ok, _ := b.allow(now); ok {
 			logged++
 		}
 	}
@@ -20,13 +20,13 @@ func TestDenialLogRateLimit(t *testing.T) {
 	// One second later: logsPerSecond more, and the first says how many
 	// were suppressed.
 	now = now.Add(time.Second)
-	ok, dropped := d.allowLog(now)
+	ok, dropped := b.allow(now)
 	if !ok || dropped != 100-logBurst {
 		t.Fatalf("after 1s: ok=%t dropped=%d, want true %d", ok, dropped, 100-logBurst)
 	}
 	logged = 1
 	for i := 0; i < 100; i++ {
-		if ok, _ := d.allowLog(now); ok {
+		if ok, _ := b.allow(now); ok {
 			logged++
 		}
 	}
