@@ -190,7 +190,7 @@ func (p *Proxy) attestStarted(ctx context.Context, id string) *status.Status {
 		return nil
 	}
 	p.metrics.observeAttestation("mismatch")
-	klog.InfoS("Container confinement mismatch", "containerID", id, "mode", p.attest.Mode, "mismatch", mismatch)
+	p.logs.InfoS("Container confinement mismatch", "containerID", id, "mode", p.attest.Mode, "mismatch", mismatch)
 	if p.attest.Mode != AttestEnforce {
 		return nil
 	}

@@ -58,7 +58,7 @@ func (p *Proxy) decideCreate(in []byte) ([]byte, *runtimeapi.CreateContainerRequ
 		if errors.As(err, &r) {
 			p.metrics.observeDecision("refused", r.Reason, r.Cause)
 			// Never log the request itself: its environment holds secrets.
-			klog.InfoS("Refused CreateContainer",
+			p.logs.InfoS("Refused CreateContainer",
 				"pod", klog.KRef(r.Target.Namespace, r.Target.Pod), "container", r.Target.Container,
 				"profile", r.Profile, "reason", r.Reason, "cause", r.Cause, "message", r.Message)
 		}

@@ -7,7 +7,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"k8s.io/klog/v2"
 
 	"github.com/armorshim/armorshim/cri/h2relay"
 )
@@ -142,7 +141,7 @@ func quotePath(path string) string {
 }
 
 // refusePath logs a refused path and returns the backend that answers it.
-func refusePath(st *status.Status) *h2relay.Backend {
-	klog.InfoS("Refused a call on a path armorshim does not relay", "message", st.Message())
+func (p *Proxy) refusePath(st *status.Status) *h2relay.Backend {
+	p.logs.InfoS("Refused a call on a path armorshim does not relay", "message", st.Message())
 	return h2relay.Refuse(st)
 }

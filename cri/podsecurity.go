@@ -131,7 +131,7 @@ func (p *Proxy) report(d *pss.Decision, request string) error {
 			continue
 		}
 		if v.Mode == pss.Warn {
-			klog.InfoS("Pod Security warning", "pod", ref, "container", pod.Container, "request", request, "warning", v.Message())
+			p.logs.InfoS("Pod Security warning", "pod", ref, "container", pod.Container, "request", request, "warning", v.Message())
 		} else {
 			p.writeAudit(d, v, request) // audit violations and enforce refusals
 		}
@@ -141,7 +141,7 @@ func (p *Proxy) report(d *pss.Decision, request string) error {
 		return nil
 	}
 	msg := "Forbidden: " + v.Message()
-	klog.InfoS("Refused by Pod Security", "pod", ref, "container", pod.Container, "request", request, "message", msg)
+	p.logs.InfoS("Refused by Pod Security", "pod", ref, "container", pod.Container, "request", request, "message", msg)
 	st := status.New(codes.PermissionDenied, msg)
 	md := map[string]string{"cause": "pod-security", "level": v.Level.String(), "namespace": pod.Meta.Namespace, "pod": pod.Meta.Name}
 	if pod.Container != "" {

@@ -42,6 +42,8 @@ type Proxy struct {
 	// podSecurity is nil while Pod Security is off.
 	podSecurity atomic.Pointer[pss.Evaluator]
 	audit       io.Writer
+	// logs bounds the lines logged for refusals and warnings.
+	logs *repeatLog
 }
 
 // Option configures a Proxy.
@@ -59,7 +61,7 @@ func WithDenials(d *Denials) Option { return func(p *Proxy) { p.denials = d } }
 // refused. host feeds the
 // AppArmor decision; pol may be nil for the default policy.
 func New(b Backends, host apparmor.Host, pol *apparmor.Policy, opts ...Option) *Proxy {
-	p := &Proxy{backends: b, runtime: b.RuntimeConn, image: b.ImageConn, host: host}
+	p := &Proxy{backends: b, runtime: b.RuntimeConn, image: b.ImageConn, host: host, logs: newRepeatLog()}
 	for _, o := range opts {
 		o(p)
 	}
@@ -98,7 +100,7 @@ func (p *Proxy) Route(method string) (*h2relay.Backend, h2relay.Inspector) {
 		return p.backends.Local, nil
 	}
 	if st := pathRefusal(method); st != nil {
-		return refusePath(st), nil
+		return p.refusePath(st), nil
 	}
 	if isImageMethod(method) {
 		return p.backends.Image, nil
