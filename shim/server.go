@@ -153,11 +153,17 @@ func Dial(endpoint string, maxMessageSize int) (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
-// Serve serves on l until ctx ends, then drains: it stops accepting, lets
-// in-flight calls finish for at most ShutdownTimeout, and closes the
-// listener (which removes a socket armorshim created).
+// Serve serves on l until ctx ends, then drains: existing connections are
+// told to open no new calls (GOAWAY), in-flight calls may finish for at most
+// ShutdownTimeout, and new connections are still accepted but every call on
+// them is answered with Unavailable (DrainMessage), so that a client
+// reconnecting meanwhile is told to retry rather than that the socket is
+// gone. Then it closes the listener (which removes a socket armorshim
+// created).
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	defer s.closeBackends()
+	h := newHandoff(l)
+	defer h.Close()
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go s.obs.watch(watchCtx, "runtime", s.runtime, RuntimeHealthService)
@@ -176,14 +182,13 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 	if s.cfg.MetricsAddress != "" {
 		if err := s.obs.serveMetrics(watchCtx, s.cfg.MetricsAddress); err != nil {
-			l.Close()
 			return err
 		}
 	}
 	go s.local.Serve(s.localConns)
 	defer s.local.Stop()
 	errc := make(chan error, 1)
-	go func() { errc <- s.relay.Serve(l) }()
+	go func() { errc <- s.relay.Serve(h.relay) }()
 	klog.InfoS("Serving", "listen", l.Addr().String(), "runtimeEndpoint", s.cfg.RuntimeEndpoint, "imageEndpoint", s.cfg.Image())
 	systemd.Notify(systemd.Ready, systemd.Status("Serving CRI on "+l.Addr().String()))
 
@@ -192,15 +197,19 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	systemd.Notify(systemd.Stopping, systemd.Status("Draining in-flight calls"))
+	systemd.Notify(systemd.Stopping, systemd.Status("Draining in-flight calls; new calls get Unavailable"))
 	s.obs.health.Shutdown()
-	klog.InfoS("Shutting down: draining in-flight calls", "timeout", time.Duration(s.cfg.ShutdownTimeout))
+	klog.InfoS("Shutting down: draining in-flight calls, answering new ones with Unavailable", "timeout", time.Duration(s.cfg.ShutdownTimeout))
+	stopDrain := serveDrain(h.startDrain(), s.obs.health)
 	drain, cancel := context.WithTimeout(context.Background(), time.Duration(s.cfg.ShutdownTimeout))
 	defer cancel()
 	if err := s.relay.Shutdown(drain); err != nil {
 		klog.InfoS("Shutdown timeout reached: ended the remaining calls")
 	}
 	<-errc
+	// The socket goes first, then the connections of the drain server.
+	h.Close()
+	stopDrain()
 	return nil
 }
 

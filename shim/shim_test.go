@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/cri-client/pkg/fake"
@@ -267,6 +269,8 @@ func rawCall(ctx context.Context, conn *grpc.ClientConn, method string, in []byt
 
 const slowMethod = "/runtime.v1.RuntimeService/ListContainers"
 
+// During the drain the socket stays: new connections get Unavailable, calls
+// in flight finish, and the socket goes once they have.
 func TestServeDrainsInFlightCalls(t *testing.T) {
 	entered := make(chan struct{}, 1)
 	release := make(chan struct{})
@@ -307,17 +311,75 @@ func TestServeDrainsInFlightCalls(t *testing.T) {
 		t.Fatal("the slow call did not reach the backend")
 	}
 	r.cancel()
-	// New connections are refused while the call is still in flight.
+	// A kubelet reconnecting while the call is still in flight finds the
+	// socket and is answered Unavailable (it retries), not "no such file"
+	// or "connection refused".
+	var (
+		mu       sync.Mutex
+		dialErrs []error
+	)
+	failedDials := func() []error {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]error(nil), dialErrs...)
+	}
+	fresh := func() *grpc.ClientConn {
+		conn, err := grpc.NewClient("unix://"+r.sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawgrpc.Codec{})),
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+				c, err := (&net.Dialer{}).DialContext(ctx, "unix", r.sock)
+				if err != nil {
+					mu.Lock()
+					dialErrs = append(dialErrs, err)
+					mu.Unlock()
+				}
+				return c, err
+			}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	turnedAway := func(err error) bool {
+		return status.Code(err) == codes.Unavailable && status.Convert(err).Message() == shim.DrainMessage
+	}
 	deadline := time.Now().Add(5 * time.Second)
-	for canConnect(r.sock) {
+	for {
+		callCtx, callCancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := rawCall(callCtx, fresh(), "/runtime.v1.RuntimeService/Version", nil)
+		callCancel()
+		if turnedAway(err) {
+			break
+		}
+		if err != nil || len(failedDials()) > 0 {
+			t.Fatalf("a new client while draining: %v (dial errors %v), want Unavailable %q", err, failedDials(), shim.DrainMessage)
+		}
 		if time.Now().After(deadline) {
-			t.Fatal("armorshim still accepts connections while draining")
+			t.Fatal("new calls are still served 5s after the drain began")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	refusedAt := time.Now()
-	if _, err := rawCall(ctx, dial(t, r.sock), "/runtime.v1.RuntimeService/Version", nil); status.Code(err) != codes.Unavailable {
-		t.Errorf("a new client while draining: %v, want Unavailable", err)
+	if fi, err := os.Lstat(r.sock); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Errorf("the socket is gone while draining: %v", err)
+	}
+	// The kubelet's own connection was told to go away: its next call
+	// reconnects and is turned away too, while its in-flight call goes on.
+	if _, err := rawCall(ctx, conn, "/runtime.v1.RuntimeService/Version", nil); !turnedAway(err) {
+		t.Errorf("a new call on the draining connection: %v, want Unavailable %q", err, shim.DrainMessage)
+	}
+	hc, err := healthpb.NewHealthClient(dialTyped(t, r.sock)).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || hc.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("health while draining: %v %v, want NOT_SERVING", hc, err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := rawCall(ctx, fresh(), "/runtime.v1.RuntimeService/Version", nil); !turnedAway(err) {
+			t.Errorf("new client %d while draining: %v, want Unavailable %q", i, err, shim.DrainMessage)
+		}
+	}
+	if errs := failedDials(); len(errs) > 0 {
+		t.Errorf("connecting while draining failed: %v", errs)
 	}
 	select {
 	case res := <-resc:
@@ -332,7 +394,7 @@ func TestServeDrainsInFlightCalls(t *testing.T) {
 		t.Fatalf("in-flight call during drain: %q, %v", res.out, res.err)
 	}
 	if !res.at.After(refusedAt) {
-		t.Error("the call ended before the listener closed")
+		t.Error("the call ended before new calls were turned away")
 	}
 	select {
 	case err := <-r.done:
