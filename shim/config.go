@@ -49,6 +49,9 @@ type Config struct {
 	// MetricsAddress serves Prometheus metrics on a loopback host:port, e.g.
 	// 127.0.0.1:9753; empty turns them off.
 	MetricsAddress string `json:"metricsAddress,omitempty"`
+	// BackendProbe asks each backend, every few seconds, whether it answers;
+	// the health service and armorshim_backend_answering follow it.
+	BackendProbe BackendProbeConfig `json:"backendProbe,omitempty"`
 
 	Policy PolicyConfig `json:"policy,omitempty"`
 
@@ -86,6 +89,17 @@ func (a *AttestationConfig) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("attestation.mode: %v is not enforce, report or off", m)
 	}
 	return nil
+}
+
+// BackendProbeConfig is the active check that a backend answers: a CRI
+// Version call, which any runtime answers at once. A connected backend that
+// does not answer (a frozen or wedged containerd) counts as down.
+type BackendProbeConfig struct {
+	// Interval is how often each backend is asked.
+	Interval Duration `json:"interval,omitempty"`
+	// Timeout is how long an answer may take; without one by then the
+	// backend counts as down until it answers again.
+	Timeout Duration `json:"timeout,omitempty"`
 }
 
 // DenialsConfig is the attribution of AppArmor denials to pods.
@@ -152,6 +166,10 @@ func DefaultConfig() *Config {
 		Procfs:          "/proc",
 		MaxMessageSize:  DefaultMaxMessageSize,
 		ShutdownTimeout: Duration(30 * time.Second),
+		BackendProbe: BackendProbeConfig{
+			Interval: Duration(3 * time.Second),
+			Timeout:  Duration(2 * time.Second),
+		},
 		Profiles: ProfilesConfig{
 			Directory:    "/etc/armorshim/profiles.d",
 			Parser:       "apparmor_parser",
@@ -232,6 +250,12 @@ func (c *Config) Validate() (*apparmor.Policy, error) {
 	case "enforce", "report", "off":
 	default:
 		return nil, fmt.Errorf("attestation.mode: %q is not enforce, report or off", c.Attestation.Mode)
+	}
+	if c.BackendProbe.Interval < Duration(100*time.Millisecond) {
+		return nil, fmt.Errorf("backendProbe.interval: must be at least 100ms")
+	}
+	if c.BackendProbe.Timeout < Duration(10*time.Millisecond) {
+		return nil, fmt.Errorf("backendProbe.timeout: must be at least 10ms")
 	}
 	if c.ShutdownTimeout < 0 {
 		return nil, fmt.Errorf("shutdownTimeout: must not be negative")

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -183,4 +184,132 @@ func dialTyped(t *testing.T, sock string) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// metricLine reports whether the scraped metrics hold the line want.
+func metricLine(body, want string) bool { return strings.Contains(body, want+"\n") }
+
+// A backend that is connected but does not answer (a frozen containerd) is
+// not SERVING, within the probe's interval and timeout, and is again once it
+// answers; armorshim_backend_answering follows while
+// armorshim_backend_connected still says the connection is up.
+func TestHealthFollowsWhetherBackendAnswers(t *testing.T) {
+	var (
+		mu   sync.Mutex
+		thaw chan struct{} // not nil while frozen
+	)
+	backend := rawBackend(t, func(ctx context.Context, method string, in []byte) ([]byte, error) {
+		mu.Lock()
+		gate := thaw
+		mu.Unlock()
+		if gate != nil {
+			select {
+			case <-gate:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return nil, nil
+	})
+	cfg := testConfig(t, backend)
+	cfg.MetricsAddress = freeLoopbackAddr(t)
+	const interval, timeout = 100 * time.Millisecond, 200 * time.Millisecond
+	cfg.BackendProbe = shim.BackendProbeConfig{Interval: shim.Duration(interval), Timeout: shim.Duration(timeout)}
+	r := serve(t, cfg, nil)
+	health := healthpb.NewHealthClient(dialTyped(t, r.sock))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	runtimeStatus := func() healthpb.HealthCheckResponse_ServingStatus {
+		resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: shim.RuntimeHealthService})
+		if err != nil {
+			t.Fatalf("health check: %v", err)
+		}
+		return resp.Status
+	}
+	// bound is how long a change may take to show: a probe interval and a
+	// timeout, with room for a loaded machine.
+	const bound = interval + timeout + 2*time.Second
+	within := func(what string, cond func() bool) {
+		t.Helper()
+		start := time.Now()
+		waitFor(t, what, cond)
+		if took := time.Since(start); took > bound {
+			t.Errorf("%s took %v, want at most %v", what, took, bound)
+		}
+	}
+	within("runtime health SERVING", func() bool { return runtimeStatus() == healthpb.HealthCheckResponse_SERVING })
+
+	for round := 0; round < 2; round++ {
+		mu.Lock()
+		thaw = make(chan struct{})
+		gate := thaw
+		mu.Unlock()
+		within("runtime health NOT_SERVING while the backend does not answer", func() bool {
+			return runtimeStatus() == healthpb.HealthCheckResponse_NOT_SERVING
+		})
+		body := scrape(t, cfg.MetricsAddress)
+		if !metricLine(body, `armorshim_backend_answering{backend="runtime"} 0`) || !metricLine(body, `armorshim_backend_connected{backend="runtime"} 1`) {
+			t.Errorf("frozen backend: want answering 0 and connected 1, got:\n%s", grepLines(body, "armorshim_backend_"))
+		}
+		// armorshim itself still serves.
+		if resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("armorshim health = %v %v", resp, err)
+		}
+
+		mu.Lock()
+		thaw = nil
+		mu.Unlock()
+		close(gate)
+		within("runtime health SERVING once the backend answers again", func() bool {
+			return runtimeStatus() == healthpb.HealthCheckResponse_SERVING
+		})
+		if body := scrape(t, cfg.MetricsAddress); !metricLine(body, `armorshim_backend_answering{backend="runtime"} 1`) {
+			t.Errorf("recovered backend: want answering 1, got:\n%s", grepLines(body, "armorshim_backend_"))
+		}
+	}
+}
+
+// A backend that restarts (a new process on the same socket) is SERVING
+// again without any CRI call going through armorshim.
+func TestHealthRecoversAfterBackendRestart(t *testing.T) {
+	sock := filepath.Join(sockDir(t), "containerd.sock")
+	start := func() *grpc.Server {
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := grpc.NewServer()
+		runtimeapi.RegisterRuntimeServiceServer(srv, fake.NewFakeRemoteRuntime())
+		go srv.Serve(l)
+		return srv
+	}
+	backend := start()
+	cfg := testConfig(t, sock)
+	cfg.BackendProbe = shim.BackendProbeConfig{Interval: shim.Duration(100 * time.Millisecond), Timeout: shim.Duration(200 * time.Millisecond)}
+	r := serve(t, cfg, nil)
+	health := healthpb.NewHealthClient(dialTyped(t, r.sock))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	is := func(want healthpb.HealthCheckResponse_ServingStatus) func() bool {
+		return func() bool {
+			resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: shim.RuntimeHealthService})
+			return err == nil && resp.Status == want
+		}
+	}
+	waitFor(t, "runtime health SERVING", is(healthpb.HealthCheckResponse_SERVING))
+	backend.Stop()
+	waitFor(t, "runtime health NOT_SERVING once the backend is gone", is(healthpb.HealthCheckResponse_NOT_SERVING))
+	backend = start()
+	t.Cleanup(backend.Stop)
+	waitFor(t, "runtime health SERVING after the backend restarted", is(healthpb.HealthCheckResponse_SERVING))
+}
+
+func grepLines(body, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

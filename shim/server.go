@@ -166,9 +166,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	defer h.Close()
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	go s.obs.watch(watchCtx, "runtime", s.runtime, RuntimeHealthService)
+	go s.obs.follow(watchCtx, "runtime", s.runtime, RuntimeHealthService, s.cfg.BackendProbe)
 	if s.image != s.runtime {
-		go s.obs.watch(watchCtx, "image", s.image, "")
+		go s.obs.follow(watchCtx, "image", s.image, "", s.cfg.BackendProbe)
 	}
 	if s.loader != nil {
 		go s.loader.Run(watchCtx, time.Duration(s.cfg.Profiles.SyncInterval))
@@ -257,6 +257,7 @@ func (c *Config) restartFields(n *Config) []string {
 		"maxMessageSize":  c.MaxMessageSize != n.MaxMessageSize,
 		"shutdownTimeout": c.ShutdownTimeout != n.ShutdownTimeout,
 		"metricsAddress":  c.MetricsAddress != n.MetricsAddress,
+		"backendProbe":    c.BackendProbe != n.BackendProbe,
 		"profiles":        c.Profiles != n.Profiles,
 		"nodeFeatures":    c.NodeFeatures != n.NodeFeatures,
 		"attestation":     c.Attestation != n.Attestation,

@@ -556,6 +556,13 @@ policy:
 `, wantErr: []string{"k8s-apparmor-example-allow-write", "allowedProfiles"}},
 		{name: "bad duration", body: header + "shutdownTimeout: 30\n", wantErr: []string{"shutdownTimeout", "30s"}},
 		{name: "bad nested duration", body: header + "profiles:\n  syncInterval: 2x\n", wantErr: []string{"profiles.syncInterval", `"2x"`}},
+		{name: "probe interval too short", body: header + "backendProbe:\n  interval: 10ms\n", wantErr: []string{"backendProbe.interval", "100ms"}},
+		{name: "probe without timeout", body: header + "backendProbe:\n  timeout: 0s\n", wantErr: []string{"backendProbe.timeout"}},
+		{name: "probe", body: header + "backendProbe:\n  interval: 10s\n  timeout: 4s\n", check: func(t *testing.T, cfg *shim.Config, _ *apparmor.Policy) {
+			if cfg.BackendProbe != (shim.BackendProbeConfig{Interval: shim.Duration(10 * time.Second), Timeout: shim.Duration(4 * time.Second)}) {
+				t.Errorf("backendProbe %+v", cfg.BackendProbe)
+			}
+		}},
 		{name: "small maxMessageSize", body: header + "maxMessageSize: 1024\n", wantErr: []string{"maxMessageSize"}},
 		{name: "not yaml", body: header + "policy: [\n", wantErr: []string{}},
 	} {
