@@ -100,8 +100,17 @@ func TestSocketUnitMatchesDefaultListen(t *testing.T) {
 
 func TestKubeletDropIns(t *testing.T) {
 	u := unit(t, "kubelet.service.d/90-armorshim.conf")
-	if !has(u["Unit.After"], "armorshim.service") || !has(u["Unit.Requires"], "armorshim.service") {
-		t.Errorf("kubelet drop-in must order the kubelet after armorshim and require it: %v", u)
+	if !has(u["Unit.After"], "armorshim.service") || !has(u["Unit.Wants"], "armorshim.service") {
+		t.Errorf("kubelet drop-in must order the kubelet after armorshim and want it: %v", u)
+	}
+	// A restart of armorshim must not stop or restart the kubelet.
+	for _, key := range []string{"Unit.Requires", "Unit.BindsTo", "Unit.PartOf", "Unit.Requisite"} {
+		if has(u[key], "armorshim.service") {
+			t.Errorf("kubelet drop-in: %s=armorshim.service stops the kubelet with armorshim", key)
+		}
+	}
+	if s := unit(t, "armorshim.service"); len(s["Install.RequiredBy"]) > 0 || !has(s["Install.WantedBy"], "kubelet.service") {
+		t.Errorf("armorshim.service must be wanted by the kubelet, not required: %v", s)
 	}
 	data, err := os.ReadFile("kubelet.conf.d/90-armorshim.conf")
 	if err != nil {
