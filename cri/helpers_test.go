@@ -159,6 +159,9 @@ func (b *backend) onStream(method string, h streamHook) {
 
 func (b *backend) record(ctx context.Context, method string) {
 	md, _ := metadata.FromIncomingContext(ctx)
+	if len(md.Get(shim.ProbeMetadataKey)) > 0 {
+		return // armorshim's backend probe, not a relayed call
+	}
 	dl, ok := ctx.Deadline()
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -169,6 +172,9 @@ func (b *backend) record(ctx context.Context, method string) {
 // before the server routes it: what the backend saw, whether or not it
 // would call a method for it.
 func (b *backend) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if len(info.Header.Get(shim.ProbeMetadataKey)) > 0 {
+		return ctx, nil // armorshim's backend probe
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.paths = append(b.paths, info.FullMethodName)

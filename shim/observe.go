@@ -22,7 +22,12 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/armorshim/armorshim/host"
+	"google.golang.org/grpc/metadata"
 )
+
+// ProbeMetadataKey marks armorshim's backend probes (CRI Version calls), so
+// that they can be told from the kubelet's calls.
+const ProbeMetadataKey = "armorshim-probe"
 
 // RuntimeHealthService is the health service name that follows whether the
 // runtime backend answers; "" follows armorshim itself.
@@ -100,7 +105,7 @@ func (o *observer) follow(ctx context.Context, backend string, conn *grpc.Client
 		case <-next.C:
 		case <-kick:
 		}
-		pctx, cancel := context.WithTimeout(ctx, b.timeout)
+		pctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, ProbeMetadataKey, "1"), b.timeout)
 		_, err := client.Version(pctx, &runtimeapi.VersionRequest{})
 		cancel()
 		if ctx.Err() != nil {
