@@ -15,8 +15,9 @@ import (
 )
 
 // Pod is what the node knows of a pod, in the shape the upstream checks read.
-// Annotations are left out on purpose: the CRI fields say what the runtime
-// will apply (the kubelet already turned annotations into fields).
+// Of the annotations only a container's AppArmor beta annotation is kept,
+// where it names the profile the container gets, so that it is worded as
+// the API server words it; the CRI fields say what the runtime applies.
 type Pod struct {
 	Meta metav1.ObjectMeta
 	Spec corev1.PodSpec
@@ -85,6 +86,7 @@ func ContainerPod(req *runtimeapi.CreateContainerRequest, profile apparmor.Profi
 	p := &Pod{}
 	podLevel(p, req.GetSandboxConfig(), cc, c)
 	ctr := container(cc, profile, image, p.Spec.SecurityContext, c)
+	betaAnnotation(p, &ctr, req.GetSandboxConfig(), profile)
 	p.Container = ctr.Name
 	p.Spec.Containers = []corev1.Container{ctr}
 	p.Spec.Volumes = volumes(cc.GetMounts(), c.KubeletRootDir, string(p.Meta.UID))
@@ -112,6 +114,7 @@ func NodePod(sandbox *runtimeapi.PodSandboxConfig, runtimeHandler string, contai
 			profile = apparmor.Profile{}
 		}
 		ctr := container(nc.Config, profile, nc.Image, p.Spec.SecurityContext, c)
+		betaAnnotation(p, &ctr, sandbox, profile)
 		for _, port := range ctr.Ports {
 			hostPorts = hostPorts || port.HostPort != 0
 		}
@@ -239,6 +242,23 @@ func container(cc *runtimeapi.ContainerConfig, profile apparmor.Profile, image *
 	sc.AppArmorProfile = appArmorProfile(profile)
 	ctr.SecurityContext = sc
 	return ctr
+}
+
+// betaAnnotation judges a container whose profile the pod asked for with
+// the beta annotation as the API server does, by that annotation: the
+// kubelet turns it into the CRI field, which alone would be worded as the
+// container's field.
+func betaAnnotation(p *Pod, ctr *corev1.Container, sandbox *runtimeapi.PodSandboxConfig, profile apparmor.Profile) {
+	key := apparmor.AnnotationPrefix + ctr.Name
+	v, ok := sandbox.GetAnnotations()[key]
+	if !ok || v != profile.String() || ctr.SecurityContext == nil {
+		return
+	}
+	if p.Meta.Annotations == nil {
+		p.Meta.Annotations = map[string]string{}
+	}
+	p.Meta.Annotations[key] = v
+	ctr.SecurityContext.AppArmorProfile = nil
 }
 
 func appArmorProfile(p apparmor.Profile) *corev1.AppArmorProfile {

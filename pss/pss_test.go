@@ -132,6 +132,11 @@ func TestControls(t *testing.T) {
 		}, want: `hostPort (container "nginx" uses hostPort 8080)`},
 		{name: "AppArmor unconfined", level: "baseline", profile: apparmor.Profile{Type: apparmor.Unconfined}, mutate: func(*runtimeapi.CreateContainerRequest) {},
 			want: `forbidden AppArmor profile (container "nginx" must not set AppArmor profile type to "Unconfined")`},
+		// The kubelet turns the beta annotation into the CRI field; the API
+		// server words the annotation.
+		{name: "AppArmor unconfined by the beta annotation", level: "baseline", profile: apparmor.Profile{Type: apparmor.Unconfined}, mutate: func(r *runtimeapi.CreateContainerRequest) {
+			r.SandboxConfig.Annotations = map[string]string{"container.apparmor.security.beta.kubernetes.io/nginx": "unconfined"}
+		}, want: `forbidden AppArmor profile (annotation must not set AppArmor profile type to "container.apparmor.security.beta.kubernetes.io/nginx="unconfined"")`},
 		{name: "AppArmor localhost allowed", level: "restricted", profile: apparmor.Profile{Type: apparmor.Localhost, Name: "k8s-apparmor-example-deny-write"}, mutate: restrictedOK},
 		{name: "SELinux type", level: "baseline", mutate: func(r *runtimeapi.CreateContainerRequest) {
 			csc(r).SelinuxOptions = &runtimeapi.SELinuxOption{Type: "spc_t"}
