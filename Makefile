@@ -7,7 +7,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 FUZZTIME ?= 10s
 FUZZ_PKGS := ./apparmor ./host ./cri/h2relay
 
-.PHONY: all build demo test unit fuzz integration bench install install-socket-activation clean FORCE
+.PHONY: all build demo test unit fuzz integration record-kubelet bench install install-socket-activation clean FORCE
 
 all: build
 
@@ -60,6 +60,11 @@ bench:
 # critest (integration/README.md). Needs root; caches its builds.
 integration:
 	$(GO) test -tags integration -v -count=1 -timeout 80m ./integration/
+
+# Regenerates cri/testdata/kubelet, the CRI requests a real kubelet sends
+# for the Pod Security Admission fixtures, from the VM suite's kubelet boot.
+record-kubelet:
+	ARMORSHIM_RECORD=1 ARMORSHIM_IT_BOOTS=kubelet $(GO) test -tags integration -v -count=1 -timeout 60m -run '^TestIntegration$$' ./integration/
 
 install: build
 	install -D -m 0755 bin/armorshim $(DESTDIR)$(PREFIX)/bin/armorshim

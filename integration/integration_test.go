@@ -28,13 +28,17 @@ var (
 		"n4-disabled",
 		"n6-hostnetwork-refused", "n6-privileged-refused", "n6-exempt-namespace", "n6-nginx-warned"}
 	noaaSteps = []string{"setup-containerd", "setup-armorshim", "s5-refused", "s5-no-profile"}
+	// the kubelet boot (guest/kubelet.sh); its Pod Security Admission
+	// fixtures are judged by psa_test.go
+	kubeletSteps = []string{"setup-containerd", "k-setup", "k-apparmor-annotation", "k-apparmor-field",
+		"k-apparmor-blocked", "k-apparmor-loaded-then-running", "k-nginx-warn", "k-nginx-enforce", "k-exempt-namespace", "k-psa"}
 	// critest runs of the main boot; each leaves a JUnit report in the artefacts.
 	critestRuns = []string{"apparmor-shim", "full-direct", "full-shim"}
 )
 
 // Hard limits per boot (TCG is slow; the full critest suite runs twice in
 // the main boot). A boot that ends without ARMORSHIM-DONE is retried once.
-var bootTimeout = map[string]time.Duration{"main": 60 * time.Minute, "noaa": 10 * time.Minute}
+var bootTimeout = map[string]time.Duration{"main": 60 * time.Minute, "noaa": 10 * time.Minute, "kubelet": 40 * time.Minute}
 
 // Time kept back from a boot for what runs after it (the report), and the
 // least a retry needs to be worth starting.
@@ -76,6 +80,7 @@ type boot struct {
 	critest   map[string]critestLine
 	phases    []phase
 	artefacts string // directory with the files the guest wrote onto its out disk
+	psa       []psaLine
 }
 
 func TestIntegration(t *testing.T) {
@@ -93,29 +98,60 @@ func TestIntegration(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	fixtures := writePSAPods(t, filepath.Join(work, "payload-extra"))
 	prep, prepPhases := prepare(t, dir, work)
 	prepWall := time.Since(t0)
 
-	// the short apparmor=0 boot first, so a long main boot cannot starve it
-	noaaBoot := runBoot(t, prep, work, "noaa", []string{"apparmor=0"})
-	base := newBaseline(dir, cache, prep)
-	var mainArgs []string
-	if base.cached() {
-		mainArgs = append(mainArgs, "armorshim.direct=0")
+	// ARMORSHIM_IT_BOOTS picks boots for development; the test then fails
+	// for the steps of the boots left out.
+	boots := map[string]bool{"noaa": true, "kubelet": true, "main": true}
+	if only := os.Getenv("ARMORSHIM_IT_BOOTS"); only != "" {
+		boots = map[string]bool{}
+		for _, m := range strings.Split(only, ",") {
+			boots[strings.TrimSpace(m)] = true
+		}
 	}
-	mainBoot := runBoot(t, prep, work, "main", mainArgs)
-	base.apply(t, mainBoot)
+	skipped := func(mode string) *boot {
+		return &boot{mode: mode, results: map[string]result{}, critest: map[string]critestLine{}}
+	}
+	// the short boots first, so a long main boot cannot starve them
+	noaaBoot, kubeletBoot, mainBoot := skipped("noaa"), skipped("kubelet"), skipped("main")
+	if boots["noaa"] {
+		noaaBoot = runBoot(t, prep, work, "noaa", []string{"apparmor=0"})
+	}
+	if boots["kubelet"] {
+		kubeletBoot = runBoot(t, prep, work, "kubelet", nil)
+		recordKubelet(t, dir, kubeletBoot)
+	}
+	base := newBaseline(dir, cache, prep)
+	if boots["main"] {
+		var mainArgs []string
+		if base.cached() {
+			mainArgs = append(mainArgs, "armorshim.direct=0")
+		}
+		mainBoot = runBoot(t, prep, work, "main", mainArgs)
+		base.apply(t, mainBoot)
+	}
 
 	rep := &report{prep: prep, prepPhases: prepPhases, prepWall: prepWall,
-		boots: []*boot{mainBoot, noaaBoot}}
-	rep.evaluate(mainBoot, mainSteps)
-	rep.evaluate(noaaBoot, noaaSteps)
-	rep.compareCritest(mainBoot)
+		boots: []*boot{mainBoot, kubeletBoot, noaaBoot}}
+	if os.Getenv("ARMORSHIM_RECORD") == "1" {
+		// make record-kubelet: only the kubelet boot is judged
+		rep.boots = []*boot{kubeletBoot}
+	} else {
+		rep.evaluate(mainBoot, mainSteps)
+		rep.evaluate(noaaBoot, noaaSteps)
+		rep.compareCritest(mainBoot)
+	}
+	rep.evaluate(kubeletBoot, kubeletSteps)
+	rep.comparePSA(kubeletBoot, fixtures)
 	rep.total = time.Since(t0)
 
 	md := rep.markdown()
-	if err := os.WriteFile(filepath.Join(dir, "results", "latest.md"), []byte(md), 0o644); err != nil {
-		t.Errorf("write results: %v", err)
+	if os.Getenv("ARMORSHIM_IT_BOOTS") == "" {
+		if err := os.WriteFile(filepath.Join(dir, "results", "latest.md"), []byte(md), 0o644); err != nil {
+			t.Errorf("write results: %v", err)
+		}
 	}
 	fmt.Println(md)
 	for _, f := range rep.failures {
@@ -146,7 +182,7 @@ func prepare(t *testing.T, dir, work string) (map[string]string, []phase) {
 			phases = append(phases, p)
 		}
 	}
-	for _, k := range []string{"kernel", "rootfs", "initrd", "out_main", "out_noaa"} {
+	for _, k := range []string{"kernel", "rootfs", "initrd", "out_main", "out_noaa", "out_kubelet"} {
 		if prep[k] == "" {
 			t.Fatalf("prepare.sh did not report %q", k)
 		}
@@ -269,6 +305,11 @@ func (b *boot) parseLine(t *testing.T, line string) {
 		var p phase
 		if err = json.Unmarshal([]byte(js), &p); err == nil {
 			b.phases = append(b.phases, p)
+		}
+	case "ARMORSHIM-PSA":
+		var p psaLine
+		if err = json.Unmarshal([]byte(js), &p); err == nil {
+			b.psa = append(b.psa, p)
 		}
 	case "ARMORSHIM-DONE":
 		b.done = true

@@ -34,6 +34,8 @@ CACHE=${ARMORSHIM_CACHE:-/var/cache/armorshim-integration}
 CONTAINERD_VERSION=v2.4.2
 RUNC_VERSION=v1.3.6
 CRITOOLS_VERSION=v1.37.0
+# The kubelet driven through armorshim (built from k8s.io/kubernetes).
+KUBERNETES_VERSION=v1.37.2
 SUITE=bookworm
 # Name containerd v2.4.2 uses for the sandbox (pause) image (sandbox_image /
 # pinned_images.sandbox default); the pause image is imported under it.
@@ -144,6 +146,33 @@ fi
 phase_end
 # <<< ginkgo
 
+# >>> kubelet
+# k8s.io/kubernetes points its staging modules (k8s.io/api, ...) at
+# ./staging; a throwaway module replaces each with its published tag.
+phase_start kubelet
+KUBELET=$CACHE/kubelet-$KUBERNETES_VERSION-$GOVERSION-$(stage_hash kubelet)
+if [ ! -f "$KUBELET/.done" ]; then
+	PHASE_CACHED=false
+	rm -rf "$KUBELET" "$KUBELET.tmp"; mkdir -p "$KUBELET.tmp"
+	log "building the kubelet $KUBERNETES_VERSION (a throwaway module; several minutes)"
+	KMOD=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*$/\1/p')
+	[ -f "$KMOD" ] || die "cannot download k8s.io/kubernetes $KUBERNETES_VERSION"
+	tm=$(mktemp -d)
+	{
+		printf 'module armorshim.invalid/kubeletbuild\n\ngo 1.26\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$KUBERNETES_VERSION"
+		sed -n "s#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\t\1 => \1 v0${KUBERNETES_VERSION#v1}#p" "$KMOD"
+		echo ')'
+	} >"$tm/go.mod"
+	(cd "$tm" && GOFLAGS=-mod=mod go get "k8s.io/kubernetes/cmd/kubelet@$KUBERNETES_VERSION" >&2 &&
+		CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$KUBELET.tmp/kubelet" \
+			-ldflags "-X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean" \
+			k8s.io/kubernetes/cmd/kubelet >&2)
+	rm -rf "$tm"
+	[ -x "$KUBELET.tmp/kubelet" ] || die "the kubelet was not built"
+	touch "$KUBELET.tmp/.done"; mv "$KUBELET.tmp" "$KUBELET"
+fi
+phase_end
+# <<< kubelet
 
 # >>> kernel
 phase_start kernel
@@ -317,7 +346,7 @@ phase_end
 # The guest's root disk: the debootstrap base + kernel modules + binaries +
 # images, as an ext4 image (qemu attaches it with snapshot=on).
 phase_start rootfs
-ROOTFS=$CACHE/rootfs-$SUITE-$KVER-containerd-$CONTAINERD_VERSION-$(stage_hash rootfs "${BASE##*/}" "${KERNEL##*/}" "${BINS##*/}" "${IMAGES##*/}" "${GINKGO##*/}")
+ROOTFS=$CACHE/rootfs-$SUITE-$KVER-containerd-$CONTAINERD_VERSION-$(stage_hash rootfs "${BASE##*/}" "${KERNEL##*/}" "${BINS##*/}" "${IMAGES##*/}" "${GINKGO##*/}" "${KUBELET##*/}")
 if [ ! -f "$ROOTFS/.done" ]; then
 	PHASE_CACHED=false
 	rm -rf "$ROOTFS" "$ROOTFS.tmp"; mkdir -p "$ROOTFS.tmp"
@@ -327,6 +356,7 @@ if [ ! -f "$ROOTFS/.done" ]; then
 	cp -a "$KERNEL/root/usr/lib/modules/$KVER" "$t/usr/lib/modules/"
 	for b in containerd ctr containerd-shim-runc-v2 runc crictl critest; do install -m 0755 "$BINS/$b" "$t/usr/local/bin/$b"; done
 	install -m 0755 "$GINKGO/ginkgo" "$t/usr/local/bin/ginkgo"
+	install -m 0755 "$KUBELET/kubelet" "$t/usr/local/bin/kubelet"
 	mkdir -p "$t/opt/armorshim-it"
 	cp "$IMAGES/images.tar" "$t/opt/armorshim-it/images.tar"
 	# debootstrap minbase has no /etc/hosts (RunPodSandbox needs it)
@@ -347,7 +377,7 @@ phase_end
 # guest hands back (a tar archive written straight onto the device).
 phase_start payload
 PHASE_CACHED=false
-rm -rf "$OUT/initrd" "$OUT/initrd.cpio" "$OUT/out-main.img" "$OUT/out-noaa.img"
+rm -rf "$OUT/initrd" "$OUT/initrd.cpio" "$OUT/out-main.img" "$OUT/out-noaa.img" "$OUT/out-kubelet.img"
 i=$OUT/initrd
 mkdir -p "$i/bin" "$i/proc" "$i/sys" "$i/dev" "$i/newroot" "$i/modules" "$i/payload"
 cp "$BUSYBOX/busybox" "$i/bin/busybox"
@@ -361,9 +391,14 @@ else
 	log "armorshim does not build from this checkout: the guest reports every step through it as not run"
 	emit armorshim missing
 fi
+# the kubelet tier's CRI recorder, and what the Go test generated for the
+# guest (the Pod Security Admission fixtures as static pods)
+(cd "$REPO" && CGO_ENABLED=0 go build -trimpath -o "$i/payload/crirecord" ./integration/crirecord) >&2 ||
+	log "crirecord does not build: the kubelet tier cannot start"
+[ -d "$OUT/payload-extra" ] && cp -r "$OUT/payload-extra/." "$i/payload/"
 (cd "$i" && find . | cpio -o -H newc --quiet) >"$OUT/initrd.cpio"
 rm -rf "$i"
-truncate -s 256M "$OUT/out-main.img" "$OUT/out-noaa.img"
+truncate -s 256M "$OUT/out-main.img" "$OUT/out-noaa.img" "$OUT/out-kubelet.img"
 phase_end
 
 emit kernel "$KERNEL/vmlinuz"
@@ -373,8 +408,10 @@ emit rootfs "$ROOTFS/rootfs.ext4"
 emit initrd "$OUT/initrd.cpio"
 emit out_main "$OUT/out-main.img"
 emit out_noaa "$OUT/out-noaa.img"
+emit out_kubelet "$OUT/out-kubelet.img"
 emit containerd "$CONTAINERD_VERSION"
 emit runc "$RUNC_VERSION"
 emit critools "$CRITOOLS_VERSION"
 emit ginkgo "$GINKGO_VERSION"
+emit kubelet "$KUBERNETES_VERSION"
 emit mirror "$MIRROR"

@@ -45,6 +45,16 @@ var stepTitle = map[string]string{
 	"n7-swap-detected":        "attestation: a profile swapped under a created container stops it at start",
 	"n7-attested-from-config": "attestation: a container created around armorshim is attested from containerd's copy of its config",
 	"n7-denial-attributed":    "denials: touch /tmp/test gives exactly one denial attributed to the pod",
+
+	"k-setup":                        "kubelet: a real kubelet (standalone, static pods) serving through armorshim",
+	"k-apparmor-annotation":          "kubelet: the AppArmor tutorial's hello-apparmor (beta annotation) runs confined, write denied",
+	"k-apparmor-field":               "kubelet: the same through securityContext.appArmorProfile",
+	"k-apparmor-blocked":             "kubelet: hello-apparmor-2 (profile not loaded) is CreateContainerError with the Blocked message",
+	"k-apparmor-loaded-then-running": "kubelet: the profile dropped into the profile directory, the kubelet's retry runs it",
+	"k-nginx-warn":                   "kubelet: the namespace-level tutorial's nginx pod admitted with its four restricted warnings",
+	"k-nginx-enforce":                "kubelet: the same pod refused under enforce=restricted with the same four violations",
+	"k-exempt-namespace":             "kubelet: the cluster-level tutorial's defaults refuse a host-network pod; in the exempt kube-system it runs",
+	"k-psa":                          "kubelet: every Pod Security Admission fixture run (parity table below)",
 }
 
 type report struct {
@@ -57,6 +67,7 @@ type report struct {
 	failures   []string
 	critest    map[string]junitCounts
 	diffs      []string
+	psa        []psaRow
 }
 
 type row struct {
@@ -290,6 +301,7 @@ func (r *report) markdown() string {
 		}
 		w("\n</details>\n")
 	}
+	r.psaMarkdown(w)
 	w("\n## Wall time per phase\n\n| phase | seconds | note |\n|---|---|---|\n")
 	for _, p := range r.prepPhases {
 		note := "built"

@@ -6,8 +6,9 @@
 # per step on the serial console and writes its artefacts (logs, critest JUnit
 # reports) as a tar archive onto the second disk. Then powers off.
 #
-# Kernel command line: armorshim.mode=main (AppArmor on: scenarios 1-4, 6-8)
-# or armorshim.mode=noaa (booted with apparmor=0: scenario 5).
+# Kernel command line: armorshim.mode=main (AppArmor on: scenarios 1-4, 6-8),
+# armorshim.mode=noaa (booted with apparmor=0: scenario 5) or
+# armorshim.mode=kubelet (a real kubelet in front of armorshim: kubelet.sh).
 #
 # Console lines (the host parses these; anything else is informational):
 #   ARMORSHIM-BEGIN   {"mode":..}
@@ -462,6 +463,10 @@ noaa)
 		result s5-refused false "not run: armorshim is not serving"
 		result s5-no-profile false "not run: armorshim is not serving"
 	fi
+	;;
+kubelet)
+	. "$RUN/kubelet.sh"
+	scenarios_kubelet
 	;;
 *)
 	result mode false "unknown armorshim.mode=$MODE"
