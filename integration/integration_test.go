@@ -38,7 +38,7 @@ var (
 
 // Hard limits per boot (TCG is slow; the full critest suite runs twice in
 // the main boot). A boot that ends without ARMORSHIM-DONE is retried once.
-var bootTimeout = map[string]time.Duration{"main": 60 * time.Minute, "noaa": 10 * time.Minute, "kubelet": 40 * time.Minute}
+var bootTimeout = map[string]time.Duration{"main": 60 * time.Minute, "noaa": 10 * time.Minute, "kubelet": 50 * time.Minute}
 
 // Time kept back from a boot for what runs after it (the report), and the
 // least a retry needs to be worth starting.
@@ -135,7 +135,7 @@ func TestIntegration(t *testing.T) {
 
 	rep := &report{prep: prep, prepPhases: prepPhases, prepWall: prepWall,
 		boots: []*boot{mainBoot, kubeletBoot, noaaBoot}}
-	if os.Getenv("ARMORSHIM_RECORD") == "1" {
+	if os.Getenv("ARMORSHIM_RECORD") == "1" && !boots["main"] {
 		// make record-kubelet: only the kubelet boot is judged
 		rep.boots = []*boot{kubeletBoot}
 	} else {
@@ -227,6 +227,9 @@ func bootOnce(t *testing.T, prep map[string]string, work, mode string, extraArgs
 	}
 	if n := os.Getenv("CRITEST_TIMEOUT"); n != "" {
 		appendArgs = append(appendArgs, "armorshim.critest_timeout="+n)
+	}
+	if os.Getenv("ARMORSHIM_RECORD") == "1" {
+		appendArgs = append(appendArgs, "armorshim.record=1")
 	}
 	if os.Getenv("ARMORSHIM_IT_FULL") == "0" {
 		appendArgs = append(appendArgs, "armorshim.full=0")

@@ -34,6 +34,9 @@ FULL=${FULL:-1}
 # the host holds its result from an earlier run of this very guest
 DIRECT=$(sed -n 's/.*armorshim\.direct=\([01]\).*/\1/p' /proc/cmdline)
 DIRECT=${DIRECT:-1}
+# armorshim.record=1: the kubelet boot records what the kubelet sends
+RECORD=$(sed -n 's/.*armorshim\.record=\([01]\).*/\1/p' /proc/cmdline)
+RECORD=${RECORD:-0}
 # ginkgo nodes for the full critest runs (armorshim.parallel=N)
 PARALLEL=$(sed -n 's/.*armorshim\.parallel=\([0-9]*\).*/\1/p' /proc/cmdline)
 PARALLEL=${PARALLEL:-4}

@@ -50,7 +50,9 @@ kubelet_round() {
 	if [ "$size" -gt "$KLOG_SEEN" ]; then
 		tail -c +$((KLOG_SEEN + 1)) $KLOG | head -c $((size - KLOG_SEEN)) |
 			jq -rc 'if .msg=="CreatePodSandbox for pod failed" then "S " + ((.pod.namespace // "") + "/" + (.pod.name // "")) + " " + (.err | tostring)
-				elif .msg=="Could not process manifest file" then "M " + (.path // "") + " " + (.err | tostring) else empty end' 2>/dev/null >>$SB_ERRORS
+				elif .msg=="Could not process manifest file" then "M " + (.path // "") + " " + (.err | tostring)
+				elif .pod.name != null and (.err // "" | tostring | test("volume|not registered"; "i")) then "V " + ((.pod.namespace // "") + "/" + .pod.name) + " " + (.err | tostring)
+				else empty end' 2>/dev/null >>$SB_ERRORS
 		KLOG_SEEN=$size
 	fi
 	# one line per pod: "ns/name JSON", the JSON an outcome or, for a pod
@@ -148,16 +150,21 @@ CFG
 		timeout 10 crictl --runtime-endpoint unix://$K_SOCK --timeout 5s version >/dev/null 2>&1 && break
 		sleep 0.2
 	done
-	"$RUN/crirecord" --listen $REC_SOCK --upstream $K_SOCK --dir $REC_DIR >/out/crirecord.log 2>&1 &
-	REC_PID=$!
-	for _ in $(seq 1 150); do [ -S $REC_SOCK ] && break; sleep 0.2; done
+	# the kubelet talks to armorshim; when recording, through crirecord
+	KUBELET_EP=unix://$K_SOCK
+	if [ "$RECORD" = 1 ]; then
+		"$RUN/crirecord" --listen $REC_SOCK --upstream $K_SOCK --dir $REC_DIR >/out/crirecord.log 2>&1 &
+		REC_PID=$!
+		for _ in $(seq 1 150); do [ -S $REC_SOCK ] && break; sleep 0.2; done
+		KUBELET_EP=unix://$REC_SOCK
+	fi
 	cat >/etc/kubernetes/kubelet.yaml <<CFG
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 staticPodPath: $MANIFESTS
 fileCheckFrequency: 1s
-containerRuntimeEndpoint: unix://$REC_SOCK
-imageServiceEndpoint: unix://$REC_SOCK
+containerRuntimeEndpoint: $KUBELET_EP
+imageServiceEndpoint: $KUBELET_EP
 cgroupDriver: cgroupfs
 failSwapOn: false
 failCgroupV1: false
@@ -189,7 +196,7 @@ CFG
 		sleep 1
 	done
 	if $ok; then
-		result k-setup true "kubelet $(kubelet --version 2>&1) serving; its runtime endpoint: crirecord -> armorshim ($K_SOCK) -> containerd" \
+		result k-setup true "kubelet $(kubelet --version 2>&1) serving; its runtime endpoint: $KUBELET_EP ($([ "$RECORD" = 1 ] && echo "crirecord -> ")armorshim -> containerd)" \
 			"$(jq -rc 'select(.msg | test("Container runtime initialized|Starting kubelet main sync loop")) | .msg' $KLOG | head -n 2 | oneline)"
 	else
 		result k-setup false "the kubelet did not serve" "$(tail -n 5 $KLOG | oneline)"
@@ -381,9 +388,10 @@ kubelet_exempt() {
 }
 
 # The Pod Security Admission fixtures, WINDOW pods at a time: each pod is
-# placed, watched until it settles (or for PSA_TIMEOUT seconds) and removed.
+# placed, watched until it settles (or for PSA_TIMEOUT seconds: under TCG a
+# pod of the window takes minutes) and removed.
 PSA_WINDOW=${PSA_WINDOW:-16}
-PSA_TIMEOUT=${PSA_TIMEOUT:-150}
+PSA_TIMEOUT=${PSA_TIMEOUT:-480}
 kubelet_psa() {
 	local queue=() f ns name ctrs fixture inflight=() now o n settled=0 t0 sb last s0
 	declare -A started meta exclusive
@@ -430,10 +438,16 @@ kubelet_psa() {
 			read -r ns name ctrs fixture <<<"${meta[$f]}"
 			o=$(pod_outcome "$ns" "$name" "$ctrs" "psa-$f")
 			s0=${started[$f]}
+			# a pod the kubelet cannot set up volumes for never reaches the
+			# CRI: settled once the kubelet said so and sent nothing for it
+			if [ -z "$o" ] && [ $((now - s0)) -ge 45 ] && grep -q -F "V $ns/$name-$NODE_NAME " $SB_ERRORS &&
+				[ -z "$(cd_ pods -q --label io.kubernetes.pod.namespace=$ns --label io.kubernetes.pod.name=$name-$NODE_NAME 2>/dev/null)" ]; then
+				s0=$((now - PSA_TIMEOUT))
+			fi
 			if [ -z "$o" ] && [ $((now - s0)) -ge $PSA_TIMEOUT ]; then
 				# never settled: did the kubelet send any CRI request for it?
 				sb=no
-				[ -e "$REC_DIR/${ns}_$name-${NODE_NAME}_sandbox.json" ] && sb=yes
+				[ -n "$(cd_ pods -q --label io.kubernetes.pod.namespace=$ns --label io.kubernetes.pod.name=$name-$NODE_NAME 2>/dev/null)" ] && sb=yes
 				last=$(jq -rc --arg p "$ns/$name-$NODE_NAME" 'select(((.pod.namespace // "")+"/"+(.pod.name // ""))==$p and .err != null) | .msg + ": " + .err' $KLOG 2>/dev/null | tail -n 1 | cut -c1-300)
 				o=$(jq -cn --arg sb "$sb" --arg last "$last" '{outcome:"unsettled",request:"",container:"",message:$last,sandbox_requested:$sb}')
 			fi
