@@ -115,7 +115,17 @@ type Config struct {
 	// gives each side: how much it may buffer per stream and per
 	// connection. 0 means 1 MiB and 4 MiB.
 	StreamWindow, ConnWindow int32
+	// MaxConcurrentStreams is the SETTINGS_MAX_CONCURRENT_STREAMS the relay
+	// advertises to each client connection and enforces (RFC 9113 §5.1.2).
+	// 0 means DefaultMaxConcurrentStreams.
+	MaxConcurrentStreams uint32
 }
+
+// DefaultMaxConcurrentStreams bounds the calls a client connection may have
+// open at once. gRPC-Go's server sets no limit by default; its clients, and
+// the kubelet's, keep to the one advertised, and 1000 is about ten times
+// the calls a busy kubelet has open (each image pull is one).
+const DefaultMaxConcurrentStreams = 1000
 
 // Relay accepts client connections and relays their calls.
 type Relay struct {
@@ -164,6 +174,9 @@ func New(cfg Config) *Relay {
 	}
 	if cfg.ConnWindow <= 0 {
 		cfg.ConnWindow = 4 << 20
+	}
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = DefaultMaxConcurrentStreams
 	}
 	r := &Relay{cfg: cfg, listeners: map[net.Listener]struct{}{}, sessions: map[*session]struct{}{},
 		hooks: make(chan func()), done: make(chan struct{})}

@@ -33,6 +33,7 @@ type session struct {
 	live      map[*leg]struct{} // every backend connection not yet lost
 	lastID    uint32            // the client's highest stream ID
 	started   bool              // our SETTINGS went out
+	acked     bool              // the client acknowledged them
 	goingAway bool
 	closed    bool
 
@@ -94,7 +95,8 @@ func (s *session) serve() {
 		return
 	}
 	s.started = true
-	s.cli.hello(http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize})
+	s.cli.hello(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: s.r.cfg.MaxConcurrentStreams},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize})
 	s.cli.flush()
 	s.mu.Unlock()
 	for {
@@ -165,6 +167,7 @@ func (s *session) clientFrame(f http2.Frame) {
 		}
 	case *http2.SettingsFrame:
 		if f.IsAck() {
+			s.acked = true
 			return
 		}
 		if d, ok := s.cli.settings(f, s.lastID); ok && d != 0 {
@@ -220,6 +223,17 @@ func (s *session) clientHeaders(f *http2.MetaHeadersFrame) {
 	s.lastID = id
 	if s.goingAway {
 		return // sent after our GOAWAY: not processed, the client retries it
+	}
+	if len(s.streams) >= int(s.r.cfg.MaxConcurrentStreams) {
+		// RFC 9113 §5.1.2: a stream error. Until the client has our
+		// SETTINGS it may not know the limit: REFUSED_STREAM, which gRPC
+		// retries; after, PROTOCOL_ERROR, as x/net/http2's server does.
+		code := http2.ErrCodeRefusedStream
+		if s.acked {
+			code = http2.ErrCodeProtocol
+		}
+		s.cli.reset(id, code)
+		return
 	}
 	method := f.PseudoValue("path")
 	st := &stream{id: id, method: method, start: time.Now(), code: codes.Unknown}
