@@ -1,6 +1,9 @@
 package h2relay_test
 
 import (
+	"context"
+	"encoding/binary"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -35,6 +38,20 @@ func (h *h2client) resetCode(id uint32) http2.ErrCode {
 	}
 }
 
+// send writes data as DATA frames of at most 16 KiB, each once the
+// relay's connection window has room for it.
+func (h *h2client) send(id uint32, data []byte, end bool) {
+	h.t.Helper()
+	for first := true; first || len(data) > 0; first = false {
+		n := min(len(data), 16<<10)
+		h.credit(int64(n))
+		if err := h.fr.WriteData(id, end && n == len(data), data[:n]); err != nil {
+			h.t.Fatal(err)
+		}
+		data = data[n:]
+	}
+}
+
 // ping sends a ping and waits for its acknowledgement: the relay has read
 // every frame sent before it.
 func (h *h2client) ping() {
@@ -44,11 +61,12 @@ func (h *h2client) ping() {
 	h.awaitPing()
 }
 
-// blockUntilCancelled is a backend handler that counts the calls reaching it
-// and holds each until the relay cancels it.
+// blockUntilCancelled is a backend handler that counts the calls reaching it,
+// reads the request and holds each call until the relay cancels it.
 func blockUntilCancelled(entered *atomic.Int32) func(string, grpc.ServerStream) error {
 	return func(_ string, ss grpc.ServerStream) error {
 		entered.Add(1)
+		ss.RecvMsg(new(raw))
 		<-ss.Context().Done()
 		return nil
 	}
@@ -94,4 +112,80 @@ func TestMaxConcurrentStreams(t *testing.T) {
 	if got := c.settings[http2.SettingMaxConcurrentStreams]; got != 1000 {
 		t.Errorf("default SETTINGS_MAX_CONCURRENT_STREAMS %d, want 1000", got)
 	}
+}
+
+// messageStart is the start of a gRPC message announcing size bytes, with
+// the first n of them.
+func messageStart(size, n int) []byte {
+	return append(grpcMessage(0, nil)[:1], append(binary.BigEndian.AppendUint32(nil, uint32(size)), make([]byte, n)...)...)
+}
+
+// The requests the relay holds whole for an Inspector share one budget
+// across connections: a held call that would take it past the limit is
+// answered ResourceExhausted as soon as its message announces its length,
+// and nothing of it reaches the backend; the bytes come back when a call is
+// reset, when its client leaves, and when the Inspector of a reset call
+// returns.
+func TestHeldBytesBounded(t *testing.T) {
+	var entered atomic.Int32
+	srv := startServer(t, blockUntilCancelled(&entered))
+	inspecting := make(chan struct{}, 1)
+	h := &hooks{b: srv.backend(), inspect: map[string]h2relay.Inspector{
+		"/t.S/Held": func(context.Context, []byte) h2relay.Verdict { return h2relay.Verdict{} },
+		"/t.S/Slow": func(ctx context.Context, _ []byte) h2relay.Verdict {
+			inspecting <- struct{}{}
+			<-ctx.Done()
+			return h2relay.Verdict{}
+		},
+	}}
+	r, _, sock := relay(t, h2relay.Config{Hooks: h, MaxHeldBytes: 1 << 20, MaxMessageSize: 4 << 20})
+	const size = 400 << 10
+	open := func(c *h2client, id uint32, method string) {
+		c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, EndHeaders: true, BlockFragment: c.block(request(method)...)})
+	}
+	c1, c2 := newH2Client(t, sock), newH2Client(t, sock)
+	open(c1, 1, "/t.S/Held")
+	c1.fr.WriteData(1, false, messageStart(size, 1000))
+	open(c2, 1, "/t.S/Held")
+	c2.fr.WriteData(1, false, messageStart(size, 1000))
+	c1.ping()
+	c2.ping()
+	if got := r.HeldBytes(); got != 2*(size+5) {
+		t.Fatalf("held %d bytes, want the two messages whole (%d)", got, 2*(size+5))
+	}
+	// A third over the limit: refused at once, whatever it sent.
+	open(c2, 3, "/t.S/Held")
+	c2.fr.WriteData(3, false, messageStart(size, 10))
+	_, trailers := c2.answer(3)
+	if value(trailers, "grpc-status") != "8" || !strings.Contains(value(trailers, "grpc-message"), "too many requests held") {
+		t.Errorf("held call over the budget: %v", trailers)
+	}
+	if got := r.HeldBytes(); got != 2*(size+5) {
+		t.Errorf("held %d bytes after the refusal, want %d", got, 2*(size+5))
+	}
+	// A reset gives its bytes back, and so does a client leaving.
+	c1.fr.WriteRSTStream(1, http2.ErrCodeCancel)
+	c1.ping()
+	if got := r.HeldBytes(); got != size+5 {
+		t.Errorf("held %d bytes after a reset, want %d", got, size+5)
+	}
+	c2.conn.Close()
+	waitFor(t, func() bool { return r.HeldBytes() == 0 })
+
+	// A call reset while its Inspector runs: the bytes come back once the
+	// Inspector returns.
+	open(c1, 3, "/t.S/Slow")
+	c1.fr.WriteData(3, true, grpcMessage(0, make([]byte, 1000)))
+	<-inspecting
+	if got := r.HeldBytes(); got != 1005 {
+		t.Errorf("held %d bytes while inspecting, want 1005", got)
+	}
+	c1.fr.WriteRSTStream(3, http2.ErrCodeCancel)
+	waitFor(t, func() bool { return r.HeldBytes() == 0 })
+
+	// What is left of the budget still serves calls.
+	open(c1, 5, "/t.S/Held")
+	c1.send(5, grpcMessage(0, make([]byte, 900<<10)), true)
+	waitFor(t, func() bool { return entered.Load() == 1 })
+	waitFor(t, func() bool { return r.HeldBytes() == 0 }) // forwarded: no longer held
 }

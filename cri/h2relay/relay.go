@@ -119,7 +119,17 @@ type Config struct {
 	// advertises to each client connection and enforces (RFC 9113 §5.1.2).
 	// 0 means DefaultMaxConcurrentStreams.
 	MaxConcurrentStreams uint32
+	// MaxHeldBytes bounds the bytes of the requests the relay holds whole
+	// for an Inspector, across all its connections: a held call whose
+	// request would take the total past it is answered ResourceExhausted,
+	// and nothing of it reaches the backend. 0 means DefaultMaxHeldBytes.
+	MaxHeldBytes int64
 }
+
+// DefaultMaxHeldBytes is the default bound of the bytes held in requests:
+// four of the kubelet's largest messages (16 MiB), thousands of real
+// CreateContainer requests (a few KiB each).
+const DefaultMaxHeldBytes = 64 << 20
 
 // DefaultMaxConcurrentStreams bounds the calls a client connection may have
 // open at once. gRPC-Go's server sets no limit by default; its clients, and
@@ -139,10 +149,30 @@ type Relay struct {
 	draining atomic.Bool
 	idle     *sync.Cond // signalled when a session ends or gets idle
 
+	// held is the bytes of the requests held whole, on every connection.
+	held atomic.Int64
+
 	// hooks run the Inspectors and vetting functions on long-lived
 	// goroutines, whose stacks stay grown; when all are busy, on a new one.
 	hooks chan func()
 	done  chan struct{}
+}
+
+// HeldBytes returns the bytes of the requests the relay holds whole now, on
+// every connection (see Config.MaxHeldBytes).
+func (r *Relay) HeldBytes() int64 { return r.held.Load() }
+
+// reserveHeld takes n bytes of the budget of held requests, if it has them.
+func (r *Relay) reserveHeld(n int64) bool {
+	for {
+		cur := r.held.Load()
+		if cur+n > r.cfg.MaxHeldBytes {
+			return false
+		}
+		if r.held.CompareAndSwap(cur, cur+n) {
+			return true
+		}
+	}
 }
 
 // hookWorkers is the number of long-lived goroutines running hooks.
@@ -174,6 +204,9 @@ func New(cfg Config) *Relay {
 	}
 	if cfg.ConnWindow <= 0 {
 		cfg.ConnWindow = 4 << 20
+	}
+	if cfg.MaxHeldBytes <= 0 {
+		cfg.MaxHeldBytes = DefaultMaxHeldBytes
 	}
 	if cfg.MaxConcurrentStreams == 0 {
 		cfg.MaxConcurrentStreams = DefaultMaxConcurrentStreams

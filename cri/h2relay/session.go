@@ -2,6 +2,7 @@ package h2relay
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -308,7 +309,9 @@ func (s *session) clientData(f *http2.DataFrame) {
 		return
 	}
 	if st.inspect != nil {
-		st.body = append(st.body, data...)
+		if !s.hold(st, data) {
+			return
+		}
 		if !oneMessage(st.body) {
 			s.answer(st, errNotOneMessage)
 			return
@@ -323,6 +326,42 @@ func (s *session) clientData(f *http2.DataFrame) {
 		return // the backend already answered
 	}
 	s.forward(st, &st.up, data, end, s.pumpUp)
+}
+
+// hold appends data to a held call's request within the relay's budget of
+// held bytes; it reports false if the call was answered instead. Once the
+// message's length is known, the whole message is reserved, so a call is
+// refused before it is buffered, and its storage never outgrows it.
+func (s *session) hold(st *stream, data []byte) bool {
+	n := len(st.body) + len(data)
+	need := int64(n)
+	if n >= msgHeaderLen {
+		var hdr [msgHeaderLen]byte
+		copy(hdr[copy(hdr[:], st.body):], data)
+		need = max(need, msgHeaderLen+int64(binary.BigEndian.Uint32(hdr[1:])))
+	}
+	if need > st.heldBytes {
+		if !s.r.reserveHeld(need - st.heldBytes) {
+			s.answer(st, status.Newf(codes.ResourceExhausted,
+				"armorshim: too many requests held at once (%d bytes, at most %d): retry later", s.r.held.Load(), s.r.cfg.MaxHeldBytes))
+			return false
+		}
+		st.heldBytes = need
+	}
+	if cap(st.body) < n {
+		body := make([]byte, len(st.body), min(max(2*cap(st.body), n, 4<<10), int(st.heldBytes)))
+		copy(body, st.body)
+		st.body = body
+	}
+	st.body = append(st.body, data...)
+	return true
+}
+
+// releaseHeld gives a held request's bytes back to the relay's budget.
+func (s *session) releaseHeld(st *stream) {
+	s.r.held.Add(-st.heldBytes)
+	st.heldBytes = 0
+	st.body = nil
 }
 
 // endRequest ends the client's side of st.
@@ -366,6 +405,10 @@ func (s *session) pumpUp(st *stream) {
 	l := st.leg
 	if s.pump(st, &st.up, l.side, s.cli, st.legID) {
 		st.up.end = false
+	}
+	if st.heldBytes > 0 && len(st.up.queue) == 0 { // a held request, all forwarded
+		st.up.queue = nil
+		s.releaseHeld(st)
 	}
 }
 
@@ -456,13 +499,16 @@ func (s *session) inspect(st *stream) {
 		ctx, cancel = context.WithCancel(ctx)
 	}
 	st.ctx, st.cancel = ctx, cancel
+	st.hooking = true
 	s.r.runHook(func() {
 		v := st.inspect(ctx, msg)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		defer s.flush()
+		st.hooking = false
 		if s.streams[st.id] != st {
-			return // reset meanwhile
+			s.releaseHeld(st) // reset meanwhile: close left it to us
+			return
 		}
 		if v.Status != nil {
 			s.answer(st, v.Status)
@@ -533,6 +579,10 @@ func (s *session) close(st *stream, code codes.Code, rst *http2.ErrCode) {
 	s.dropDown(st)
 	st.up.release()
 	st.down.release()
+	st.fields = nil
+	if !st.hooking { // else msg, which may be body, is still read
+		s.releaseHeld(st)
+	}
 	if l := st.leg; l != nil {
 		delete(l.blocked, st)
 		if st.legOpen && !st.legEnded {

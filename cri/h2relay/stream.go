@@ -97,6 +97,10 @@ type stream struct {
 	inspect  Inspector
 	fields   []hpack.HeaderField // the request headers
 	body     []byte              // the request, as read
+	// heldBytes is what the request takes of the relay's budget of held
+	// bytes (Relay.held): from the moment its length is known, all of it.
+	heldBytes int64
+	hooking   bool // its Inspector runs, and may still read body
 	encoding string
 	ctx      context.Context
 	cancel   context.CancelFunc
