@@ -495,6 +495,7 @@ policy:
 		{name: "bad duration", body: header + "shutdownTimeout: 30\n", wantErr: []string{"shutdownTimeout", "30s"}},
 		{name: "bad nested duration", body: header + "profiles:\n  syncInterval: 2x\n", wantErr: []string{"profiles.syncInterval", `"2x"`}},
 		{name: "small maxMessageSize", body: header + "maxMessageSize: 1024\n", wantErr: []string{"maxMessageSize"}},
+		{name: "small maxHeldRequestBytes", body: header + "maxHeldRequestBytes: 1048576\n", wantErr: []string{"maxHeldRequestBytes"}},
 		{name: "not yaml", body: header + "policy: [\n", wantErr: []string{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
