@@ -239,6 +239,7 @@ func (s *session) clientHeaders(f *http2.MetaHeadersFrame) {
 	method := f.PseudoValue("path")
 	st := &stream{id: id, method: method, start: time.Now(), code: codes.Unknown}
 	st.down.win = s.cli.initWin
+	st.up.size = s.cli.firstWin
 	st.up.closedIn = f.StreamEnded()
 	s.streams[id] = st
 	s.active.Add(1)
@@ -278,6 +279,7 @@ func (s *session) open(st *stream, fields []hpack.HeaderField, end bool) bool {
 	l.nextID += 2
 	l.streams[st.legID] = st
 	st.up.win = l.initWin
+	st.down.size = l.firstWin
 	st.legOpen = true
 	l.writeHeaders(st.legID, fields, end)
 	return true
@@ -291,13 +293,16 @@ func (s *session) clientData(f *http2.DataFrame) {
 	data := f.Data()
 	st := s.streams[f.StreamID]
 	if st == nil || st.up.closedIn {
+		s.cli.credit(n)
 		return // a stream already ended: discarded
 	}
-	if !st.up.receive(n, s.cli) {
+	if !st.up.receive(n) {
+		s.cli.credit(n)
 		s.close(st, codes.ResourceExhausted, ptr(http2.ErrCodeFlowControl))
 		return
 	}
 	if pad := n - int64(len(data)); pad > 0 {
+		s.cli.credit(pad)
 		s.creditStream(s.cli, st, &st.up, pad)
 	}
 	end := f.StreamEnded()
@@ -305,10 +310,13 @@ func (s *session) clientData(f *http2.DataFrame) {
 		st.up.closedIn = true
 	}
 	if sst := st.up.framing.check(data, s.r.cfg.MaxMessageSize, "received"); sst != nil {
+		s.cli.credit(int64(len(data)))
 		s.answer(st, sst)
 		return
 	}
 	if st.inspect != nil {
+		// Held: bounded by the relay's budget of held bytes instead.
+		s.cli.credit(int64(len(data)))
 		if !s.hold(st, data) {
 			return
 		}
@@ -323,6 +331,7 @@ func (s *session) clientData(f *http2.DataFrame) {
 		return
 	}
 	if !st.legOpen || st.legEnded {
+		s.cli.credit(int64(len(data)))
 		return // the backend already answered
 	}
 	s.forward(st, &st.up, data, end, s.pumpUp)
@@ -450,6 +459,7 @@ func (s *session) pump(st *stream, p *pipe, out, in *side, id uint32) bool {
 		p.win -= n
 		out.sendWin -= n
 		if !p.credited && in != nil {
+			in.credit(n)
 			s.creditStream(in, st, p, n)
 		}
 		if last {
@@ -465,22 +475,27 @@ func (s *session) pump(st *stream, p *pipe, out, in *side, id uint32) bool {
 	return true
 }
 
-// creditStream returns stream credit to the side that sends on p, while it
-// still does.
+// creditStream returns n bytes of stream credit to the side that sends on
+// p, while it still does: bytes forwarded (or held, or padding). The
+// stream's window grows by as much, up to the side's streamWin: a stream
+// whose reader keeps up gets the whole window, one whose reader stalls
+// keeps the little it had, and the relay buffers no more for it.
 func (s *session) creditStream(in *side, st *stream, p *pipe, n int64) {
 	if p.closedIn {
 		return
 	}
 	p.owed += n
-	if p.owed >= in.streamWin/4 {
+	p.grow += max(0, min(n, in.streamWin-p.size-p.grow))
+	if p.owed+p.grow >= p.size/4 {
 		id := st.id
 		if in != s.cli {
 			id = st.legID
 		}
-		in.fr.WriteWindowUpdate(id, uint32(p.owed))
+		in.fr.WriteWindowUpdate(id, uint32(p.owed+p.grow))
 		in.dirty = true
 		p.recvd -= p.owed
-		p.owed = 0
+		p.size += p.grow
+		p.owed, p.grow = 0, 0
 	}
 }
 
@@ -556,8 +571,12 @@ func (s *session) answer(st *stream, sst *status.Status) {
 	s.close(st, sst.Code(), nil)
 }
 
-// dropDown discards the response bytes still queued for the client.
+// dropDown discards the response bytes still queued for the client,
+// returning their connection credit to the backend.
 func (s *session) dropDown(st *stream) {
+	if !st.down.credited && st.leg != nil {
+		st.leg.credit(int64(len(st.down.queue)))
+	}
 	st.down.queue, st.down.trailers, st.down.end = nil, nil, false
 	delete(s.cli.blocked, st)
 }
@@ -577,6 +596,9 @@ func (s *session) close(st *stream, code codes.Code, rst *http2.ErrCode) {
 		s.cli.reset(st.id, http2.ErrCodeNo) // answered: stop sending
 	}
 	s.dropDown(st)
+	if !st.up.credited {
+		s.cli.credit(int64(len(st.up.queue)))
+	}
 	st.up.release()
 	st.down.release()
 	st.fields = nil

@@ -54,8 +54,11 @@ type side struct {
 	initWin  int64 // each new stream's send window
 	sendWin  int64 // the connection's send window
 
-	// What we allow the peer to send, what it may still send on the
-	// connection, and the credit we owe it back.
+	// What we allow the peer to send: each stream's first window (the
+	// protocol's default, or streamWin if smaller), the window a stream
+	// may grow to, the connection's window; what the peer may still send
+	// on the connection, and the credit we owe it back.
+	firstWin           int64
 	streamWin, connWin int64
 	recvWin            int64
 	owed               int64
@@ -76,6 +79,7 @@ func newSide(conn net.Conn, streamWin, connWin int32) *side {
 		maxFrame:  1 << 14, // the protocol default
 		initWin:   65535,
 		sendWin:   65535,
+		firstWin:  min(int64(streamWin), 65535),
 		streamWin: int64(streamWin),
 		connWin:   int64(connWin),
 		recvWin:   int64(connWin),
@@ -90,9 +94,13 @@ func newSide(conn net.Conn, streamWin, connWin int32) *side {
 	return sd
 }
 
-// hello writes the settings and the connection window this side gets.
-func (sd *side) hello(extra ...http2.Setting) {
-	settings := append([]http2.Setting{{ID: http2.SettingInitialWindowSize, Val: uint32(sd.streamWin)}}, extra...)
+// hello writes the settings and the connection window this side gets. A
+// stream starts with the protocol's window and grows as what it sends is
+// forwarded (creditStream); only a smaller window is announced.
+func (sd *side) hello(settings ...http2.Setting) {
+	if sd.firstWin < 65535 {
+		settings = append(settings, http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(sd.firstWin)})
+	}
 	sd.fr.WriteSettings(settings...)
 	if d := sd.connWin - 65535; d > 0 {
 		sd.fr.WriteWindowUpdate(0, uint32(d))
@@ -164,17 +172,17 @@ func (sd *side) credit(n int64) {
 	}
 }
 
-// received accounts for a DATA frame of n bytes and returns its connection
-// credit at once, as gRPC-Go does: a stream whose reader is slow holds only
-// its stream window, never the other calls of the connection. A peer that
-// sends more than its window is cut off (FLOW_CONTROL_ERROR).
+// received accounts for a DATA frame of n bytes. Its connection credit is
+// returned once the bytes are forwarded or dropped (credit), so that what
+// the relay buffers for a connection stays within the window it
+// advertised. A peer that sends more than its window is cut off
+// (FLOW_CONTROL_ERROR).
 func (sd *side) received(n int64, lastID uint32) bool {
 	sd.recvWin -= n
 	if sd.recvWin < 0 {
 		sd.fail(lastID, http2.ErrCodeFlowControl, "data beyond the flow-control window")
 		return false
 	}
-	sd.credit(n)
 	return true
 }
 

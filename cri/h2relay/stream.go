@@ -19,23 +19,22 @@ type pipe struct {
 	end      bool   // END_STREAM follows the queue
 	trailers []hpack.HeaderField
 	win      int64 // the stream's send window on the writing side
+	size     int64 // the stream window given to the reading side's peer
 	owed     int64 // stream credit owed to the reading side
+	grow     int64 // growth of size not yet given
 	recvd    int64 // bytes read not yet given back as stream credit
 	closedIn bool  // the reading side ended the stream
 	credited bool  // the queue was credited when it was read
 	framing  framing
 }
 
-// recvLimit is the stream window the reading side may fill: what the relay
-// advertised, or the protocol's default until the peer has seen that.
-func (p *pipe) recvLimit(in *side) int64 { return max(in.streamWin, 65535) }
-
 // receive accounts for n bytes read on p; false if the peer sent beyond the
 // stream window, which would let a stream make the relay queue without
-// bound.
-func (p *pipe) receive(n int64, in *side) bool {
+// bound. A window below the protocol's default is only known to the peer
+// once it read our SETTINGS: until then it may fill the default.
+func (p *pipe) receive(n int64) bool {
 	p.recvd += n
-	return p.recvd <= p.recvLimit(in)
+	return p.recvd <= max(p.size, 65535)
 }
 
 func ptr[T any](v T) *T { return &v }
