@@ -189,3 +189,45 @@ func TestHeldBytesBounded(t *testing.T) {
 	waitFor(t, func() bool { return entered.Load() == 1 })
 	waitFor(t, func() bool { return r.HeldBytes() == 0 }) // forwarded: no longer held
 }
+
+// Pings are held to gRPC-Go's keepalive enforcement policy: a ping after
+// the relay sent data (as gRPC-Go clients send their BDP pings) is always
+// welcome, but a client that pings again and again with nothing sent in
+// between gets GOAWAY ENHANCE_YOUR_CALM "too_many_pings" after three
+// strikes, instead of an acknowledgement for each.
+func TestPingFlood(t *testing.T) {
+	srv := startServer(t, echo)
+	_, _, sock := relay(t, h2relay.Config{Hooks: &hooks{b: srv.backend()}})
+	c := newH2Client(t, sock)
+	for i := uint32(0); i < 5; i++ {
+		id := 2*i + 1
+		c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, EndHeaders: true, BlockFragment: c.block(request("/t.S/Echo")...)})
+		c.fr.WriteData(id, true, grpcMessage(0, []byte("x")))
+		c.answer(id)
+		c.ping()
+	}
+	for range 10 {
+		c.fr.WritePing(false, [8]byte{'f', 'l', 'o', 'o', 'd'})
+	}
+	acks := 0
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY after %d acknowledged pings: %v", acks, err)
+		}
+		switch f := f.(type) {
+		case *http2.PingFrame:
+			if acks++; acks == 10 {
+				t.Fatal("all 10 pings of the flood acknowledged, no GOAWAY")
+			}
+		case *http2.GoAwayFrame:
+			if f.ErrCode != http2.ErrCodeEnhanceYourCalm || string(f.DebugData()) != "too_many_pings" {
+				t.Errorf("GOAWAY %v %q, want ENHANCE_YOUR_CALM too_many_pings", f.ErrCode, f.DebugData())
+			}
+			if acks > 3 {
+				t.Errorf("%d pings of the flood acknowledged before the GOAWAY, want at most 3", acks)
+			}
+			return
+		}
+	}
+}

@@ -19,6 +19,20 @@ import (
 
 const prefaceTimeout = 10 * time.Second
 
+// A client's pings are held to gRPC-Go's keepalive enforcement policy, as
+// its server does by default (keepalive.EnforcementPolicy, MinTime 5 min,
+// PermitWithoutStream false): a ping within pingMinTime of the previous
+// one (pingIdleMinTime without calls) is a strike unless the relay sent
+// the client headers or data since; past maxPingStrikes strikes the
+// connection ends with GOAWAY ENHANCE_YOUR_CALM "too_many_pings", which
+// gRPC clients understand (they double their keepalive interval). gRPC-Go
+// clients send their BDP pings only after data, so they are never struck.
+const (
+	pingMinTime     = 5 * time.Minute
+	pingIdleMinTime = 2 * time.Hour
+	maxPingStrikes  = 2
+)
+
 // session is one client connection and its backend connections. One mutex
 // guards all of it; frames are relayed on the goroutine that read them.
 type session struct {
@@ -39,6 +53,9 @@ type session struct {
 	closed    bool
 
 	active atomic.Int32 // calls in flight
+
+	pingStrikes int
+	lastPing    time.Time
 
 	// connsMu guards conns, the backend connections, for Relay.Close,
 	// which must not wait for mu (held by a write to a stuck peer).
@@ -181,10 +198,34 @@ func (s *session) clientFrame(f http2.Frame) {
 		if !f.IsAck() {
 			s.cli.fr.WritePing(true, f.Data)
 			s.cli.dirty = true
+			if !s.pingAllowed() {
+				klog.V(2).InfoS("Closing a client connection: too many pings")
+				s.cli.fail(s.lastID, http2.ErrCodeEnhanceYourCalm, "too_many_pings")
+			}
 		}
 	case *http2.GoAwayFrame:
 		// The client opens no more streams; the open ones go on.
 	}
+}
+
+// pingAllowed applies gRPC-Go's keepalive enforcement to a client's ping
+// (see pingMinTime).
+func (s *session) pingAllowed() bool {
+	now := time.Now()
+	defer func() { s.lastPing = now }()
+	if s.cli.sent {
+		s.cli.sent = false
+		s.pingStrikes = 0
+		return true
+	}
+	least := pingMinTime
+	if len(s.streams) == 0 {
+		least = pingIdleMinTime
+	}
+	if !s.lastPing.IsZero() && now.Sub(s.lastPing) < least {
+		s.pingStrikes++
+	}
+	return s.pingStrikes <= maxPingStrikes
 }
 
 func (s *session) clientStreamError(se http2.StreamError) {

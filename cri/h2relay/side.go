@@ -67,6 +67,7 @@ type side struct {
 	// connection window.
 	blocked map[*stream]struct{}
 	dirty   bool
+	sent    bool    // headers or data were written (see pingAllowed)
 	hdr     [9]byte // writeData's frame header
 }
 
@@ -157,7 +158,7 @@ func (sd *side) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) {
 			sd.fr.WriteContinuation(id, len(block) == 0, chunk)
 		}
 	}
-	sd.dirty = true
+	sd.dirty, sd.sent = true, true
 }
 
 // credit returns n bytes of connection window to the peer, in updates of
@@ -227,7 +228,7 @@ func (sd *side) writeData(id uint32, end bool, p []byte) {
 	binary.BigEndian.PutUint32(h[5:], id)
 	sd.bw.Write(h[:])
 	sd.bw.Write(p)
-	sd.dirty = true
+	sd.dirty, sd.sent = true, true
 }
 
 func (sd *side) reset(id uint32, code http2.ErrCode) {

@@ -96,15 +96,15 @@ type stream struct {
 	inspect  Inspector
 	fields   []hpack.HeaderField // the request headers
 	body     []byte              // the request, as read
-	// heldBytes is what the request takes of the relay's budget of held
-	// bytes (Relay.held): from the moment its length is known, all of it.
-	heldBytes int64
-	hooking   bool // its Inspector runs, and may still read body
 	encoding string
 	ctx      context.Context
 	cancel   context.CancelFunc
 	vet      func(ctx context.Context, resp []byte, st *status.Status) *status.Status
 	held     heldResponse
+	// heldBytes is what the request takes of the relay's budget of held
+	// bytes (Relay.held): from the moment its length is known, all of it.
+	heldBytes int64
+	hooking   bool // its Inspector runs, and may still read body
 }
 
 // heldResponse is a backend's answer kept back until it is vetted.
