@@ -87,6 +87,12 @@ func (s *session) serveLeg(l *leg) {
 			return
 		}
 		s.legFrame(l, f)
+		if l.failed {
+			s.legLost(l, errors.New("protocol error"))
+			s.flush()
+			s.mu.Unlock()
+			return
+		}
 		if l.br.Buffered() == 0 {
 			s.flush()
 		}

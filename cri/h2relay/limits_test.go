@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
@@ -229,5 +230,60 @@ func TestPingFlood(t *testing.T) {
 			}
 			return
 		}
+	}
+}
+
+// Rapid reset (CVE-2023-44487): a client that opens calls and resets them at
+// once gets GOAWAY ENHANCE_YOUR_CALM "too_many_resets" once it reset 1000
+// (plus 100 a second) before their answer, and no more of its calls reach
+// the backend. Before, every one of them did.
+func TestRapidReset(t *testing.T) {
+	var entered atomic.Int32
+	srv := startServer(t, blockUntilCancelled(&entered))
+	_, _, sock := relay(t, h2relay.Config{Hooks: &hooks{b: srv.backend()}})
+	c := newH2Client(t, sock)
+	c.conn.SetDeadline(time.Now().Add(60 * time.Second))
+	start := time.Now()
+	const pairs = 3000
+	stop := make(chan struct{})
+	go func() {
+		for i := uint32(0); i < pairs; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			id := 2*i + 1
+			if c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, EndHeaders: true, EndStream: true, BlockFragment: c.block(request("/t.S/Reset")...)}) != nil ||
+				c.fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+				return
+			}
+		}
+		c.fr.WritePing(false, [8]byte{'d', 'o', 'n', 'e'}) // all read
+	}()
+	defer close(stop)
+	var goAway *http2.GoAwayFrame
+	for goAway == nil {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY after %d resets (%d reached the backend): %v", pairs, entered.Load(), err)
+		}
+		switch f := f.(type) {
+		case *http2.GoAwayFrame:
+			goAway = f
+		case *http2.PingFrame:
+			if f.Data == [8]byte{'d', 'o', 'n', 'e'} {
+				settled(t, func() int64 { return int64(entered.Load()) })
+				t.Fatalf("no GOAWAY after %d resets; %d reached the backend", pairs, entered.Load())
+			}
+		}
+	}
+	elapsed := time.Since(start)
+	if goAway.ErrCode != http2.ErrCodeEnhanceYourCalm || string(goAway.DebugData()) != "too_many_resets" {
+		t.Errorf("GOAWAY %v %q, want ENHANCE_YOUR_CALM too_many_resets", goAway.ErrCode, goAway.DebugData())
+	}
+	settled(t, func() int64 { return int64(entered.Load()) })
+	if n, most := entered.Load(), 1000+int32(100*elapsed.Seconds())+1; n > most {
+		t.Errorf("%d reset calls reached the backend in %v, want at most %d", n, elapsed, most)
 	}
 }

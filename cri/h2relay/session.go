@@ -33,6 +33,19 @@ const (
 	maxPingStrikes  = 2
 )
 
+// Rapid reset (CVE-2023-44487): a client that opens calls and resets them
+// before they are answered makes the backend start work it never finishes,
+// at no cost to itself. Each such reset takes a token from a bucket of
+// maxEarlyResets, refilled at earlyResetRate a second; a client that
+// empties it is sent GOAWAY ENHANCE_YOUR_CALM "too_many_resets" and cut off,
+// so at most maxEarlyResets plus earlyResetRate a second of its calls reach
+// the backend. The kubelet resets a call only when its deadline passes
+// (a probe's timeout, say): far fewer.
+const (
+	maxEarlyResets = 1000
+	earlyResetRate = 100
+)
+
 // session is one client connection and its backend connections. One mutex
 // guards all of it; frames are relayed on the goroutine that read them.
 type session struct {
@@ -56,6 +69,8 @@ type session struct {
 
 	pingStrikes int
 	lastPing    time.Time
+	resetTokens float64 // of maxEarlyResets
+	resetAt     time.Time
 
 	// connsMu guards conns, the backend connections, for Relay.Close,
 	// which must not wait for mu (held by a write to a stuck peer).
@@ -138,6 +153,11 @@ func (s *session) serve() {
 			return
 		}
 		s.clientFrame(f)
+		if s.cli.failed { // not even what is already buffered
+			s.flush()
+			s.mu.Unlock()
+			return
+		}
 		if s.cli.br.Buffered() == 0 {
 			s.flush()
 		}
@@ -180,8 +200,13 @@ func (s *session) clientFrame(f http2.Frame) {
 		}
 	case *http2.RSTStreamFrame:
 		if st := s.streams[f.StreamID]; st != nil {
+			early := !st.sentHeader
 			st.up.closedIn = true
 			s.close(st, codes.Canceled, nil)
+			if early && !s.earlyReset() {
+				klog.V(2).InfoS("Closing a client connection: too many calls reset before their answer")
+				s.cli.fail(s.lastID, http2.ErrCodeEnhanceYourCalm, "too_many_resets")
+			}
 		}
 	case *http2.SettingsFrame:
 		if f.IsAck() {
@@ -226,6 +251,20 @@ func (s *session) pingAllowed() bool {
 		s.pingStrikes++
 	}
 	return s.pingStrikes <= maxPingStrikes
+}
+
+// earlyReset takes a token for a call the client reset before its answer
+// (see maxEarlyResets); false when none is left.
+func (s *session) earlyReset() bool {
+	now := time.Now()
+	if s.resetAt.IsZero() {
+		s.resetTokens = maxEarlyResets
+	} else {
+		s.resetTokens = min(maxEarlyResets, s.resetTokens+now.Sub(s.resetAt).Seconds()*earlyResetRate)
+	}
+	s.resetAt = now
+	s.resetTokens--
+	return s.resetTokens >= 0
 }
 
 func (s *session) clientStreamError(se http2.StreamError) {

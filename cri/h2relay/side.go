@@ -68,6 +68,7 @@ type side struct {
 	blocked map[*stream]struct{}
 	dirty   bool
 	sent    bool    // headers or data were written (see pingAllowed)
+	failed  bool    // ended with a connection error: read no more of it
 	hdr     [9]byte // writeData's frame header
 }
 
@@ -202,6 +203,7 @@ func connectionError(err error) (http2.ErrCode, bool) {
 
 // fail ends the connection with a connection error; its reader cleans up.
 func (sd *side) fail(lastID uint32, code http2.ErrCode, why string) {
+	sd.failed = true
 	sd.fr.WriteGoAway(lastID, code, []byte(why))
 	sd.dirty = true
 	sd.flush()
