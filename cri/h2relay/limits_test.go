@@ -1,8 +1,12 @@
 package h2relay_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"io"
+	"net"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -286,4 +290,89 @@ func TestRapidReset(t *testing.T) {
 	if n, most := entered.Load(), 1000+int32(100*elapsed.Seconds())+1; n > most {
 		t.Errorf("%d reset calls reached the backend in %v, want at most %d", n, elapsed, most)
 	}
+}
+
+// relayWithTimeouts starts a relay with short handshake and keepalive
+// timeouts and returns its socket.
+func relayWithTimeouts(t *testing.T, cfg h2relay.Config, handshake, keepalive, keepaliveTimeout time.Duration) string {
+	t.Helper()
+	r := h2relay.NewWithTimeouts(cfg, handshake, keepalive, keepaliveTimeout)
+	t.Cleanup(r.Close)
+	sock := filepath.Join(sockDir(t), "relay.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go r.Serve(l)
+	return sock
+}
+
+// closedWithin reads c until the relay closes it, failing if that takes
+// longer than d; it returns what it read.
+func closedWithin(t *testing.T, c net.Conn, d time.Duration) []byte {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(d))
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("the connection is still open after %v: %v", d, err)
+	}
+	return got
+}
+
+// A connection must complete its handshake, the preface and then a SETTINGS
+// frame (RFC 9113 §3.4), within the handshake timeout (10 s; 200 ms here):
+// one that sends nothing, or the preface and then nothing, is closed; one
+// that starts with another frame gets GOAWAY PROTOCOL_ERROR; one that
+// completes it stays open past the timeout.
+func TestHandshakeTimeout(t *testing.T) {
+	sock := relayWithTimeouts(t, h2relay.Config{Hooks: &hooks{}}, 200*time.Millisecond, time.Hour, time.Hour)
+	dial := func() net.Conn {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	closedWithin(t, dial(), 3*time.Second)
+
+	c := dial()
+	c.Write([]byte(http2.ClientPreface))
+	closedWithin(t, c, 3*time.Second)
+
+	c = dial()
+	c.Write([]byte(http2.ClientPreface))
+	http2.NewFramer(c, nil).WritePing(false, [8]byte{})
+	fr := http2.NewFramer(nil, bytes.NewReader(closedWithin(t, c, 3*time.Second)))
+	if code := goAwayCode(t, fr, [8]byte{}); code != http2.ErrCodeProtocol {
+		t.Errorf("a PING before SETTINGS: GOAWAY %v, want PROTOCOL_ERROR", code)
+	}
+
+	h := newH2Client(t, sock)
+	time.Sleep(500 * time.Millisecond)
+	h.ping()
+}
+
+// Keepalive as gRPC-Go's server does it (2 h, then 20 s; 300 ms each here):
+// a silent connection is pinged; one that answers stays open, one that does
+// not is closed.
+func TestKeepalive(t *testing.T) {
+	sock := relayWithTimeouts(t, h2relay.Config{Hooks: &hooks{}}, time.Second, 300*time.Millisecond, 300*time.Millisecond)
+	h := newH2Client(t, sock)
+	h.conn.SetDeadline(time.Now().Add(10 * time.Second))
+	for pings := 0; pings < 3; {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %d keepalive pings: %v", pings, err)
+		}
+		h.connFrame(f)
+		if p, ok := f.(*http2.PingFrame); ok && !p.IsAck() {
+			pings++
+			h.fr.WritePing(true, p.Data)
+		}
+	}
+
+	silent := newH2Client(t, sock)
+	silent.ping() // the handshake is complete
+	closedWithin(t, silent.conn, 3*time.Second)
 }

@@ -152,11 +152,17 @@ type Relay struct {
 	// held is the bytes of the requests held whole, on every connection.
 	held atomic.Int64
 
+	timeouts timeouts
+
 	// hooks run the Inspectors and vetting functions on long-lived
 	// goroutines, whose stacks stay grown; when all are busy, on a new one.
 	hooks chan func()
 	done  chan struct{}
 }
+
+// timeouts are the relay's connection timeouts (see handshakeTimeout and
+// keepaliveTime); tests shorten them.
+type timeouts struct{ handshake, keepalive, keepaliveTimeout time.Duration }
 
 // HeldBytes returns the bytes of the requests the relay holds whole now, on
 // every connection (see Config.MaxHeldBytes).
@@ -212,7 +218,8 @@ func New(cfg Config) *Relay {
 		cfg.MaxConcurrentStreams = DefaultMaxConcurrentStreams
 	}
 	r := &Relay{cfg: cfg, listeners: map[net.Listener]struct{}{}, sessions: map[*session]struct{}{},
-		hooks: make(chan func()), done: make(chan struct{})}
+		hooks: make(chan func()), done: make(chan struct{}),
+		timeouts: timeouts{handshakeTimeout, keepaliveTime, keepaliveTimeout}}
 	r.idle = sync.NewCond(&r.mu)
 	for range hookWorkers {
 		go r.hookWorker()

@@ -17,7 +17,20 @@ import (
 	"k8s.io/klog/v2"
 )
 
-const prefaceTimeout = 10 * time.Second
+// A client connection must send the preface and its first SETTINGS frame
+// within handshakeTimeout (gRPC-Go's ConnectionTimeout is 120 s, for any
+// network; the kubelet sends both at once over a local socket), or it is
+// closed.
+const handshakeTimeout = 10 * time.Second
+
+// Keepalive, as gRPC-Go's server does by default (keepalive.ServerParameters
+// Time and Timeout): a client connection silent for keepaliveTime is
+// pinged, and closed if it still says nothing within keepaliveTimeout, so a
+// peer that vanished without closing does not hold its buffers for ever.
+const (
+	keepaliveTime    = 2 * time.Hour
+	keepaliveTimeout = 20 * time.Second
+)
 
 // A client's pings are held to gRPC-Go's keepalive enforcement policy, as
 // its server does by default (keepalive.EnforcementPolicy, MinTime 5 min,
@@ -69,7 +82,11 @@ type session struct {
 
 	pingStrikes int
 	lastPing    time.Time
-	resetTokens float64 // of maxEarlyResets
+
+	heard       atomic.Bool // a frame was read since the last keepalive check
+	ka          *time.Timer // runs keepalive
+	kaPinged    bool        // keepalive sent its ping
+	resetTokens float64     // of maxEarlyResets
 	resetAt     time.Time
 
 	// connsMu guards conns, the backend connections, for Relay.Close,
@@ -115,13 +132,12 @@ func (s *session) serve() {
 		s.teardown()
 	}()
 	c := s.cli.conn
-	c.SetReadDeadline(time.Now().Add(prefaceTimeout))
+	c.SetReadDeadline(time.Now().Add(s.r.timeouts.handshake))
 	preface := make([]byte, len(http2.ClientPreface))
 	if _, err := io.ReadFull(s.cli.br, preface); err != nil || string(preface) != http2.ClientPreface {
 		klog.V(2).InfoS("Closing a connection without the HTTP/2 preface", "err", err)
 		return
 	}
-	c.SetReadDeadline(time.Time{})
 	s.mu.Lock()
 	if s.goingAway { // shut down before the connection started
 		s.mu.Unlock()
@@ -132,8 +148,23 @@ func (s *session) serve() {
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize})
 	s.cli.flush()
 	s.mu.Unlock()
-	for {
+	for first := true; ; first = false {
 		f, err := s.cli.fr.ReadFrame()
+		if first && err == nil {
+			// RFC 9113 §3.4: the preface ends with a SETTINGS frame.
+			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
+				klog.V(2).InfoS("Closing a client connection: no SETTINGS after the preface")
+				s.mu.Lock()
+				s.cli.fail(0, http2.ErrCodeProtocol, "the preface must end with SETTINGS")
+				s.mu.Unlock()
+				return
+			}
+			c.SetReadDeadline(time.Time{})
+			s.mu.Lock()
+			s.ka = time.AfterFunc(s.r.timeouts.keepalive, s.keepalive)
+			s.mu.Unlock()
+		}
+		s.heard.Store(true)
 		s.mu.Lock()
 		if err != nil {
 			var se http2.StreamError
@@ -230,6 +261,28 @@ func (s *session) clientFrame(f http2.Frame) {
 		}
 	case *http2.GoAwayFrame:
 		// The client opens no more streams; the open ones go on.
+	}
+}
+
+// keepalive pings a client connection silent for keepaliveTime and closes
+// it if it does not answer within keepaliveTimeout.
+func (s *session) keepalive() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+	case s.heard.Swap(false):
+		s.kaPinged = false
+		s.ka.Reset(s.r.timeouts.keepalive)
+	case !s.kaPinged:
+		s.kaPinged = true
+		s.cli.fr.WritePing(false, [8]byte{'k', 'e', 'e', 'p', 'a', 'l', 'i', 'v'})
+		s.cli.dirty = true
+		s.cli.flush()
+		s.ka.Reset(s.r.timeouts.keepaliveTimeout)
+	default:
+		klog.V(2).InfoS("Closing a client connection: no answer to a keepalive ping")
+		s.cli.conn.Close()
 	}
 }
 
@@ -745,6 +798,9 @@ func (s *session) teardown() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
+	if s.ka != nil {
+		s.ka.Stop()
+	}
 	s.cancel()
 	s.cli.conn.Close()
 	for _, st := range s.streams {
