@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/armorshim/armorshim/cri/h2relay"
 )
@@ -375,4 +377,141 @@ func TestKeepalive(t *testing.T) {
 	silent := newH2Client(t, sock)
 	silent.ping() // the handshake is complete
 	closedWithin(t, silent.conn, 3*time.Second)
+}
+
+// afterPing sends a ping and reads frames until its acknowledgement, or
+// the end of the connection after a GOAWAY; it returns the first
+// RST_STREAM or GOAWAY the relay sent before, if any.
+func (h *h2client) afterPing() http2.Frame {
+	h.t.Helper()
+	h.pinged = false
+	h.fr.WritePing(false, [8]byte{'a', 'r', 'm', 'o', 'r'})
+	var first http2.Frame
+	for !h.pinged {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			if _, ok := first.(*http2.GoAwayFrame); ok {
+				return first
+			}
+			h.t.Fatalf("waiting for the ping's acknowledgement: %v", err)
+		}
+		h.connFrame(f)
+		switch f := f.(type) {
+		case *http2.RSTStreamFrame:
+			if first == nil {
+				first = &http2.RSTStreamFrame{FrameHeader: f.FrameHeader, ErrCode: f.ErrCode}
+			}
+		case *http2.GoAwayFrame:
+			if first == nil {
+				first = &http2.GoAwayFrame{FrameHeader: f.FrameHeader, ErrCode: f.ErrCode}
+			}
+		}
+	}
+	return first
+}
+
+// Frames on streams that are not open get what RFC 9113 §5.1 asks for,
+// instead of being dropped (a client opening a stream with a used ID waited
+// for ever): HEADERS on a stream that ended both ways or DATA after it,
+// connection error STREAM_CLOSED; HEADERS opening a stream below the last
+// one, connection error PROTOCOL_ERROR (§5.1.1); any frame on a stream the
+// client reset, stream error STREAM_CLOSED; DATA after the client's
+// END_STREAM, stream error STREAM_CLOSED, and the call is cancelled; frames
+// on a stream the relay reset, ignored; DATA, WINDOW_UPDATE or RST_STREAM
+// on a stream never opened, connection error PROTOCOL_ERROR.
+func TestFramesOnClosedStreams(t *testing.T) {
+	var entered atomic.Int32
+	block := blockUntilCancelled(&entered)
+	srv := startServer(t, func(method string, ss grpc.ServerStream) error {
+		if method == "/t.S/Echo" {
+			return echo(method, ss)
+		}
+		return block(method, ss)
+	})
+	h := &hooks{b: srv.backend(), refuse: map[string]*status.Status{"/t.S/Refused": status.New(codes.Unimplemented, "no")}}
+	_, _, sock := relay(t, h2relay.Config{Hooks: h})
+	headers := func(c *h2client, id uint32, method string, end bool) {
+		c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, EndHeaders: true, EndStream: end, BlockFragment: c.block(request(method)...)})
+	}
+	echoCall := func(c *h2client, id uint32) {
+		headers(c, id, "/t.S/Echo", false)
+		c.fr.WriteData(id, true, grpcMessage(0, []byte("x")))
+		if _, tr := c.answer(id); value(tr, "grpc-status") != "0" {
+			t.Fatalf("echo: %v", tr)
+		}
+	}
+	goAway := func(what string, f http2.Frame, code http2.ErrCode) {
+		t.Helper()
+		if g, ok := f.(*http2.GoAwayFrame); !ok || g.ErrCode != code {
+			t.Errorf("%s: %v, want GOAWAY %v", what, f, code)
+		}
+	}
+	reset := func(what string, f http2.Frame, id uint32, code http2.ErrCode) {
+		t.Helper()
+		if r, ok := f.(*http2.RSTStreamFrame); !ok || r.StreamID != id || r.ErrCode != code {
+			t.Errorf("%s: %v, want RST_STREAM %d %v", what, f, id, code)
+		}
+	}
+
+	c := newH2Client(t, sock)
+	echoCall(c, 1)
+	headers(c, 1, "/t.S/Echo", false)
+	goAway("HEADERS reusing a stream that ended", c.afterPing(), http2.ErrCodeStreamClosed)
+
+	c = newH2Client(t, sock)
+	echoCall(c, 1)
+	c.fr.WriteData(1, false, []byte("late"))
+	goAway("DATA on a stream that ended", c.afterPing(), http2.ErrCodeStreamClosed)
+
+	c = newH2Client(t, sock)
+	echoCall(c, 5)
+	headers(c, 3, "/t.S/Echo", false)
+	goAway("HEADERS opening a stream below the last", c.afterPing(), http2.ErrCodeProtocol)
+
+	c = newH2Client(t, sock)
+	headers(c, 1, "/t.S/Block", false)
+	c.fr.WriteRSTStream(1, http2.ErrCodeCancel)
+	c.fr.WriteData(1, false, []byte("late"))
+	reset("DATA after the client's RST_STREAM", c.afterPing(), 1, http2.ErrCodeStreamClosed)
+
+	headers(c, 3, "/t.S/Block", true)
+	waitFor(t, func() bool { return entered.Load() == 2 })
+	c.fr.WriteData(3, false, []byte("more"))
+	reset("DATA after the client's END_STREAM", c.afterPing(), 3, http2.ErrCodeStreamClosed)
+	waitFor(t, func() bool { // the call ended, its backend stream cancelled
+		for _, d := range h.ended() {
+			if d == "/t.S/Block Internal" {
+				return true
+			}
+		}
+		return false
+	})
+
+	headers(c, 5, "/t.S/Refused", false) // answered and reset by the relay
+	if _, tr := c.answer(5); value(tr, "grpc-status") != "12" {
+		t.Fatalf("refused: %v", tr)
+	}
+	c.fr.WriteData(5, false, []byte("in flight"))
+	headers(c, 5, "/t.S/Refused", true)
+	c.fr.WriteRSTStream(5, http2.ErrCodeCancel)
+	if f := c.afterPing(); f != nil && !isReset(f, 5, http2.ErrCodeNo) {
+		t.Errorf("frames on a stream the relay reset: %v, want them ignored", f)
+	}
+	echoCall(c, 7) // still serving
+
+	for _, f := range []func(c *h2client){
+		func(c *h2client) { c.fr.WriteData(9, false, []byte("x")) },
+		func(c *h2client) { c.fr.WriteWindowUpdate(9, 1) },
+		func(c *h2client) { c.fr.WriteRSTStream(9, http2.ErrCodeCancel) },
+	} {
+		c := newH2Client(t, sock)
+		echoCall(c, 7)
+		f(c)
+		goAway("a frame on a stream never opened", c.afterPing(), http2.ErrCodeProtocol)
+	}
+}
+
+func isReset(f http2.Frame, id uint32, code http2.ErrCode) bool {
+	r, ok := f.(*http2.RSTStreamFrame)
+	return ok && r.StreamID == id && r.ErrCode == code
 }

@@ -78,7 +78,8 @@ type session struct {
 	goingAway bool
 	closed    bool
 
-	active atomic.Int32 // calls in flight
+	active atomic.Int32  // calls in flight
+	ended  closedStreams // how its last streams closed
 
 	pingStrikes int
 	lastPing    time.Time
@@ -222,6 +223,8 @@ func (s *session) clientFrame(f http2.Frame) {
 				delete(s.cli.blocked, st)
 				s.pumpDown(st)
 			}
+		} else if f.StreamID > s.lastID {
+			s.idleStream()
 		} else if st := s.streams[f.StreamID]; st != nil {
 			if !windowUpdate(&st.down.win, f.Increment) {
 				s.close(st, codes.Internal, ptr(http2.ErrCodeFlowControl))
@@ -230,9 +233,12 @@ func (s *session) clientFrame(f http2.Frame) {
 			s.pumpDown(st)
 		}
 	case *http2.RSTStreamFrame:
-		if st := s.streams[f.StreamID]; st != nil {
+		if f.StreamID > s.lastID {
+			s.idleStream()
+		} else if st := s.streams[f.StreamID]; st != nil {
 			early := !st.sentHeader
 			st.up.closedIn = true
+			st.resetByCli = true
 			s.close(st, codes.Canceled, nil)
 			if early && !s.earlyReset() {
 				klog.V(2).InfoS("Closing a client connection: too many calls reset before their answer")
@@ -330,6 +336,45 @@ func (s *session) clientStreamError(se http2.StreamError) {
 		s.lastID = se.StreamID
 	}
 	s.cli.reset(se.StreamID, se.Code)
+	s.ended.add(se.StreamID, closedByRelay)
+}
+
+// idleStream fails the connection for a frame other than HEADERS on a
+// stream the client never opened (RFC 9113 §5.1, "idle").
+func (s *session) idleStream() {
+	s.cli.fail(s.lastID, http2.ErrCodeProtocol, "frame on an idle stream")
+}
+
+// closedStream answers a DATA or HEADERS frame on a stream that is no
+// longer open, as RFC 9113 §5.1 says for its way of closing; it reports
+// whether the frame is ignored (false: the connection is failed).
+func (s *session) closedStream(id uint32, headers bool) bool {
+	switch s.ended.lookup(id) {
+	case closedByClient:
+		// "An endpoint that receives any frame other than PRIORITY after
+		// receiving a RST_STREAM MUST treat that as a stream error of
+		// type STREAM_CLOSED."
+		s.cli.reset(id, http2.ErrCodeStreamClosed)
+		s.ended.add(id, closedByRelay)
+	case closedEnded:
+		// "... after receiving a frame with the END_STREAM flag set MUST
+		// treat that as a connection error of type STREAM_CLOSED."
+		s.cli.fail(s.lastID, http2.ErrCodeStreamClosed, "frame on a closed stream")
+		return false
+	case closedUnknown:
+		if headers {
+			// §5.1.1: a new stream's identifier must be greater than
+			// every one the client opened: a connection error
+			// PROTOCOL_ERROR. (A stream closed long ago is taken for
+			// one too.)
+			s.cli.fail(s.lastID, http2.ErrCodeProtocol, "stream ID not greater than the last one")
+			return false
+		}
+		// DATA on a stream closed long ago: ignored, as after our reset.
+	}
+	// closedByRelay: "An endpoint MUST ignore frames that it receives on
+	// closed streams after it has sent a RST_STREAM frame."
+	return true
 }
 
 func (s *session) clientHeaders(f *http2.MetaHeadersFrame) {
@@ -352,10 +397,12 @@ func (s *session) clientHeaders(f *http2.MetaHeadersFrame) {
 		return
 	}
 	if id <= s.lastID {
-		return // a stream already ended (reset by us): ignored
+		s.closedStream(id, true)
+		return
 	}
 	s.lastID = id
 	if s.goingAway {
+		s.ended.add(id, closedByRelay)
 		return // sent after our GOAWAY: not processed, the client retries it
 	}
 	if len(s.streams) >= int(s.r.cfg.MaxConcurrentStreams) {
@@ -367,6 +414,7 @@ func (s *session) clientHeaders(f *http2.MetaHeadersFrame) {
 			code = http2.ErrCodeProtocol
 		}
 		s.cli.reset(id, code)
+		s.ended.add(id, closedByRelay)
 		return
 	}
 	method := f.PseudoValue("path")
@@ -425,9 +473,21 @@ func (s *session) clientData(f *http2.DataFrame) {
 	}
 	data := f.Data()
 	st := s.streams[f.StreamID]
-	if st == nil || st.up.closedIn {
+	if st == nil {
 		s.cli.credit(n)
-		return // a stream already ended: discarded
+		if f.StreamID > s.lastID {
+			s.idleStream()
+			return
+		}
+		s.closedStream(f.StreamID, false)
+		return
+	}
+	if st.up.closedIn {
+		// Half-closed (remote): RFC 9113 §5.1 asks for a stream error
+		// STREAM_CLOSED.
+		s.cli.credit(n)
+		s.clientStreamError(http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeStreamClosed})
+		return
 	}
 	if !st.up.receive(n) {
 		s.cli.credit(n)
@@ -725,8 +785,14 @@ func (s *session) close(st *stream, code codes.Code, rst *http2.ErrCode) {
 	switch {
 	case rst != nil:
 		s.cli.reset(st.id, *rst)
+		s.ended.add(st.id, closedByRelay)
 	case !st.up.closedIn:
 		s.cli.reset(st.id, http2.ErrCodeNo) // answered: stop sending
+		s.ended.add(st.id, closedByRelay)
+	case st.resetByCli:
+		s.ended.add(st.id, closedByClient)
+	default:
+		s.ended.add(st.id, closedEnded)
 	}
 	s.dropDown(st)
 	if !st.up.credited {

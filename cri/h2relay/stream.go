@@ -39,6 +39,51 @@ func (p *pipe) receive(n int64) bool {
 
 func ptr[T any](v T) *T { return &v }
 
+// closedHow says how a client's stream closed, for the frames that still
+// come on it (RFC 9113 §5.1, "closed").
+type closedHow uint8
+
+const (
+	// closedUnknown: not remembered, or never opened.
+	closedUnknown closedHow = iota
+	// closedByRelay: the relay reset it (or refused it, or ignored it
+	// after its GOAWAY): what the client sent before it knew is ignored.
+	closedByRelay
+	// closedByClient: the client reset it; any frame after is a stream
+	// error STREAM_CLOSED.
+	closedByClient
+	// closedEnded: both sides ended it with END_STREAM; a DATA or HEADERS
+	// frame after is a connection error STREAM_CLOSED.
+	closedEnded
+)
+
+// closedMemory is how many of a connection's last closed streams are
+// remembered.
+const closedMemory = 256
+
+// closedStreams remembers how a connection's last closedMemory streams
+// closed.
+type closedStreams struct {
+	ids  [closedMemory]uint32
+	how  [closedMemory]closedHow
+	next int
+}
+
+func (c *closedStreams) add(id uint32, how closedHow) {
+	c.ids[c.next], c.how[c.next] = id, how
+	c.next = (c.next + 1) % closedMemory
+}
+
+// lookup is only for frames on streams no longer open: rare.
+func (c *closedStreams) lookup(id uint32) closedHow {
+	for i, v := range c.ids {
+		if v == id {
+			return c.how[i]
+		}
+	}
+	return closedUnknown
+}
+
 // queueBufs keeps the storage of pipes whose streams ended: a big answer
 // waiting for the client's window would otherwise allocate all it queues.
 var queueBufs = sync.Pool{New: func() any { return new([]byte) }}
@@ -90,6 +135,7 @@ type stream struct {
 	legEnded   bool // the backend ended its side (END_STREAM or RST_STREAM)
 	gotHeaders bool // the backend's response headers arrived
 	sentHeader bool // response headers went to the client
+	resetByCli bool // the client reset it
 	code       codes.Code
 
 	// A held call.
