@@ -3,9 +3,11 @@ package h2relay_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,6 +29,9 @@ type rawBackend struct {
 	sock   string
 	answer int    // bytes to send on each stream
 	window uint32 // its SETTINGS_INITIAL_WINDOW_SIZE; the connection window stays at 65535
+	// headerBytes, if not 0, makes it answer each stream at once with a
+	// trailers-only answer of about that many bytes of headers.
+	headerBytes int
 
 	sent, received atomic.Int64
 }
@@ -114,7 +119,16 @@ func (b *rawBackend) serve(c net.Conn) {
 				st.win += int64(f.Increment)
 			}
 		case *http2.MetaHeadersFrame:
-			if b.answer > 0 {
+			if b.headerBytes > 0 {
+				hbuf.Reset()
+				enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				enc.WriteField(hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
+				enc.WriteField(hpack.HeaderField{Name: "grpc-status", Value: "0"})
+				writeBigFields(enc, b.headerBytes)
+				writeBlock(fr, f.StreamID, hbuf.Bytes(), true)
+				hbuf = bytes.Buffer{} // not to count in the test's heap
+				enc = hpack.NewEncoder(&hbuf)
+			} else if b.answer > 0 {
 				hbuf.Reset()
 				enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
 				enc.WriteField(hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
@@ -130,6 +144,28 @@ func (b *rawBackend) serve(c net.Conn) {
 		}
 		pump()
 		mu.Unlock()
+	}
+}
+
+// writeBigFields writes header fields of 4 KiB values, n bytes in all.
+func writeBigFields(enc *hpack.Encoder, n int) {
+	v := string(bytes.Repeat([]byte("v"), 4<<10))
+	for i := 0; i < n/(4<<10); i++ {
+		enc.WriteField(hpack.HeaderField{Name: fmt.Sprintf("x-big-%d", i), Value: v})
+	}
+}
+
+// writeBlock writes a header block as HEADERS and CONTINUATION frames of
+// 16 KiB.
+func writeBlock(fr *http2.Framer, id uint32, block []byte, end bool) {
+	for first := true; first || len(block) > 0; first = false {
+		n := min(len(block), 16<<10)
+		if first {
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block[:n], EndStream: end, EndHeaders: n == len(block)})
+		} else {
+			fr.WriteContinuation(id, n == len(block), block[:n])
+		}
+		block = block[n:]
 	}
 }
 
@@ -270,5 +306,44 @@ func TestStalledBackendBoundsClientCredit(t *testing.T) {
 	<-done
 	if got := accepted.Load(); got > 4<<20 || got < 1<<20 {
 		t.Errorf("the relay let the client send %d bytes to a backend that took %d: want at most its 4 MiB connection window", got, b.received.Load())
+	}
+}
+
+// A header block of some MiB, legal under the 16 MiB header list limit,
+// leaves no buffer of its size behind: each connection's encoding buffer
+// goes back to a small one once a block is written, and blocks are written
+// in frames of 16 KiB (here, 3 idle connections that each relayed 2 MiB of
+// headers both ways). Before, each connection kept about 2 blocks' worth
+// for as long as it lived, 3 with a client allowing large frames.
+func TestHeaderBuffersReleased(t *testing.T) {
+	const size = 2 << 20
+	b := startRawBackend(t, 0, 65535)
+	b.headerBytes = size
+	_, _, sock := relay(t, h2relay.Config{Hooks: &hooks{b: b.backend()}})
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range 3 {
+		// A client allowing frames of up to 16 MiB still gets 16 KiB
+		// ones: a Framer keeps a buffer the size of its largest frame.
+		c := newH2Client(t, sock, http2.Setting{ID: http2.SettingMaxFrameSize, Val: 1<<24 - 1})
+		c.fr.SetMaxReadFrameSize(1<<24 - 1)
+		var block bytes.Buffer
+		enc := hpack.NewEncoder(&block)
+		for _, f := range request("/t.S/Big") {
+			enc.WriteField(f)
+		}
+		writeBigFields(enc, size)
+		writeBlock(c.fr, 1, block.Bytes(), true)
+		if _, tr := c.answer(1); value(tr, "grpc-status") != "0" || value(tr, "x-big-0") == "" {
+			t.Fatalf("answer: %d fields", len(tr))
+		}
+		c.ebuf = bytes.Buffer{}
+		c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil) // its buffer, not the relay's
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grown := int64(after.HeapInuse) - int64(before.HeapInuse); grown > 4<<20 {
+		t.Errorf("the heap grew by %.1f MiB after 3 connections relayed 2 MiB header blocks both ways and went idle, want under 4 MiB", float64(grown)/(1<<20))
 	}
 }

@@ -139,8 +139,16 @@ func (sd *side) settings(f *http2.SettingsFrame, lastID uint32) (delta int64, ok
 	return delta, true
 }
 
+// keptHeaderBuf is the largest header encoding buffer a connection keeps
+// between header blocks: gRPC's are a few hundred bytes, and a block of
+// megabytes (legal up to the 16 MiB header list limit) would otherwise stay
+// allocated for as long as the connection lives.
+const keptHeaderBuf = 16 << 10
+
 // writeHeaders encodes a header block and writes it, split into
-// CONTINUATION frames to fit the peer's frame size.
+// CONTINUATION frames to fit the peer's frame size. Frames carry at most
+// 16 KiB of the block whatever larger size the peer allows, so that the
+// Framer's own write buffer, which holds a frame, stays that small.
 func (sd *side) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) {
 	sd.ebuf.Reset()
 	for _, f := range fields {
@@ -149,7 +157,7 @@ func (sd *side) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) {
 	block := sd.ebuf.Bytes()
 	first := true
 	for first || len(block) > 0 {
-		n := min(len(block), int(sd.maxFrame))
+		n := min(len(block), int(sd.maxFrame), maxFrameSize)
 		chunk := block[:n]
 		block = block[n:]
 		if first {
@@ -158,6 +166,9 @@ func (sd *side) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) {
 		} else {
 			sd.fr.WriteContinuation(id, len(block) == 0, chunk)
 		}
+	}
+	if sd.ebuf.Cap() > keptHeaderBuf {
+		sd.ebuf = bytes.Buffer{} // the encoder writes to &sd.ebuf
 	}
 	sd.dirty, sd.sent = true, true
 }
