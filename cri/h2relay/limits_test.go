@@ -515,3 +515,37 @@ func isReset(f http2.Frame, id uint32, code http2.ErrCode) bool {
 	r, ok := f.(*http2.RSTStreamFrame)
 	return ok && r.StreamID == id && r.ErrCode == code
 }
+
+// DATA, HEADERS and CONTINUATION frames over the 16 KiB
+// SETTINGS_MAX_FRAME_SIZE the relay advertises (the default) are a
+// connection error FRAME_SIZE_ERROR (RFC 9113 §4.2: always for frames
+// carrying a header block), and are not read.
+func TestOversizeFramesOfStreams(t *testing.T) {
+	srv := startServer(t, echo)
+	_, _, sock := relay(t, h2relay.Config{Hooks: &hooks{b: srv.backend()}})
+	big := make([]byte, 1<<14+1)
+	for _, tc := range []struct {
+		name string
+		send func(c *h2client)
+	}{
+		{"DATA", func(c *h2client) {
+			c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: c.block(request("/t.S/Echo")...)})
+			c.fr.WriteRawFrame(http2.FrameData, 0, 1, big)
+		}},
+		{"HEADERS", func(c *h2client) {
+			c.fr.WriteRawFrame(http2.FrameHeaders, http2.FlagHeadersEndHeaders, 1, big)
+		}},
+		{"CONTINUATION", func(c *h2client) {
+			c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: c.block(request("/t.S/Echo")...)})
+			c.fr.WriteRawFrame(http2.FrameContinuation, http2.FlagContinuationEndHeaders, 1, big)
+		}},
+	} {
+		c := newH2Client(t, sock)
+		c.conn.SetDeadline(time.Now().Add(5 * time.Second))
+		tc.send(c)
+		c.fr.WritePing(false, [8]byte{'b', 'i', 'g'})
+		if code := goAwayCode(t, c.fr, [8]byte{'b', 'i', 'g'}); code != http2.ErrCodeFrameSize {
+			t.Errorf("%s over 16 KiB: GOAWAY %v, want FRAME_SIZE_ERROR", tc.name, code)
+		}
+	}
+}
