@@ -2,6 +2,7 @@ package h2relay_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/binary"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -548,4 +550,32 @@ func TestOversizeFramesOfStreams(t *testing.T) {
 			t.Errorf("%s over 16 KiB: GOAWAY %v, want FRAME_SIZE_ERROR", tc.name, code)
 		}
 	}
+}
+
+// A compressed held request counts with its decompressed size: a few KiB
+// of gzip that decompress to more than the budget left are refused
+// ResourceExhausted before the Inspector runs.
+func TestHeldBytesCountDecompressed(t *testing.T) {
+	srv := startServer(t, echo)
+	var inspected atomic.Int32
+	h := &hooks{b: srv.backend(), inspect: map[string]h2relay.Inspector{
+		"/t.S/Held": func(context.Context, []byte) h2relay.Verdict { inspected.Add(1); return h2relay.Verdict{} },
+	}}
+	r, _, sock := relay(t, h2relay.Config{Hooks: h, MaxHeldBytes: 1 << 20, MaxMessageSize: 4 << 20})
+	c := newH2Client(t, sock)
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: c.block(request("/t.S/Held")...)})
+	c.fr.WriteData(1, false, messageStart(400<<10, 1000)) // 400 KiB held
+	var z bytes.Buffer
+	zw := gzip.NewWriter(&z)
+	zw.Write(make([]byte, 700<<10))
+	zw.Close()
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, EndHeaders: true,
+		BlockFragment: c.block(request("/t.S/Held", hpack.HeaderField{Name: "grpc-encoding", Value: "gzip"})...)})
+	c.fr.WriteData(3, true, grpcMessage(1, z.Bytes()))
+	_, trailers := c.answer(3)
+	if value(trailers, "grpc-status") != "8" || inspected.Load() != 0 {
+		t.Errorf("%d bytes of gzip for 700 KiB with 600 KiB of budget left: %v (inspected %d)", z.Len(), trailers, inspected.Load())
+	}
+	c.fr.WriteRSTStream(1, http2.ErrCodeCancel)
+	waitFor(t, func() bool { return r.HeldBytes() == 0 })
 }

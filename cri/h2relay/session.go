@@ -544,8 +544,7 @@ func (s *session) hold(st *stream, data []byte) bool {
 	}
 	if need > st.heldBytes {
 		if !s.r.reserveHeld(need - st.heldBytes) {
-			s.answer(st, status.Newf(codes.ResourceExhausted,
-				"armorshim: too many requests held at once (%d bytes, at most %d): retry later", s.r.held.Load(), s.r.cfg.MaxHeldBytes))
+			s.answer(st, s.heldRefusal())
 			return false
 		}
 		st.heldBytes = need
@@ -557,6 +556,12 @@ func (s *session) hold(st *stream, data []byte) bool {
 	}
 	st.body = append(st.body, data...)
 	return true
+}
+
+// heldRefusal answers a held call over the relay's budget of held bytes.
+func (s *session) heldRefusal() *status.Status {
+	return status.Newf(codes.ResourceExhausted,
+		"armorshim: too many requests held at once (%d bytes, at most %d): retry later", s.r.held.Load(), s.r.cfg.MaxHeldBytes)
 }
 
 // releaseHeld gives a held request's bytes back to the relay's budget.
@@ -695,6 +700,15 @@ func (s *session) creditStream(in *side, st *stream, p *pipe, n int64) {
 // inspect hands a held call's whole request to its Inspector.
 func (s *session) inspect(st *stream) {
 	msg, sst := unframe(st.body, st.encoding, s.r.cfg.MaxMessageSize)
+	if sst == nil && len(st.body) > 0 && st.body[0] != 0 {
+		// Decompressed, the message is held too: a few KiB of gzip may
+		// stand for the whole MaxMessageSize.
+		if s.r.reserveHeld(int64(len(msg))) {
+			st.heldBytes += int64(len(msg))
+		} else {
+			sst = s.heldRefusal()
+		}
+	}
 	if sst != nil {
 		s.answer(st, sst)
 		return
