@@ -8,6 +8,16 @@
 // Each client connection gets its own connection to each backend it uses,
 // dialed when its first call for that backend arrives and again after a
 // backend goes away; stream IDs are kept as the client chose them.
+//
+// The package is the HTTP/2 endpoint on both sides, so it owns what a
+// server's and a client's transport would: the connection preface and
+// settings, stream states and IDs (RFC 9113 §5.1), concurrency
+// (SETTINGS_MAX_CONCURRENT_STREAMS), flow control both ways, PING and
+// GOAWAY, keepalive, and the limits that keep what a peer can make it hold
+// bounded: windows, held request bytes, ping strikes, early resets. It
+// leaves frame parsing and HPACK to golang.org/x/net/http2 (Framer, hpack).
+// docs/h2relay.md lists the rules it enforces, with their RFC sections, and
+// its limits.
 package h2relay
 
 import (
