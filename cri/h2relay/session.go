@@ -84,7 +84,7 @@ type session struct {
 	pingStrikes int
 	lastPing    time.Time
 
-	heard       atomic.Bool // a frame was read since the last keepalive check
+	heard       bool        // a frame was read since the last keepalive check
 	ka          *time.Timer // runs keepalive
 	kaPinged    bool        // keepalive sent its ping
 	resetTokens float64     // of maxEarlyResets
@@ -165,8 +165,8 @@ func (s *session) serve() {
 			s.ka = time.AfterFunc(s.r.timeouts.keepalive, s.keepalive)
 			s.mu.Unlock()
 		}
-		s.heard.Store(true)
 		s.mu.Lock()
+		s.heard = true
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -277,8 +277,8 @@ func (s *session) keepalive() {
 	defer s.mu.Unlock()
 	switch {
 	case s.closed:
-	case s.heard.Swap(false):
-		s.kaPinged = false
+	case s.heard:
+		s.heard, s.kaPinged = false, false
 		s.ka.Reset(s.r.timeouts.keepalive)
 	case !s.kaPinged:
 		s.kaPinged = true
