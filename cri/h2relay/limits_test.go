@@ -420,7 +420,8 @@ func (h *h2client) afterPing() http2.Frame {
 // client reset, stream error STREAM_CLOSED; DATA after the client's
 // END_STREAM, stream error STREAM_CLOSED, and the call is cancelled; frames
 // on a stream the relay reset, ignored; DATA, WINDOW_UPDATE or RST_STREAM
-// on a stream never opened, connection error PROTOCOL_ERROR.
+// on a stream never opened (an even one included), connection error
+// PROTOCOL_ERROR.
 func TestFramesOnClosedStreams(t *testing.T) {
 	var entered atomic.Int32
 	block := blockUntilCancelled(&entered)
@@ -505,6 +506,7 @@ func TestFramesOnClosedStreams(t *testing.T) {
 		func(c *h2client) { c.fr.WriteData(9, false, []byte("x")) },
 		func(c *h2client) { c.fr.WriteWindowUpdate(9, 1) },
 		func(c *h2client) { c.fr.WriteRSTStream(9, http2.ErrCodeCancel) },
+		func(c *h2client) { c.fr.WriteData(2, false, []byte("x")) }, // even: the relay opens none
 	} {
 		c := newH2Client(t, sock)
 		echoCall(c, 7)

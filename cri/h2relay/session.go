@@ -151,9 +151,9 @@ func (s *session) serve() {
 	s.mu.Unlock()
 	for first := true; ; first = false {
 		f, err := s.cli.fr.ReadFrame()
-		if first && err == nil {
+		if first && (err == nil || errors.As(err, new(http2.StreamError))) {
 			// RFC 9113 §3.4: the preface ends with a SETTINGS frame.
-			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
+			if sf, ok := f.(*http2.SettingsFrame); err != nil || !ok || sf.IsAck() {
 				klog.V(2).InfoS("Closing a client connection: no SETTINGS after the preface")
 				s.mu.Lock()
 				s.cli.fail(0, http2.ErrCodeProtocol, "the preface must end with SETTINGS")
@@ -223,7 +223,7 @@ func (s *session) clientFrame(f http2.Frame) {
 				delete(s.cli.blocked, st)
 				s.pumpDown(st)
 			}
-		} else if f.StreamID > s.lastID {
+		} else if s.idle(f.StreamID) {
 			s.idleStream()
 		} else if st := s.streams[f.StreamID]; st != nil {
 			if !windowUpdate(&st.down.win, f.Increment) {
@@ -233,7 +233,7 @@ func (s *session) clientFrame(f http2.Frame) {
 			s.pumpDown(st)
 		}
 	case *http2.RSTStreamFrame:
-		if f.StreamID > s.lastID {
+		if s.idle(f.StreamID) {
 			s.idleStream()
 		} else if st := s.streams[f.StreamID]; st != nil {
 			early := !st.sentHeader
@@ -338,6 +338,10 @@ func (s *session) clientStreamError(se http2.StreamError) {
 	s.cli.reset(se.StreamID, se.Code)
 	s.ended.add(se.StreamID, closedByRelay)
 }
+
+// idle reports whether a stream is idle: one the client has not opened
+// (the relay opens none).
+func (s *session) idle(id uint32) bool { return id > s.lastID || id%2 == 0 }
 
 // idleStream fails the connection for a frame other than HEADERS on a
 // stream the client never opened (RFC 9113 §5.1, "idle").
@@ -475,7 +479,7 @@ func (s *session) clientData(f *http2.DataFrame) {
 	st := s.streams[f.StreamID]
 	if st == nil {
 		s.cli.credit(n)
-		if f.StreamID > s.lastID {
+		if s.idle(f.StreamID) {
 			s.idleStream()
 			return
 		}
