@@ -23,6 +23,9 @@ const (
 // DefaultMaxMessageSize matches the kubelet's CRI client limit.
 const DefaultMaxMessageSize = 16 << 20
 
+// DefaultMaxHeldRequestBytes bounds the requests held whole at once.
+const DefaultMaxHeldRequestBytes = 64 << 20
+
 // Config is armorshim's configuration: the YAML file, overridden by flags.
 type Config struct {
 	APIVersion string `json:"apiVersion"`
@@ -44,6 +47,12 @@ type Config struct {
 	// compressed message of a call armorshim does not hold is bounded by
 	// the kubelet's and the runtime's own limits once decompressed.
 	MaxMessageSize int `json:"maxMessageSize,omitempty"`
+	// MaxHeldRequestBytes bounds the bytes of the requests armorshim holds
+	// whole to decide them (CreateContainer, and StartContainer and
+	// RunPodSandbox when attestation and Pod Security need them), across
+	// all connections: past it, a new held call fails with
+	// ResourceExhausted and the kubelet retries it.
+	MaxHeldRequestBytes int64 `json:"maxHeldRequestBytes,omitempty"`
 	// ShutdownTimeout bounds how long in-flight calls may run on shutdown.
 	ShutdownTimeout Duration `json:"shutdownTimeout,omitempty"`
 	// MetricsAddress serves Prometheus metrics on a loopback host:port, e.g.
@@ -158,14 +167,15 @@ type PolicyConfig struct {
 // DefaultConfig returns the configuration used when no file is given.
 func DefaultConfig() *Config {
 	return &Config{
-		APIVersion:      APIVersion,
-		Kind:            Kind,
-		Listen:          "unix:///run/armorshim/armorshim.sock",
-		RuntimeEndpoint: "unix:///run/containerd/containerd.sock",
-		Sysfs:           "/sys",
-		Procfs:          "/proc",
-		MaxMessageSize:  DefaultMaxMessageSize,
-		ShutdownTimeout: Duration(30 * time.Second),
+		APIVersion:          APIVersion,
+		Kind:                Kind,
+		Listen:              "unix:///run/armorshim/armorshim.sock",
+		RuntimeEndpoint:     "unix:///run/containerd/containerd.sock",
+		Sysfs:               "/sys",
+		Procfs:              "/proc",
+		MaxMessageSize:      DefaultMaxMessageSize,
+		MaxHeldRequestBytes: DefaultMaxHeldRequestBytes,
+		ShutdownTimeout:     Duration(30 * time.Second),
 		BackendProbe: BackendProbeConfig{
 			Interval: Duration(3 * time.Second),
 			Timeout:  Duration(2 * time.Second),
@@ -234,6 +244,9 @@ func (c *Config) Validate() (*apparmor.Policy, error) {
 	}
 	if c.MaxMessageSize < 4<<20 {
 		return nil, fmt.Errorf("maxMessageSize: %d is below 4 MiB", c.MaxMessageSize)
+	}
+	if c.MaxHeldRequestBytes < int64(c.MaxMessageSize) {
+		return nil, fmt.Errorf("maxHeldRequestBytes: %d is below maxMessageSize (%d): the largest request could never be held", c.MaxHeldRequestBytes, c.MaxMessageSize)
 	}
 	if c.MetricsAddress != "" {
 		if err := checkLoopback(c.MetricsAddress); err != nil {

@@ -113,7 +113,7 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 		backends.Image = socketBackend("image service", cfg.Image())
 	}
 	s.proxy = cri.New(backends, s.host, pol, opts...)
-	s.relay = h2relay.New(h2relay.Config{Hooks: s.proxy, MaxMessageSize: cfg.MaxMessageSize})
+	s.relay = h2relay.New(h2relay.Config{Hooks: s.proxy, MaxMessageSize: cfg.MaxMessageSize, MaxHeldBytes: cfg.MaxHeldRequestBytes})
 	return s, nil
 }
 
@@ -248,20 +248,21 @@ func (s *Server) Reload() error {
 func (c *Config) restartFields(n *Config) []string {
 	var out []string
 	for name, changed := range map[string]bool{
-		"listen":          c.Listen != n.Listen,
-		"socketGroup":     c.SocketGroup != n.SocketGroup,
-		"runtimeEndpoint": c.RuntimeEndpoint != n.RuntimeEndpoint,
-		"imageEndpoint":   c.Image() != n.Image(),
-		"sysfs":           c.Sysfs != n.Sysfs,
-		"procfs":          c.Procfs != n.Procfs,
-		"maxMessageSize":  c.MaxMessageSize != n.MaxMessageSize,
-		"shutdownTimeout": c.ShutdownTimeout != n.ShutdownTimeout,
-		"metricsAddress":  c.MetricsAddress != n.MetricsAddress,
-		"backendProbe":    c.BackendProbe != n.BackendProbe,
-		"profiles":        c.Profiles != n.Profiles,
-		"nodeFeatures":    c.NodeFeatures != n.NodeFeatures,
-		"attestation":     c.Attestation != n.Attestation,
-		"denials":         c.Denials != n.Denials,
+		"listen":              c.Listen != n.Listen,
+		"socketGroup":         c.SocketGroup != n.SocketGroup,
+		"runtimeEndpoint":     c.RuntimeEndpoint != n.RuntimeEndpoint,
+		"imageEndpoint":       c.Image() != n.Image(),
+		"sysfs":               c.Sysfs != n.Sysfs,
+		"procfs":              c.Procfs != n.Procfs,
+		"maxMessageSize":      c.MaxMessageSize != n.MaxMessageSize,
+		"maxHeldRequestBytes": c.MaxHeldRequestBytes != n.MaxHeldRequestBytes,
+		"shutdownTimeout":     c.ShutdownTimeout != n.ShutdownTimeout,
+		"metricsAddress":      c.MetricsAddress != n.MetricsAddress,
+		"backendProbe":        c.BackendProbe != n.BackendProbe,
+		"profiles":            c.Profiles != n.Profiles,
+		"nodeFeatures":        c.NodeFeatures != n.NodeFeatures,
+		"attestation":         c.Attestation != n.Attestation,
+		"denials":             c.Denials != n.Denials,
 	} {
 		if changed {
 			out = append(out, name)

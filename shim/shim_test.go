@@ -564,6 +564,7 @@ policy:
 			}
 		}},
 		{name: "small maxMessageSize", body: header + "maxMessageSize: 1024\n", wantErr: []string{"maxMessageSize"}},
+		{name: "small maxHeldRequestBytes", body: header + "maxHeldRequestBytes: 1048576\n", wantErr: []string{"maxHeldRequestBytes"}},
 		{name: "not yaml", body: header + "policy: [\n", wantErr: []string{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

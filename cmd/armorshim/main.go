@@ -85,6 +85,7 @@ func newServeFlags() *serveFlags {
 	fs.StringVar(&d.Sysfs, "sysfs", d.Sysfs, "root of sysfs: AppArmor state is read below it")
 	fs.StringVar(&d.Procfs, "procfs", d.Procfs, "root of procfs")
 	fs.IntVar(&d.MaxMessageSize, "max-message-size", d.MaxMessageSize, "largest CRI message in bytes, both ways (the kubelet's limit is 16 MiB)")
+	fs.Int64Var(&d.MaxHeldRequestBytes, "max-held-request-bytes", d.MaxHeldRequestBytes, "most bytes of requests held whole to decide them (CreateContainer...), all connections together; past it a new held call fails with ResourceExhausted")
 	fs.Var(durationFlag{&d.ShutdownTimeout}, "shutdown-timeout", "how long in-flight calls may finish on SIGTERM/SIGINT")
 	fs.StringVar(&d.Profiles.Directory, "profiles-dir", d.Profiles.Directory, "directory of AppArmor profile files to keep loaded with apparmor_parser (empty: off)")
 	fs.StringVar(&d.NodeFeatures.Directory, "node-features-dir", d.NodeFeatures.Directory, "node-feature-discovery features.d directory to write AppArmor labels to (empty: off)")
@@ -103,17 +104,18 @@ func (f *serveFlags) config() (*shim.Config, error) {
 		}
 	}
 	set := map[string]func(){
-		"listen":            func() { cfg.Listen = f.values.Listen },
-		"socket-group":      func() { cfg.SocketGroup = f.values.SocketGroup },
-		"runtime-endpoint":  func() { cfg.RuntimeEndpoint = f.values.RuntimeEndpoint },
-		"image-endpoint":    func() { cfg.ImageEndpoint = f.values.ImageEndpoint },
-		"sysfs":             func() { cfg.Sysfs = f.values.Sysfs },
-		"procfs":            func() { cfg.Procfs = f.values.Procfs },
-		"max-message-size":  func() { cfg.MaxMessageSize = f.values.MaxMessageSize },
-		"shutdown-timeout":  func() { cfg.ShutdownTimeout = f.values.ShutdownTimeout },
-		"metrics-address":   func() { cfg.MetricsAddress = f.values.MetricsAddress },
-		"profiles-dir":      func() { cfg.Profiles.Directory = f.values.Profiles.Directory },
-		"node-features-dir": func() { cfg.NodeFeatures.Directory = f.values.NodeFeatures.Directory },
+		"listen":                 func() { cfg.Listen = f.values.Listen },
+		"socket-group":           func() { cfg.SocketGroup = f.values.SocketGroup },
+		"runtime-endpoint":       func() { cfg.RuntimeEndpoint = f.values.RuntimeEndpoint },
+		"image-endpoint":         func() { cfg.ImageEndpoint = f.values.ImageEndpoint },
+		"sysfs":                  func() { cfg.Sysfs = f.values.Sysfs },
+		"procfs":                 func() { cfg.Procfs = f.values.Procfs },
+		"max-message-size":       func() { cfg.MaxMessageSize = f.values.MaxMessageSize },
+		"max-held-request-bytes": func() { cfg.MaxHeldRequestBytes = f.values.MaxHeldRequestBytes },
+		"shutdown-timeout":       func() { cfg.ShutdownTimeout = f.values.ShutdownTimeout },
+		"metrics-address":        func() { cfg.MetricsAddress = f.values.MetricsAddress },
+		"profiles-dir":           func() { cfg.Profiles.Directory = f.values.Profiles.Directory },
+		"node-features-dir":      func() { cfg.NodeFeatures.Directory = f.values.NodeFeatures.Directory },
 	}
 	f.fs.Visit(func(fl *flag.Flag) {
 		if apply, ok := set[fl.Name]; ok {

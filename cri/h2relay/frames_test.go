@@ -28,10 +28,12 @@ type h2client struct {
 	t       *testing.T
 	connWin int64 // what the relay lets us send, as it said
 	pinged  bool  // the relay acknowledged our ping
-	conn    net.Conn
-	fr      *http2.Framer
-	enc     *hpack.Encoder
-	ebuf    bytes.Buffer
+	// settings are the relay's, as it sent them.
+	settings map[http2.SettingID]uint32
+	conn     net.Conn
+	fr       *http2.Framer
+	enc      *hpack.Encoder
+	ebuf     bytes.Buffer
 }
 
 func newH2Client(t *testing.T, sock string, settings ...http2.Setting) *h2client {
@@ -86,6 +88,10 @@ func (h *h2client) connFrame(f http2.Frame) {
 	switch f := f.(type) {
 	case *http2.SettingsFrame:
 		if !f.IsAck() {
+			if h.settings == nil {
+				h.settings = map[http2.SettingID]uint32{}
+			}
+			f.ForeachSetting(func(s http2.Setting) error { h.settings[s.ID] = s.Val; return nil })
 			h.fr.WriteSettingsAck()
 		}
 	case *http2.WindowUpdateFrame:

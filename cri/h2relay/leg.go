@@ -87,6 +87,12 @@ func (s *session) serveLeg(l *leg) {
 			return
 		}
 		s.legFrame(l, f)
+		if l.failed {
+			s.legLost(l, errors.New("protocol error"))
+			s.flush()
+			s.mu.Unlock()
+			return
+		}
 		if l.br.Buffered() == 0 {
 			s.flush()
 		}
@@ -223,15 +229,18 @@ func (s *session) legData(l *leg, f *http2.DataFrame) {
 	data := f.Data()
 	st := l.streams[f.StreamID]
 	if st == nil || st.down.closedIn {
+		l.credit(n)
 		return
 	}
-	if !st.down.receive(n, l.side) {
+	if !st.down.receive(n) {
+		l.credit(n)
 		l.reset(f.StreamID, http2.ErrCodeFlowControl)
 		st.legEnded = true
 		s.answer(st, status.Newf(codes.Internal, "armorshim: the %s sent beyond the flow-control window", l.b.Name))
 		return
 	}
 	if pad := n - int64(len(data)); pad > 0 {
+		l.credit(pad)
 		s.creditStream(l.side, st, &st.down, pad)
 	}
 	end := f.StreamEnded()
@@ -240,10 +249,12 @@ func (s *session) legData(l *leg, f *http2.DataFrame) {
 		st.down.closedIn = true
 	}
 	if sst := st.down.framing.check(data, s.r.cfg.MaxMessageSize, "received"); sst != nil {
+		l.credit(int64(len(data)))
 		s.answer(st, sst)
 		return
 	}
 	if st.vet != nil {
+		l.credit(int64(len(data)))
 		st.held.body = append(st.held.body, data...)
 		if !oneMessage(st.held.body) {
 			s.answer(st, status.Newf(codes.Internal, "armorshim: the %s answered a unary call with more than one message", l.b.Name))

@@ -8,6 +8,16 @@
 // Each client connection gets its own connection to each backend it uses,
 // dialed when its first call for that backend arrives and again after a
 // backend goes away; stream IDs are kept as the client chose them.
+//
+// The package is the HTTP/2 endpoint on both sides, so it owns what a
+// server's and a client's transport would: the connection preface and
+// settings, stream states and IDs (RFC 9113 §5.1), concurrency
+// (SETTINGS_MAX_CONCURRENT_STREAMS), flow control both ways, PING and
+// GOAWAY, keepalive, and the limits that keep what a peer can make it hold
+// bounded: windows, held request bytes, ping strikes, early resets. It
+// leaves frame parsing and HPACK to golang.org/x/net/http2 (Framer, hpack).
+// docs/h2relay.md lists the rules it enforces, with their RFC sections, and
+// its limits.
 package h2relay
 
 import (
@@ -115,7 +125,27 @@ type Config struct {
 	// gives each side: how much it may buffer per stream and per
 	// connection. 0 means 1 MiB and 4 MiB.
 	StreamWindow, ConnWindow int32
+	// MaxConcurrentStreams is the SETTINGS_MAX_CONCURRENT_STREAMS the relay
+	// advertises to each client connection and enforces (RFC 9113 §5.1.2).
+	// 0 means DefaultMaxConcurrentStreams.
+	MaxConcurrentStreams uint32
+	// MaxHeldBytes bounds the bytes of the requests the relay holds whole
+	// for an Inspector, across all its connections: a held call whose
+	// request would take the total past it is answered ResourceExhausted,
+	// and nothing of it reaches the backend. 0 means DefaultMaxHeldBytes.
+	MaxHeldBytes int64
 }
+
+// DefaultMaxHeldBytes is the default bound of the bytes held in requests:
+// four of the kubelet's largest messages (16 MiB), thousands of real
+// CreateContainer requests (a few KiB each).
+const DefaultMaxHeldBytes = 64 << 20
+
+// DefaultMaxConcurrentStreams bounds the calls a client connection may have
+// open at once. gRPC-Go's server sets no limit by default; its clients, and
+// the kubelet's, keep to the one advertised, and 1000 is about ten times
+// the calls a busy kubelet has open (each image pull is one).
+const DefaultMaxConcurrentStreams = 1000
 
 // Relay accepts client connections and relays their calls.
 type Relay struct {
@@ -129,10 +159,36 @@ type Relay struct {
 	draining atomic.Bool
 	idle     *sync.Cond // signalled when a session ends or gets idle
 
+	// held is the bytes of the requests held whole, on every connection.
+	held atomic.Int64
+
+	timeouts timeouts
+
 	// hooks run the Inspectors and vetting functions on long-lived
 	// goroutines, whose stacks stay grown; when all are busy, on a new one.
 	hooks chan func()
 	done  chan struct{}
+}
+
+// timeouts are the relay's connection timeouts (see handshakeTimeout and
+// keepaliveTime); tests shorten them.
+type timeouts struct{ handshake, keepalive, keepaliveTimeout time.Duration }
+
+// HeldBytes returns the bytes of the requests the relay holds whole now, on
+// every connection (see Config.MaxHeldBytes).
+func (r *Relay) HeldBytes() int64 { return r.held.Load() }
+
+// reserveHeld takes n bytes of the budget of held requests, if it has them.
+func (r *Relay) reserveHeld(n int64) bool {
+	for {
+		cur := r.held.Load()
+		if cur+n > r.cfg.MaxHeldBytes {
+			return false
+		}
+		if r.held.CompareAndSwap(cur, cur+n) {
+			return true
+		}
+	}
 }
 
 // hookWorkers is the number of long-lived goroutines running hooks.
@@ -165,8 +221,15 @@ func New(cfg Config) *Relay {
 	if cfg.ConnWindow <= 0 {
 		cfg.ConnWindow = 4 << 20
 	}
+	if cfg.MaxHeldBytes <= 0 {
+		cfg.MaxHeldBytes = DefaultMaxHeldBytes
+	}
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
 	r := &Relay{cfg: cfg, listeners: map[net.Listener]struct{}{}, sessions: map[*session]struct{}{},
-		hooks: make(chan func()), done: make(chan struct{})}
+		hooks: make(chan func()), done: make(chan struct{}),
+		timeouts: timeouts{handshakeTimeout, keepaliveTime, keepaliveTimeout}}
 	r.idle = sync.NewCond(&r.mu)
 	for range hookWorkers {
 		go r.hookWorker()

@@ -668,38 +668,33 @@ func TestSlowStreamsDoNotBlockOthers(t *testing.T) {
 }
 
 // Shutdown keeps to its deadline even when a client stopped reading and the
-// relay is stuck writing to it.
+// relay is stuck writing to it: the client gave all the window there is and
+// reads nothing of a large answer.
 func TestShutdownWithStuckClient(t *testing.T) {
-	r, _, sock := relay(t, h2relay.Config{Hooks: &hooks{b: &h2relay.Backend{Name: "none", Dial: func(context.Context) (net.Conn, error) {
-		return nil, errors.New("no backend")
-	}}}})
-	c, err := net.Dial("unix", sock)
+	srv := startServer(t, func(_ string, ss grpc.ServerStream) error {
+		for {
+			if err := ss.SendMsg(&raw{make([]byte, 1<<20)}); err != nil {
+				return err
+			}
+		}
+	})
+	blocked := make(chan struct{}) // closed once a write to the client blocks
+	var once sync.Once
+	r := h2relay.New(h2relay.Config{Hooks: &hooks{b: srv.backend()}})
+	t.Cleanup(r.Close)
+	sock := filepath.Join(sockDir(t), "relay.sock")
+	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	// The client never reads the acks of its pings: once the relay is stuck
-	// writing them it stops reading, and a ping write times out.
-	stuck := make(chan error, 1)
-	go func() {
-		c.Write([]byte(http2.ClientPreface))
-		fr := http2.NewFramer(c, nil)
-		fr.WriteSettings()
-		for {
-			c.SetWriteDeadline(time.Now().Add(2 * time.Second))
-			if err := fr.WritePing(false, [8]byte{}); err != nil {
-				stuck <- err
-				return
-			}
-		}
-	}()
+	go r.Serve(&stallListener{l, func() { once.Do(func() { close(blocked) }) }})
+	c := newH2Client(t, sock, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	c.fr.WriteWindowUpdate(0, 1<<31-1-65535)
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, EndStream: true, BlockFragment: c.block(request("/t.S/Big")...)})
 	select {
-	case err := <-stuck:
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("writing pings: %v", err)
-		}
+	case <-blocked:
 	case <-time.After(30 * time.Second):
-		t.Fatal("the relay still reads pings after 30 s of unread acks")
+		t.Fatal("no write to the client blocked in 30 s")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -713,6 +708,20 @@ func TestShutdownWithStuckClient(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("Shutdown with a 300 ms deadline still blocked after 3 s")
 	}
+}
+
+// stallListener wraps each connection it accepts in a stallConn.
+type stallListener struct {
+	net.Listener
+	stalled func()
+}
+
+func (l *stallListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &stallConn{c, l.stalled}, nil
 }
 
 // Shutdown keeps to its deadline when the relay is stuck writing to a

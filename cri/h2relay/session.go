@@ -2,6 +2,7 @@ package h2relay
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -16,7 +17,47 @@ import (
 	"k8s.io/klog/v2"
 )
 
-const prefaceTimeout = 10 * time.Second
+// A client connection must send the preface and its first SETTINGS frame
+// within handshakeTimeout (gRPC-Go's ConnectionTimeout is 120 s, for any
+// network; the kubelet sends both at once over a local socket), or it is
+// closed.
+const handshakeTimeout = 10 * time.Second
+
+// Keepalive, as gRPC-Go's server does by default (keepalive.ServerParameters
+// Time and Timeout): a client connection silent for keepaliveTime is
+// pinged, and closed if it still says nothing within keepaliveTimeout, so a
+// peer that vanished without closing does not hold its buffers for ever.
+const (
+	keepaliveTime    = 2 * time.Hour
+	keepaliveTimeout = 20 * time.Second
+)
+
+// A client's pings are held to gRPC-Go's keepalive enforcement policy, as
+// its server does by default (keepalive.EnforcementPolicy, MinTime 5 min,
+// PermitWithoutStream false): a ping within pingMinTime of the previous
+// one (pingIdleMinTime without calls) is a strike unless the relay sent
+// the client headers or data since; past maxPingStrikes strikes the
+// connection ends with GOAWAY ENHANCE_YOUR_CALM "too_many_pings", which
+// gRPC clients understand (they double their keepalive interval). gRPC-Go
+// clients send their BDP pings only after data, so they are never struck.
+const (
+	pingMinTime     = 5 * time.Minute
+	pingIdleMinTime = 2 * time.Hour
+	maxPingStrikes  = 2
+)
+
+// Rapid reset (CVE-2023-44487): a client that opens calls and resets them
+// before they are answered makes the backend start work it never finishes,
+// at no cost to itself. Each such reset takes a token from a bucket of
+// maxEarlyResets, refilled at earlyResetRate a second; a client that
+// empties it is sent GOAWAY ENHANCE_YOUR_CALM "too_many_resets" and cut off,
+// so at most maxEarlyResets plus earlyResetRate a second of its calls reach
+// the backend. The kubelet resets a call only when its deadline passes
+// (a probe's timeout, say): far fewer.
+const (
+	maxEarlyResets = 1000
+	earlyResetRate = 100
+)
 
 // session is one client connection and its backend connections. One mutex
 // guards all of it; frames are relayed on the goroutine that read them.
@@ -33,10 +74,21 @@ type session struct {
 	live      map[*leg]struct{} // every backend connection not yet lost
 	lastID    uint32            // the client's highest stream ID
 	started   bool              // our SETTINGS went out
+	acked     bool              // the client acknowledged them
 	goingAway bool
 	closed    bool
 
-	active atomic.Int32 // calls in flight
+	active atomic.Int32  // calls in flight
+	ended  closedStreams // how its last streams closed
+
+	pingStrikes int
+	lastPing    time.Time
+
+	heard       bool        // a frame was read since the last keepalive check
+	ka          *time.Timer // runs keepalive
+	kaPinged    bool        // keepalive sent its ping
+	resetTokens float64     // of maxEarlyResets
+	resetAt     time.Time
 
 	// connsMu guards conns, the backend connections, for Relay.Close,
 	// which must not wait for mu (held by a write to a stuck peer).
@@ -81,25 +133,40 @@ func (s *session) serve() {
 		s.teardown()
 	}()
 	c := s.cli.conn
-	c.SetReadDeadline(time.Now().Add(prefaceTimeout))
+	c.SetReadDeadline(time.Now().Add(s.r.timeouts.handshake))
 	preface := make([]byte, len(http2.ClientPreface))
 	if _, err := io.ReadFull(s.cli.br, preface); err != nil || string(preface) != http2.ClientPreface {
 		klog.V(2).InfoS("Closing a connection without the HTTP/2 preface", "err", err)
 		return
 	}
-	c.SetReadDeadline(time.Time{})
 	s.mu.Lock()
 	if s.goingAway { // shut down before the connection started
 		s.mu.Unlock()
 		return
 	}
 	s.started = true
-	s.cli.hello(http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize})
+	s.cli.hello(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: s.r.cfg.MaxConcurrentStreams},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize})
 	s.cli.flush()
 	s.mu.Unlock()
-	for {
+	for first := true; ; first = false {
 		f, err := s.cli.fr.ReadFrame()
+		if first && (err == nil || errors.As(err, new(http2.StreamError))) {
+			// RFC 9113 §3.4: the preface ends with a SETTINGS frame.
+			if sf, ok := f.(*http2.SettingsFrame); err != nil || !ok || sf.IsAck() {
+				klog.V(2).InfoS("Closing a client connection: no SETTINGS after the preface")
+				s.mu.Lock()
+				s.cli.fail(0, http2.ErrCodeProtocol, "the preface must end with SETTINGS")
+				s.mu.Unlock()
+				return
+			}
+			c.SetReadDeadline(time.Time{})
+			s.mu.Lock()
+			s.ka = time.AfterFunc(s.r.timeouts.keepalive, s.keepalive)
+			s.mu.Unlock()
+		}
 		s.mu.Lock()
+		s.heard = true
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -118,6 +185,11 @@ func (s *session) serve() {
 			return
 		}
 		s.clientFrame(f)
+		if s.cli.failed { // not even what is already buffered
+			s.flush()
+			s.mu.Unlock()
+			return
+		}
 		if s.cli.br.Buffered() == 0 {
 			s.flush()
 		}
@@ -151,6 +223,8 @@ func (s *session) clientFrame(f http2.Frame) {
 				delete(s.cli.blocked, st)
 				s.pumpDown(st)
 			}
+		} else if s.idle(f.StreamID) {
+			s.idleStream()
 		} else if st := s.streams[f.StreamID]; st != nil {
 			if !windowUpdate(&st.down.win, f.Increment) {
 				s.close(st, codes.Internal, ptr(http2.ErrCodeFlowControl))
@@ -159,12 +233,21 @@ func (s *session) clientFrame(f http2.Frame) {
 			s.pumpDown(st)
 		}
 	case *http2.RSTStreamFrame:
-		if st := s.streams[f.StreamID]; st != nil {
+		if s.idle(f.StreamID) {
+			s.idleStream()
+		} else if st := s.streams[f.StreamID]; st != nil {
+			early := !st.sentHeader
 			st.up.closedIn = true
+			st.resetByCli = true
 			s.close(st, codes.Canceled, nil)
+			if early && !s.earlyReset() {
+				klog.V(2).InfoS("Closing a client connection: too many calls reset before their answer")
+				s.cli.fail(s.lastID, http2.ErrCodeEnhanceYourCalm, "too_many_resets")
+			}
 		}
 	case *http2.SettingsFrame:
 		if f.IsAck() {
+			s.acked = true
 			return
 		}
 		if d, ok := s.cli.settings(f, s.lastID); ok && d != 0 {
@@ -177,10 +260,70 @@ func (s *session) clientFrame(f http2.Frame) {
 		if !f.IsAck() {
 			s.cli.fr.WritePing(true, f.Data)
 			s.cli.dirty = true
+			if !s.pingAllowed() {
+				klog.V(2).InfoS("Closing a client connection: too many pings")
+				s.cli.fail(s.lastID, http2.ErrCodeEnhanceYourCalm, "too_many_pings")
+			}
 		}
 	case *http2.GoAwayFrame:
 		// The client opens no more streams; the open ones go on.
 	}
+}
+
+// keepalive pings a client connection silent for keepaliveTime and closes
+// it if it does not answer within keepaliveTimeout.
+func (s *session) keepalive() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+	case s.heard:
+		s.heard, s.kaPinged = false, false
+		s.ka.Reset(s.r.timeouts.keepalive)
+	case !s.kaPinged:
+		s.kaPinged = true
+		s.cli.fr.WritePing(false, [8]byte{'k', 'e', 'e', 'p', 'a', 'l', 'i', 'v'})
+		s.cli.dirty = true
+		s.cli.flush()
+		s.ka.Reset(s.r.timeouts.keepaliveTimeout)
+	default:
+		klog.V(2).InfoS("Closing a client connection: no answer to a keepalive ping")
+		s.cli.conn.Close()
+	}
+}
+
+// pingAllowed applies gRPC-Go's keepalive enforcement to a client's ping
+// (see pingMinTime).
+func (s *session) pingAllowed() bool {
+	now := time.Now()
+	defer func() { s.lastPing = now }()
+	if s.cli.sent {
+		s.cli.sent = false
+		s.pingStrikes = 0
+		return true
+	}
+	least := pingMinTime
+	if len(s.streams) == 0 {
+		least = pingIdleMinTime
+	}
+	if !s.lastPing.IsZero() && now.Sub(s.lastPing) < least {
+		s.pingStrikes++
+	}
+	return s.pingStrikes <= maxPingStrikes
+}
+
+// earlyReset takes a token for a call the client reset before its answer
+// (see maxEarlyResets); false when none is left.
+func (s *session) earlyReset() bool {
+	now := time.Now()
+	if s.resetAt.IsZero() {
+		s.resetTokens = maxEarlyResets
+	} else {
+		s.resetTokens = min(maxEarlyResets, s.resetTokens+now.Sub(s.resetAt).Seconds()*earlyResetRate)
+	}
+	s.resetAt = now
+	s.resetTokens--
+	return s.resetTokens >= 0
 }
 
 func (s *session) clientStreamError(se http2.StreamError) {
@@ -193,6 +336,49 @@ func (s *session) clientStreamError(se http2.StreamError) {
 		s.lastID = se.StreamID
 	}
 	s.cli.reset(se.StreamID, se.Code)
+	s.ended.add(se.StreamID, closedByRelay)
+}
+
+// idle reports whether a stream is idle: one the client has not opened
+// (the relay opens none).
+func (s *session) idle(id uint32) bool { return id > s.lastID || id%2 == 0 }
+
+// idleStream fails the connection for a frame other than HEADERS on a
+// stream the client never opened (RFC 9113 §5.1, "idle").
+func (s *session) idleStream() {
+	s.cli.fail(s.lastID, http2.ErrCodeProtocol, "frame on an idle stream")
+}
+
+// closedStream answers a DATA or HEADERS frame on a stream that is no
+// longer open, as RFC 9113 §5.1 says for its way of closing; it reports
+// whether the frame is ignored (false: the connection is failed).
+func (s *session) closedStream(id uint32, headers bool) bool {
+	switch s.ended.lookup(id) {
+	case closedByClient:
+		// "An endpoint that receives any frame other than PRIORITY after
+		// receiving a RST_STREAM MUST treat that as a stream error of
+		// type STREAM_CLOSED."
+		s.cli.reset(id, http2.ErrCodeStreamClosed)
+		s.ended.add(id, closedByRelay)
+	case closedEnded:
+		// "... after receiving a frame with the END_STREAM flag set MUST
+		// treat that as a connection error of type STREAM_CLOSED."
+		s.cli.fail(s.lastID, http2.ErrCodeStreamClosed, "frame on a closed stream")
+		return false
+	case closedUnknown:
+		if headers {
+			// §5.1.1: a new stream's identifier must be greater than
+			// every one the client opened: a connection error
+			// PROTOCOL_ERROR. (A stream closed long ago is taken for
+			// one too.)
+			s.cli.fail(s.lastID, http2.ErrCodeProtocol, "stream ID not greater than the last one")
+			return false
+		}
+		// DATA on a stream closed long ago: ignored, as after our reset.
+	}
+	// closedByRelay: "An endpoint MUST ignore frames that it receives on
+	// closed streams after it has sent a RST_STREAM frame."
+	return true
 }
 
 func (s *session) clientHeaders(f *http2.MetaHeadersFrame) {
@@ -215,15 +401,30 @@ func (s *session) clientHeaders(f *http2.MetaHeadersFrame) {
 		return
 	}
 	if id <= s.lastID {
-		return // a stream already ended (reset by us): ignored
+		s.closedStream(id, true)
+		return
 	}
 	s.lastID = id
 	if s.goingAway {
+		s.ended.add(id, closedByRelay)
 		return // sent after our GOAWAY: not processed, the client retries it
+	}
+	if len(s.streams) >= int(s.r.cfg.MaxConcurrentStreams) {
+		// RFC 9113 §5.1.2: a stream error. Until the client has our
+		// SETTINGS it may not know the limit: REFUSED_STREAM, which gRPC
+		// retries; after, PROTOCOL_ERROR, as x/net/http2's server does.
+		code := http2.ErrCodeRefusedStream
+		if s.acked {
+			code = http2.ErrCodeProtocol
+		}
+		s.cli.reset(id, code)
+		s.ended.add(id, closedByRelay)
+		return
 	}
 	method := f.PseudoValue("path")
 	st := &stream{id: id, method: method, start: time.Now(), code: codes.Unknown}
 	st.down.win = s.cli.initWin
+	st.up.size = s.cli.firstWin
 	st.up.closedIn = f.StreamEnded()
 	s.streams[id] = st
 	s.active.Add(1)
@@ -263,6 +464,7 @@ func (s *session) open(st *stream, fields []hpack.HeaderField, end bool) bool {
 	l.nextID += 2
 	l.streams[st.legID] = st
 	st.up.win = l.initWin
+	st.down.size = l.firstWin
 	st.legOpen = true
 	l.writeHeaders(st.legID, fields, end)
 	return true
@@ -275,14 +477,29 @@ func (s *session) clientData(f *http2.DataFrame) {
 	}
 	data := f.Data()
 	st := s.streams[f.StreamID]
-	if st == nil || st.up.closedIn {
-		return // a stream already ended: discarded
+	if st == nil {
+		s.cli.credit(n)
+		if s.idle(f.StreamID) {
+			s.idleStream()
+			return
+		}
+		s.closedStream(f.StreamID, false)
+		return
 	}
-	if !st.up.receive(n, s.cli) {
+	if st.up.closedIn {
+		// Half-closed (remote): RFC 9113 §5.1 asks for a stream error
+		// STREAM_CLOSED.
+		s.cli.credit(n)
+		s.clientStreamError(http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeStreamClosed})
+		return
+	}
+	if !st.up.receive(n) {
+		s.cli.credit(n)
 		s.close(st, codes.ResourceExhausted, ptr(http2.ErrCodeFlowControl))
 		return
 	}
 	if pad := n - int64(len(data)); pad > 0 {
+		s.cli.credit(pad)
 		s.creditStream(s.cli, st, &st.up, pad)
 	}
 	end := f.StreamEnded()
@@ -290,11 +507,16 @@ func (s *session) clientData(f *http2.DataFrame) {
 		st.up.closedIn = true
 	}
 	if sst := st.up.framing.check(data, s.r.cfg.MaxMessageSize, "received"); sst != nil {
+		s.cli.credit(int64(len(data)))
 		s.answer(st, sst)
 		return
 	}
 	if st.inspect != nil {
-		st.body = append(st.body, data...)
+		// Held: bounded by the relay's budget of held bytes instead.
+		s.cli.credit(int64(len(data)))
+		if !s.hold(st, data) {
+			return
+		}
 		if !oneMessage(st.body) {
 			s.answer(st, errNotOneMessage)
 			return
@@ -306,9 +528,51 @@ func (s *session) clientData(f *http2.DataFrame) {
 		return
 	}
 	if !st.legOpen || st.legEnded {
+		s.cli.credit(int64(len(data)))
 		return // the backend already answered
 	}
 	s.forward(st, &st.up, data, end, s.pumpUp)
+}
+
+// hold appends data to a held call's request within the relay's budget of
+// held bytes; it reports false if the call was answered instead. Once the
+// message's length is known, the whole message is reserved, so a call is
+// refused before it is buffered, and its storage never outgrows it.
+func (s *session) hold(st *stream, data []byte) bool {
+	n := len(st.body) + len(data)
+	need := int64(n)
+	if n >= msgHeaderLen {
+		var hdr [msgHeaderLen]byte
+		copy(hdr[copy(hdr[:], st.body):], data)
+		need = max(need, msgHeaderLen+int64(binary.BigEndian.Uint32(hdr[1:])))
+	}
+	if need > st.heldBytes {
+		if !s.r.reserveHeld(need - st.heldBytes) {
+			s.answer(st, s.heldRefusal())
+			return false
+		}
+		st.heldBytes = need
+	}
+	if cap(st.body) < n {
+		body := make([]byte, len(st.body), min(max(2*cap(st.body), n, 4<<10), int(st.heldBytes)))
+		copy(body, st.body)
+		st.body = body
+	}
+	st.body = append(st.body, data...)
+	return true
+}
+
+// heldRefusal answers a held call over the relay's budget of held bytes.
+func (s *session) heldRefusal() *status.Status {
+	return status.Newf(codes.ResourceExhausted,
+		"armorshim: too many requests held at once (%d bytes, at most %d): retry later", s.r.held.Load(), s.r.cfg.MaxHeldBytes)
+}
+
+// releaseHeld gives a held request's bytes back to the relay's budget.
+func (s *session) releaseHeld(st *stream) {
+	s.r.held.Add(-st.heldBytes)
+	st.heldBytes = 0
+	st.body = nil
 }
 
 // endRequest ends the client's side of st.
@@ -353,6 +617,10 @@ func (s *session) pumpUp(st *stream) {
 	if s.pump(st, &st.up, l.side, s.cli, st.legID) {
 		st.up.end = false
 	}
+	if st.heldBytes > 0 && len(st.up.queue) == 0 { // a held request, all forwarded
+		st.up.queue = nil
+		s.releaseHeld(st)
+	}
 }
 
 // pumpDown writes st's response to the client as far as its windows allow,
@@ -393,6 +661,7 @@ func (s *session) pump(st *stream, p *pipe, out, in *side, id uint32) bool {
 		p.win -= n
 		out.sendWin -= n
 		if !p.credited && in != nil {
+			in.credit(n)
 			s.creditStream(in, st, p, n)
 		}
 		if last {
@@ -408,28 +677,42 @@ func (s *session) pump(st *stream, p *pipe, out, in *side, id uint32) bool {
 	return true
 }
 
-// creditStream returns stream credit to the side that sends on p, while it
-// still does.
+// creditStream returns n bytes of stream credit to the side that sends on
+// p, while it still does: bytes forwarded (or held, or padding). The
+// stream's window grows by as much, up to the side's streamWin: a stream
+// whose reader keeps up gets the whole window, one whose reader stalls
+// keeps the little it had, and the relay buffers no more for it.
 func (s *session) creditStream(in *side, st *stream, p *pipe, n int64) {
 	if p.closedIn {
 		return
 	}
 	p.owed += n
-	if p.owed >= in.streamWin/4 {
+	p.grow += max(0, min(n, in.streamWin-p.size-p.grow))
+	if p.owed+p.grow >= p.size/4 {
 		id := st.id
 		if in != s.cli {
 			id = st.legID
 		}
-		in.fr.WriteWindowUpdate(id, uint32(p.owed))
+		in.fr.WriteWindowUpdate(id, uint32(p.owed+p.grow))
 		in.dirty = true
 		p.recvd -= p.owed
-		p.owed = 0
+		p.size += p.grow
+		p.owed, p.grow = 0, 0
 	}
 }
 
 // inspect hands a held call's whole request to its Inspector.
 func (s *session) inspect(st *stream) {
 	msg, sst := unframe(st.body, st.encoding, s.r.cfg.MaxMessageSize)
+	if sst == nil && len(st.body) > 0 && st.body[0] != 0 {
+		// Decompressed, the message is held too: a few KiB of gzip may
+		// stand for the whole MaxMessageSize.
+		if s.r.reserveHeld(int64(len(msg))) {
+			st.heldBytes += int64(len(msg))
+		} else {
+			sst = s.heldRefusal()
+		}
+	}
 	if sst != nil {
 		s.answer(st, sst)
 		return
@@ -442,13 +725,16 @@ func (s *session) inspect(st *stream) {
 		ctx, cancel = context.WithCancel(ctx)
 	}
 	st.ctx, st.cancel = ctx, cancel
+	st.hooking = true
 	s.r.runHook(func() {
 		v := st.inspect(ctx, msg)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		defer s.flush()
+		st.hooking = false
 		if s.streams[st.id] != st {
-			return // reset meanwhile
+			s.releaseHeld(st) // reset meanwhile: close left it to us
+			return
 		}
 		if v.Status != nil {
 			s.answer(st, v.Status)
@@ -496,8 +782,12 @@ func (s *session) answer(st *stream, sst *status.Status) {
 	s.close(st, sst.Code(), nil)
 }
 
-// dropDown discards the response bytes still queued for the client.
+// dropDown discards the response bytes still queued for the client,
+// returning their connection credit to the backend.
 func (s *session) dropDown(st *stream) {
+	if !st.down.credited && st.leg != nil {
+		st.leg.credit(int64(len(st.down.queue)))
+	}
 	st.down.queue, st.down.trailers, st.down.end = nil, nil, false
 	delete(s.cli.blocked, st)
 }
@@ -513,12 +803,25 @@ func (s *session) close(st *stream, code codes.Code, rst *http2.ErrCode) {
 	switch {
 	case rst != nil:
 		s.cli.reset(st.id, *rst)
+		s.ended.add(st.id, closedByRelay)
 	case !st.up.closedIn:
 		s.cli.reset(st.id, http2.ErrCodeNo) // answered: stop sending
+		s.ended.add(st.id, closedByRelay)
+	case st.resetByCli:
+		s.ended.add(st.id, closedByClient)
+	default:
+		s.ended.add(st.id, closedEnded)
 	}
 	s.dropDown(st)
+	if !st.up.credited {
+		s.cli.credit(int64(len(st.up.queue)))
+	}
 	st.up.release()
 	st.down.release()
+	st.fields = nil
+	if !st.hooking { // else msg, which may be body, is still read
+		s.releaseHeld(st)
+	}
 	if l := st.leg; l != nil {
 		delete(l.blocked, st)
 		if st.legOpen && !st.legEnded {
@@ -579,6 +882,9 @@ func (s *session) teardown() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
+	if s.ka != nil {
+		s.ka.Stop()
+	}
 	s.cancel()
 	s.cli.conn.Close()
 	for _, st := range s.streams {

@@ -54,8 +54,11 @@ type side struct {
 	initWin  int64 // each new stream's send window
 	sendWin  int64 // the connection's send window
 
-	// What we allow the peer to send, what it may still send on the
-	// connection, and the credit we owe it back.
+	// What we allow the peer to send: each stream's first window (the
+	// protocol's default, or streamWin if smaller), the window a stream
+	// may grow to, the connection's window; what the peer may still send
+	// on the connection, and the credit we owe it back.
+	firstWin           int64
 	streamWin, connWin int64
 	recvWin            int64
 	owed               int64
@@ -64,6 +67,8 @@ type side struct {
 	// connection window.
 	blocked map[*stream]struct{}
 	dirty   bool
+	sent    bool    // headers or data were written (see pingAllowed)
+	failed  bool    // ended with a connection error: read no more of it
 	hdr     [9]byte // writeData's frame header
 }
 
@@ -76,6 +81,7 @@ func newSide(conn net.Conn, streamWin, connWin int32) *side {
 		maxFrame:  1 << 14, // the protocol default
 		initWin:   65535,
 		sendWin:   65535,
+		firstWin:  min(int64(streamWin), 65535),
 		streamWin: int64(streamWin),
 		connWin:   int64(connWin),
 		recvWin:   int64(connWin),
@@ -90,9 +96,13 @@ func newSide(conn net.Conn, streamWin, connWin int32) *side {
 	return sd
 }
 
-// hello writes the settings and the connection window this side gets.
-func (sd *side) hello(extra ...http2.Setting) {
-	settings := append([]http2.Setting{{ID: http2.SettingInitialWindowSize, Val: uint32(sd.streamWin)}}, extra...)
+// hello writes the settings and the connection window this side gets. A
+// stream starts with the protocol's window and grows as what it sends is
+// forwarded (creditStream); only a smaller window is announced.
+func (sd *side) hello(settings ...http2.Setting) {
+	if sd.firstWin < 65535 {
+		settings = append(settings, http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(sd.firstWin)})
+	}
 	sd.fr.WriteSettings(settings...)
 	if d := sd.connWin - 65535; d > 0 {
 		sd.fr.WriteWindowUpdate(0, uint32(d))
@@ -129,8 +139,16 @@ func (sd *side) settings(f *http2.SettingsFrame, lastID uint32) (delta int64, ok
 	return delta, true
 }
 
+// keptHeaderBuf is the largest header encoding buffer a connection keeps
+// between header blocks: gRPC's are a few hundred bytes, and a block of
+// megabytes (legal up to the 16 MiB header list limit) would otherwise stay
+// allocated for as long as the connection lives.
+const keptHeaderBuf = 16 << 10
+
 // writeHeaders encodes a header block and writes it, split into
-// CONTINUATION frames to fit the peer's frame size.
+// CONTINUATION frames to fit the peer's frame size. Frames carry at most
+// 16 KiB of the block whatever larger size the peer allows, so that the
+// Framer's own write buffer, which holds a frame, stays that small.
 func (sd *side) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) {
 	sd.ebuf.Reset()
 	for _, f := range fields {
@@ -139,7 +157,7 @@ func (sd *side) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) {
 	block := sd.ebuf.Bytes()
 	first := true
 	for first || len(block) > 0 {
-		n := min(len(block), int(sd.maxFrame))
+		n := min(len(block), int(sd.maxFrame), maxFrameSize)
 		chunk := block[:n]
 		block = block[n:]
 		if first {
@@ -149,7 +167,10 @@ func (sd *side) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) {
 			sd.fr.WriteContinuation(id, len(block) == 0, chunk)
 		}
 	}
-	sd.dirty = true
+	if sd.ebuf.Cap() > keptHeaderBuf {
+		sd.ebuf = bytes.Buffer{} // the encoder writes to &sd.ebuf
+	}
+	sd.dirty, sd.sent = true, true
 }
 
 // credit returns n bytes of connection window to the peer, in updates of
@@ -164,17 +185,17 @@ func (sd *side) credit(n int64) {
 	}
 }
 
-// received accounts for a DATA frame of n bytes and returns its connection
-// credit at once, as gRPC-Go does: a stream whose reader is slow holds only
-// its stream window, never the other calls of the connection. A peer that
-// sends more than its window is cut off (FLOW_CONTROL_ERROR).
+// received accounts for a DATA frame of n bytes. Its connection credit is
+// returned once the bytes are forwarded or dropped (credit), so that what
+// the relay buffers for a connection stays within the window it
+// advertised. A peer that sends more than its window is cut off
+// (FLOW_CONTROL_ERROR).
 func (sd *side) received(n int64, lastID uint32) bool {
 	sd.recvWin -= n
 	if sd.recvWin < 0 {
 		sd.fail(lastID, http2.ErrCodeFlowControl, "data beyond the flow-control window")
 		return false
 	}
-	sd.credit(n)
 	return true
 }
 
@@ -193,6 +214,7 @@ func connectionError(err error) (http2.ErrCode, bool) {
 
 // fail ends the connection with a connection error; its reader cleans up.
 func (sd *side) fail(lastID uint32, code http2.ErrCode, why string) {
+	sd.failed = true
 	sd.fr.WriteGoAway(lastID, code, []byte(why))
 	sd.dirty = true
 	sd.flush()
@@ -219,7 +241,7 @@ func (sd *side) writeData(id uint32, end bool, p []byte) {
 	binary.BigEndian.PutUint32(h[5:], id)
 	sd.bw.Write(h[:])
 	sd.bw.Write(p)
-	sd.dirty = true
+	sd.dirty, sd.sent = true, true
 }
 
 func (sd *side) reset(id uint32, code http2.ErrCode) {

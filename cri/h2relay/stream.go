@@ -19,26 +19,70 @@ type pipe struct {
 	end      bool   // END_STREAM follows the queue
 	trailers []hpack.HeaderField
 	win      int64 // the stream's send window on the writing side
+	size     int64 // the stream window given to the reading side's peer
 	owed     int64 // stream credit owed to the reading side
+	grow     int64 // growth of size not yet given
 	recvd    int64 // bytes read not yet given back as stream credit
 	closedIn bool  // the reading side ended the stream
 	credited bool  // the queue was credited when it was read
 	framing  framing
 }
 
-// recvLimit is the stream window the reading side may fill: what the relay
-// advertised, or the protocol's default until the peer has seen that.
-func (p *pipe) recvLimit(in *side) int64 { return max(in.streamWin, 65535) }
-
 // receive accounts for n bytes read on p; false if the peer sent beyond the
 // stream window, which would let a stream make the relay queue without
-// bound.
-func (p *pipe) receive(n int64, in *side) bool {
+// bound. A window below the protocol's default is only known to the peer
+// once it read our SETTINGS: until then it may fill the default.
+func (p *pipe) receive(n int64) bool {
 	p.recvd += n
-	return p.recvd <= p.recvLimit(in)
+	return p.recvd <= max(p.size, 65535)
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// closedHow says how a client's stream closed, for the frames that still
+// come on it (RFC 9113 §5.1, "closed").
+type closedHow uint8
+
+const (
+	// closedUnknown: not remembered, or never opened.
+	closedUnknown closedHow = iota
+	// closedByRelay: the relay reset it (or refused it, or ignored it
+	// after its GOAWAY): what the client sent before it knew is ignored.
+	closedByRelay
+	// closedByClient: the client reset it; any frame after is a stream
+	// error STREAM_CLOSED.
+	closedByClient
+	// closedEnded: both sides ended it with END_STREAM; a DATA or HEADERS
+	// frame after is a connection error STREAM_CLOSED.
+	closedEnded
+)
+
+// closedMemory is how many of a connection's last closed streams are
+// remembered.
+const closedMemory = 256
+
+// closedStreams remembers how a connection's last closedMemory streams
+// closed.
+type closedStreams struct {
+	ids  [closedMemory]uint32
+	how  [closedMemory]closedHow
+	next int
+}
+
+func (c *closedStreams) add(id uint32, how closedHow) {
+	c.ids[c.next], c.how[c.next] = id, how
+	c.next = (c.next + 1) % closedMemory
+}
+
+// lookup is only for frames on streams no longer open: rare.
+func (c *closedStreams) lookup(id uint32) closedHow {
+	for i, v := range c.ids {
+		if v == id {
+			return c.how[i]
+		}
+	}
+	return closedUnknown
+}
 
 // queueBufs keeps the storage of pipes whose streams ended: a big answer
 // waiting for the client's window would otherwise allocate all it queues.
@@ -91,6 +135,7 @@ type stream struct {
 	legEnded   bool // the backend ended its side (END_STREAM or RST_STREAM)
 	gotHeaders bool // the backend's response headers arrived
 	sentHeader bool // response headers went to the client
+	resetByCli bool // the client reset it
 	code       codes.Code
 
 	// A held call.
@@ -102,6 +147,10 @@ type stream struct {
 	cancel   context.CancelFunc
 	vet      func(ctx context.Context, resp []byte, st *status.Status) *status.Status
 	held     heldResponse
+	// heldBytes is what the request takes of the relay's budget of held
+	// bytes (Relay.held): from the moment its length is known, all of it.
+	heldBytes int64
+	hooking   bool // its Inspector runs, and may still read body
 }
 
 // heldResponse is a backend's answer kept back until it is vetted.
