@@ -202,7 +202,9 @@ func TestRepeatLogLine(t *testing.T) {
 	t.Cleanup(func() { klog.SetOutput(os.Stderr); klog.LogToStderr(true) })
 
 	r, now := testRepeatLog(time.Unix(1764121000, 0))
-	line := func() { r.InfoS("Refused CreateContainer", "pod", klog.KRef("default", "hello"), "container", "hello", "message", "Blocked: x") }
+	line := func() {
+		r.InfoS("Refused CreateContainer", "pod", klog.KRef("default", "hello"), "container", "hello", "message", "Blocked: x")
+	}
 	line()
 	for i := 0; i < 7; i++ {
 		line()

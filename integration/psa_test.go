@@ -54,7 +54,7 @@ func writePSAPods(t *testing.T, dir string) []*psafixtures.Fixture {
 		t.Fatal(err)
 	}
 	var list strings.Builder
-	all := os.Getenv("ARMORSHIM_PSA") == "all" || os.Getenv("ARMORSHIM_RECORD") == "1"
+	all := os.Getenv("ARMORSHIM_PSA") == "all"
 	seen := map[string]bool{}
 	var run []*psafixtures.Fixture
 	for _, f := range fixtures {
@@ -162,7 +162,7 @@ func (r *report) psaMarkdown(w func(string, ...any)) {
 		count[p.class]++
 	}
 	w("\n## Pod Security parity through the real kubelet\n\n")
-	w("Pod fixtures k8s.io/pod-security-admission ships for baseline and restricted at `latest` (all of them with `ARMORSHIM_PSA=all` or when recording, else the first fail fixture of every check and a few restricted passes; all recorded ones are replayed by `make unit`), each run as a static pod by the kubelet through armorshim enforcing its level; the outcome is read from the kubelet's pod status and log and from containerd, and compared with upstream's verdict on the pod spec. A refusal must word what upstream says of the pod holding only the refused container (the node judges containers one at a time).\n\n")
+	w("Pod fixtures k8s.io/pod-security-admission ships for baseline and restricted at `latest` (all of them with `ARMORSHIM_PSA=all`, as `make record-kubelet` runs them, else the first fail fixture of every check and a few restricted passes; all recorded ones are replayed by `make unit`), each run as a static pod by the kubelet through armorshim enforcing its level; the outcome is read from the kubelet's pod status and log and from containerd, and compared with upstream's verdict on the pod spec. A refusal must word what upstream says of the pod holding only the refused container (the node judges containers one at a time).\n\n")
 	w("| fixtures | equal | blind spots | differences |\n|---|---|---|---|\n| %d | %d | %d | %d |\n\n", len(r.psa), count["equal"], count["blind spot"], count["difference"])
 	rows := append([]psaRow(nil), r.psa...)
 	sort.SliceStable(rows, func(i, j int) bool { return rows[i].class+rows[i].fixture < rows[j].class+rows[j].fixture })
@@ -193,8 +193,16 @@ func recordKubelet(t *testing.T, dir string, b *boot) {
 		t.Errorf("record: no requests recorded in %s", src)
 		return
 	}
+	// A run of every fixture replaces the recordings; a sample adds to them.
 	dst := filepath.Join(dir, "..", "cri", "testdata", "kubelet")
-	_ = os.RemoveAll(dst)
+	outcomes := map[string]psafixtures.NodeResult{}
+	if os.Getenv("ARMORSHIM_PSA") == "all" {
+		_ = os.RemoveAll(dst)
+	} else if b, err := os.ReadFile(filepath.Join(dst, "outcomes.json")); err == nil {
+		if err := json.Unmarshal(b, &outcomes); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +215,6 @@ func recordKubelet(t *testing.T, dir string, b *boot) {
 			t.Fatal(err)
 		}
 	}
-	outcomes := map[string]psafixtures.NodeResult{}
 	for _, l := range b.psa {
 		outcomes[l.Fixture] = l.nodeResult()
 	}
