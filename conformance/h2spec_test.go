@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -115,7 +116,7 @@ func runH2spec(ctx context.Context, bin, addr, dir, name string, timeout int, sp
 					}
 				}
 			}
-			cases = append(cases, caseInfo{ID: id, Title: s.Name + " " + c.Title})
+			cases = append(cases, caseInfo{ID: id, Title: s.Name + ": " + c.Title})
 			res[id] = o
 		}
 	}
@@ -125,11 +126,15 @@ func runH2spec(ctx context.Context, bin, addr, dir, name string, timeout int, sp
 	return cases, res, nil
 }
 
+// socketOp is the part of a Go network error naming the connection, whose
+// port changes from run to run.
+var socketOp = regexp.MustCompile(`(read|write) (tcp|unix) \S+->\S+: `)
+
 // h2specDetail turns h2spec's "expected\nactual" error text into one line.
 func h2specDetail(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	for i := range lines {
-		lines[i] = strings.TrimSpace(lines[i])
+		lines[i] = socketOp.ReplaceAllString(strings.TrimSpace(lines[i]), "")
 	}
 	if len(lines) >= 2 {
 		return "expected " + strings.Join(lines[:len(lines)-1], " or ") + "; got " + lines[len(lines)-1]

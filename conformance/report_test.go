@@ -31,6 +31,17 @@ func cell(s *suite, target, id string) string {
 
 func escape(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
 
+// failure says what went wrong with a case: on gRPC-Go if it failed
+// there, else on the first target where it failed.
+func failure(s *suite, id string) string {
+	for _, tg := range s.targets {
+		if o := s.results[tg][id]; o.Result == fail {
+			return targetTitle[tg] + ": " + o.Detail
+		}
+	}
+	return ""
+}
+
 // report renders the results as markdown.
 func report(tl tools, h2, gi *suite, timing string) string {
 	var b bytes.Buffer
@@ -52,7 +63,7 @@ func report(tl tools, h2, gi *suite, timing string) string {
 	for _, tg := range h2.targets {
 		fmt.Fprintf(&b, " %s |", targetTitle[tg])
 	}
-	b.WriteString(" what gRPC-Go does |\n| --- |" + strings.Repeat(" --- |", len(h2.targets)+1) + "\n")
+	b.WriteString(" what fails |\n| --- |" + strings.Repeat(" --- |", len(h2.targets)+1) + "\n")
 	for _, c := range h2.cases {
 		all := true
 		for _, tg := range h2.targets {
@@ -65,7 +76,7 @@ func report(tl tools, h2, gi *suite, timing string) string {
 		for _, tg := range h2.targets {
 			fmt.Fprintf(&b, " %s |", cell(h2, tg, c.ID))
 		}
-		fmt.Fprintf(&b, " %s |\n", escape(h2.results[direct][c.ID].Detail))
+		fmt.Fprintf(&b, " %s |\n", escape(failure(h2, c.ID)))
 	}
 
 	fmt.Fprintf(&b, "\n### gRPC-Go interop %s\n\n", gi.version)
