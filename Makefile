@@ -7,7 +7,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 FUZZTIME ?= 10s
 FUZZ_PKGS := ./apparmor ./host ./cri/h2relay
 
-.PHONY: all build demo test unit fuzz integration record-kubelet bench install install-socket-activation clean FORCE
+.PHONY: all build demo test unit fuzz conformance integration record-kubelet bench install install-socket-activation clean FORCE
 
 all: build
 
@@ -22,7 +22,7 @@ demo: build
 	$(GO) run ./cmd/armorshim-demo --armorshim bin/armorshim
 
 # Everything CI runs.
-test: unit fuzz integration
+test: unit fuzz conformance integration
 
 unit:
 	$(GO) vet ./...
@@ -55,6 +55,14 @@ fuzz:
 bench:
 	$(GO) run ./cmd/armorshim-bench
 	$(GO) test -run '^$$' -bench . -benchtime 200ms ./apparmor ./host ./cri ./cri/h2relay
+
+# h2spec and gRPC-Go's interop client against gRPC-Go's interop server,
+# directly and through the relay and bin/armorshim: no case may fail through
+# armorshim that passes directly (docs/conformance.md). Builds its tools
+# from conformance/tools/go.mod and caches them (ARMORSHIM_CACHE).
+conformance: build
+	$(GO) vet -tags conformance ./conformance/
+	ARMORSHIM_BIN=$(CURDIR)/bin/armorshim GO=$(GO) $(GO) test -tags conformance -v -count=1 -timeout 20m ./conformance/
 
 # The VM suite: a qemu guest with AppArmor, containerd, runc, crictl and
 # critest (integration/README.md). Needs root; caches its builds.
