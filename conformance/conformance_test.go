@@ -21,24 +21,8 @@ import (
 // fail it; any other such case does. The relay (cri/h2relay) is to be
 // fixed, not this list: remove an entry once its case passes.
 //
-// All of today's have one cause: the relay drops, without a word, a
-// HEADERS frame whose stream ID is not above the highest the client used
-// (session.clientHeaders: "a stream already ended (reset by us):
-// ignored"). RFC 9113 lets an endpoint ignore frames on a stream it reset
-// itself, but a HEADERS frame on a stream the client closed (by
-// RST_STREAM or END_STREAM both ways) is a connection error STREAM_CLOSED
-// (section 5.1), and a new stream ID lower than one used before is a
-// connection error PROTOCOL_ERROR (section 5.1.1). gRPC-Go answers both
-// with GOAWAY and closes the connection; the relay keeps the connection
-// and the frame is lost.
-var knownDifferences = map[string]string{
-	"h2spec relay http2/5.1/9":       "HEADERS on a stream the client reset: ignored, no GOAWAY (STREAM_CLOSED)",
-	"h2spec relay http2/5.1/12":      "HEADERS on a stream closed both ways: ignored, no GOAWAY (STREAM_CLOSED)",
-	"h2spec relay http2/5.1.1/2":     "HEADERS with a stream ID below the last one: ignored, no GOAWAY (PROTOCOL_ERROR)",
-	"h2spec armorshim http2/5.1/9":   "HEADERS on a stream the client reset: ignored, no GOAWAY (STREAM_CLOSED)",
-	"h2spec armorshim http2/5.1/12":  "HEADERS on a stream closed both ways: ignored, no GOAWAY (STREAM_CLOSED)",
-	"h2spec armorshim http2/5.1.1/2": "HEADERS with a stream ID below the last one: ignored, no GOAWAY (PROTOCOL_ERROR)",
-}
+// None today.
+var knownDifferences = map[string]string{}
 
 // Targets: where the suites send their calls.
 const (
