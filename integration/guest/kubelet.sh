@@ -56,11 +56,14 @@ kubelet_round() {
 		KLOG_SEEN=$size
 	fi
 	# one line per pod: "ns/name JSON", the JSON an outcome or, for a pod
-	# whose init containers all exited 0, {admitted_if: running containers}
+	# whose init containers all exited 0, {admitted_if: running containers}.
+	# A start that timed out in the runtime (TCG under load) is left to the
+	# kubelet's retry.
 	jq -rc '
 		def waiting: [(.initContainerStatuses // [])[], (.containerStatuses // [])[] | select(.state.waiting.reason != null and .state.waiting.reason != "ContainerCreating" and .state.waiting.reason != "PodInitializing")];
 		.items[]? | (.metadata.namespace + "/" + .metadata.name) + " " + (.status |
 		if (.phase == "Failed") then {outcome:"kubelet-refused",request:"",container:"",message:((.reason // "") + ": " + (.message // ""))}
+		elif (waiting | length) > 0 and (waiting[0].state.waiting.reason == "RunContainerError" and (waiting[0].state.waiting.message // "" | test("deadline exceeded"))) then {pending: true}
 		elif (waiting | length) > 0 then (waiting[0] |
 			if .state.waiting.reason == "CreateContainerError" then
 				if (.state.waiting.message | startswith("Forbidden: violates PodSecurity")) then {outcome:"refused",request:"CreateContainer",container:.name,message:.state.waiting.message}
