@@ -71,7 +71,13 @@ func recordedImages(t *testing.T) map[string]*runtimeapi.ImageStatusResponse {
 		if err := protojson.Unmarshal(rec.Response, resp); err != nil {
 			t.Fatalf("%s: response: %v", n, err)
 		}
+		// the kubelet asks by name; a CreateContainer names the image by
+		// the ID the kubelet resolved, which armorshim asks for
 		out[req.GetImage().GetImage()] = resp
+		out[resp.GetImage().GetId()] = resp
+		for _, ref := range append(resp.GetImage().GetRepoTags(), resp.GetImage().GetRepoDigests()...) {
+			out[ref] = resp
+		}
 	}
 	return out
 }
