@@ -271,6 +271,9 @@ func (r *report) markdown() string {
 		}
 	}
 	for _, run := range critestRuns {
+		if mainBoot == nil {
+			break // make record-kubelet: no main boot
+		}
 		c, ok := r.critest[run]
 		line := mainBoot.critest[run]
 		if !ok {
