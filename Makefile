@@ -72,7 +72,7 @@ integration:
 # Regenerates cri/testdata/kubelet, the CRI requests a real kubelet sends
 # for the Pod Security Admission fixtures, from the VM suite's kubelet boot.
 record-kubelet:
-	ARMORSHIM_RECORD=1 ARMORSHIM_PSA=all ARMORSHIM_IT_BOOTS=kubelet $(GO) test -tags integration -v -count=1 -timeout 60m -run '^TestIntegration$$' ./integration/
+	ARMORSHIM_RECORD=1 ARMORSHIM_PSA=all ARMORSHIM_IT_BOOTS=kubelet $(GO) test -tags integration -v -count=1 -timeout 150m -run '^TestIntegration$$' ./integration/
 
 install: build
 	install -D -m 0755 bin/armorshim $(DESTDIR)$(PREFIX)/bin/armorshim
