@@ -201,18 +201,26 @@ func DefaultConfig() *Config {
 	}
 }
 
-// LoadConfig reads a configuration file over the defaults. Unknown fields,
-// a wrong apiVersion or kind and invalid values are errors naming the file
-// and the field.
+// LoadConfig reads a configuration file over the defaults. Unknown or
+// repeated fields, a wrong apiVersion or kind and invalid values are errors
+// naming the file, the field's YAML path and, where known, its line. An
+// empty file (or one of comments only) is the defaults.
 func LoadConfig(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	cfg := DefaultConfig()
+	root, err := checkYAML(data, reflect.TypeOf(cfg))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if root == nil {
+		return cfg, nil // empty or comments only: every field is optional
+	}
 	cfg.APIVersion, cfg.Kind = "", ""
 	if err := yaml.UnmarshalStrict(data, cfg); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, fmt.Errorf("config %s: %w", path, typeError(err, root))
 	}
 	if cfg.APIVersion != APIVersion || cfg.Kind != Kind {
 		return nil, fmt.Errorf("config %s: apiVersion/kind is %q/%q, want %q/%q", path, cfg.APIVersion, cfg.Kind, APIVersion, Kind)
@@ -317,11 +325,11 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
 		// A type error lets encoding/json name the field.
-		return &json.UnmarshalTypeError{Value: "number " + string(b) + " (want a duration string like \"30s\")", Type: reflect.TypeFor[Duration]()}
+		return &json.UnmarshalTypeError{Value: string(b) + " is not a duration: write it like \"30s\"", Type: reflect.TypeFor[Duration]()}
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return &json.UnmarshalTypeError{Value: fmt.Sprintf("%q (%v)", s, err), Type: reflect.TypeFor[Duration]()}
+		return &json.UnmarshalTypeError{Value: fmt.Sprintf("%q is not a duration (%v)", s, err), Type: reflect.TypeFor[Duration]()}
 	}
 	*d = Duration(v)
 	return nil

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -745,6 +746,52 @@ func TestAttestationModeOff(t *testing.T) {
 		writeConfig(t, path, header+body)
 		if _, err := shim.LoadConfig(path); err == nil || !strings.Contains(err.Error(), wantErr) {
 			t.Errorf("%q: err %v, want %q", body, err, wantErr)
+		}
+	}
+}
+
+// Configuration errors speak YAML: the field's path and line, not Go's or
+// JSON's names.
+func TestLoadConfigErrorsInYAMLTerms(t *testing.T) {
+	dir := t.TempDir()
+	for name, tc := range map[string]struct{ body, want string }{
+		"unknown nested":  {header + "policy:\n  defaultProfile: runtime/default\n  requireEnforcement: true\n", "line 5: policy.requireEnforcement: unknown field"},
+		"unknown top":     {header + "listen: unix:///x.sock\nmetricsAdress: 127.0.0.1:9753\n", "line 4: metricsAdress: unknown field"},
+		"repeated":        {header + "listen: unix:///a.sock\nlisten: unix:///b.sock\n", "line 4: listen: repeated field (first on line 3)"},
+		"string for int":  {header + "maxMessageSize: 16Mi\n", "line 3: maxMessageSize: is a string, want an integer"},
+		"list for bool":   {header + "policy:\n  requireEnforce: [yes]\n", "line 4: policy.requireEnforce: is a list, want a boolean"},
+		"scalar for map":  {header + "policy: strict\n", "line 3: policy: is a string, want a mapping of fields"},
+		"deep unknown":    {header + "podSecurity:\n  auditLog:\n    maxSize: 3\n", "line 5: podSecurity.auditLog.maxSize: unknown field"},
+		"namespace label": {header + "podSecurity:\n  namespaces:\n    a.b: {enforce: [x]}\n", `podSecurity.namespaces["a.b"].enforce`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(name, " ", "-")+".yaml")
+			writeConfig(t, path, tc.body)
+			_, err := shim.LoadConfig(path)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want it to contain %q", err, tc.want)
+			}
+			for _, jargon := range []string{"JSON", "json", "Go struct", "unmarshal"} {
+				if strings.Contains(err.Error(), jargon) {
+					t.Errorf("error %q speaks %s", err, jargon)
+				}
+			}
+		})
+	}
+}
+
+// An empty file, or one of comments only, is the defaults, as the shipped
+// configuration file says ("every field is optional").
+func TestLoadConfigEmptyIsDefaults(t *testing.T) {
+	for name, body := range map[string]string{"empty": "", "comments": "# nothing set\n\n# here\n"} {
+		path := filepath.Join(t.TempDir(), "config.yaml")
+		writeConfig(t, path, body)
+		cfg, err := shim.LoadConfig(path)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !reflect.DeepEqual(cfg, shim.DefaultConfig()) {
+			t.Errorf("%s: %+v, want the defaults", name, cfg)
 		}
 	}
 }
