@@ -190,6 +190,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- s.relay.Serve(h.relay) }()
 	klog.InfoS("Serving", "listen", l.Addr().String(), "runtimeEndpoint", s.cfg.RuntimeEndpoint, "imageEndpoint", s.cfg.Image())
+	s.logAbsentEndpoints()
 	systemd.Notify(systemd.Ready, systemd.Status("Serving CRI on "+l.Addr().String()))
 
 	select {
@@ -334,5 +335,24 @@ func (s *Server) followKernelLog(ctx context.Context) {
 	}()
 	if err := s.denials.Run(ctx, f); err != nil {
 		klog.ErrorS(err, "Stopped following the kernel log", "path", s.cfg.Denials.KernelLog)
+	}
+}
+
+// logAbsentEndpoints says at start which backend socket does not exist yet:
+// armorshim keeps serving (containerd may start later), and until it does
+// every call fails with Unavailable.
+func (s *Server) logAbsentEndpoints() {
+	eps := []string{s.cfg.RuntimeEndpoint}
+	if s.cfg.Image() != s.cfg.RuntimeEndpoint {
+		eps = append(eps, s.cfg.Image())
+	}
+	for _, ep := range eps {
+		path, err := socketPath(ep)
+		if err != nil {
+			continue // refused by Validate
+		}
+		if _, err := os.Stat(path); err != nil {
+			klog.InfoS("Backend socket does not exist yet; CRI calls fail with Unavailable until it does", "endpoint", ep, "err", err)
+		}
 	}
 }

@@ -1,9 +1,11 @@
 package shim_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/cri-client/pkg/fake"
+	"k8s.io/klog/v2"
 
 	"github.com/armorshim/armorshim/apparmor"
 	"github.com/armorshim/armorshim/internal/rawgrpc"
@@ -794,4 +797,47 @@ func TestLoadConfigEmptyIsDefaults(t *testing.T) {
 			t.Errorf("%s: %+v, want the defaults", name, cfg)
 		}
 	}
+}
+
+// A backend socket that does not exist at start is said in the log, and
+// armorshim serves anyway: containerd may start after it.
+func TestAbsentBackendLoggedAtStart(t *testing.T) {
+	var buf syncBuffer
+	klog.LogToStderr(false)
+	klog.SetOutput(&buf)
+	t.Cleanup(func() { klog.SetOutput(io.Discard); klog.LogToStderr(true) })
+
+	missing := filepath.Join(sockDir(t), "not-yet.sock")
+	cfg := testConfig(t, missing)
+	r := serve(t, cfg, nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(buf.String(), "Backend socket does not exist yet") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line about %s; log:\n%s", missing, buf.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(buf.String(), missing) {
+		t.Errorf("the log line does not name the endpoint: %s", buf.String())
+	}
+	if _, err := os.Stat(r.sock); err != nil {
+		t.Errorf("not serving: %v", err)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
