@@ -2,12 +2,17 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"sort"
+	"strings"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"k8s.io/pod-security-admission/api"
 
@@ -38,6 +43,11 @@ func pssCheck(args []string, stdout, stderr io.Writer) int {
 	runtimeEndpoint := fs.String("runtime-endpoint", "", "the container runtime's CRI socket (default: the configuration's runtimeEndpoint)")
 	imageEndpoint := fs.String("image-endpoint", "", "the image service's CRI socket (default: the runtime endpoint)")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long the runtime may take to answer")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: armorshim pss check --level LEVEL [flags]\n\n")
+		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "\nExit status: 0 when no pod would violate the level, 1 when some would\n(each listed as the API server words it), 2 on a usage, configuration or\nruntime error.\n")
+	}
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -95,6 +105,11 @@ func pssCheck(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	pods, skipped, err := cri.NodePods(ctx, runtime, image, *namespace, ev.Config())
 	if err != nil {
+		if c := status.Code(err); c == codes.Unavailable || c == codes.DeadlineExceeded {
+			fmt.Fprintf(stderr, "armorshim pss check: no answer from the runtime at %s: %s\n", cfg.RuntimeEndpoint, dialReason(err))
+			fmt.Fprintf(stderr, "armorshim pss check: is containerd running? Name its CRI socket with --runtime-endpoint, or runtimeEndpoint in %s\n", *configPath)
+			return 2
+		}
 		fmt.Fprintf(stderr, "armorshim pss check: %v\n", err)
 		return 2
 	}
@@ -132,4 +147,18 @@ func nodeWarnings(ev *pss.Evaluator, lv api.LevelVersion, pods []*pss.Pod) []str
 		out = append(out, ev.NamespaceWarnings(ns, lv, byNS[ns])...)
 	}
 	return out
+}
+
+// dialReason is why a runtime did not answer, without gRPC's wrapping.
+func dialReason(err error) string {
+	var se interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &se) {
+		return err.Error()
+	}
+	msg := se.GRPCStatus().Message()
+	const dialing = "Error while dialing: "
+	if i := strings.LastIndex(msg, dialing); i >= 0 {
+		msg = strings.TrimSuffix(msg[i+len(dialing):], `"`)
+	}
+	return msg
 }

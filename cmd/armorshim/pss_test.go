@@ -244,3 +244,26 @@ func writeFile(t *testing.T, path, body string) {
 		t.Fatal(err)
 	}
 }
+
+// Without a runtime, pss check says where it looked and how to name the
+// socket, and exits 2; its help documents the exit codes.
+func TestPSSCheckWithoutRuntime(t *testing.T) {
+	var out, errOut bytes.Buffer
+	endpoint := "unix://" + filepath.Join(t.TempDir(), "no-containerd.sock")
+	code := pssCheck([]string{"--level", "baseline", "--runtime-endpoint", endpoint, "--timeout", "2s", "--config", writeConfig(t, "")}, &out, &errOut)
+	if code != 2 {
+		t.Errorf("exit %d, want 2", code)
+	}
+	for _, want := range []string{endpoint, "--runtime-endpoint", "runtimeEndpoint in"} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("stderr does not mention %q:\n%s", want, errOut.String())
+		}
+	}
+	if strings.Contains(errOut.String(), "rpc error: code =") {
+		t.Errorf("raw gRPC text:\n%s", errOut.String())
+	}
+	errOut.Reset()
+	if code := pssCheck([]string{"-h"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "Exit status: 0") {
+		t.Errorf("help: exit %d\n%s", code, errOut.String())
+	}
+}
