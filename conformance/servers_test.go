@@ -265,7 +265,7 @@ func startArmorshim(t *testing.T, bin, dir, backendSock string) string {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, bin,
-		"serve", "--listen", "fd://", "--runtime-endpoint", "unix://"+backendSock,
+		"serve", "--config=", "--listen", "fd://", "--runtime-endpoint", "unix://"+backendSock,
 		"--sysfs", sysfs, "--profiles-dir=", "--node-features-dir=")
 	cmd.ExtraFiles = []*os.File{f}
 	cmd.Stdout, cmd.Stderr = logf, logf

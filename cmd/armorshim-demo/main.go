@@ -118,7 +118,7 @@ func run(bin string) error {
 	if err := os.Mkdir(features, 0o755); err != nil {
 		return err
 	}
-	cmd := exec.Command(bin, "serve", "--listen", "unix://"+shimSock,
+	cmd := exec.Command(bin, "serve", "--config=", "--listen", "unix://"+shimSock,
 		"--runtime-endpoint", "unix://"+runtimeSock, "--sysfs", sys,
 		"--profiles-dir=", "--node-features-dir", features)
 	cmd.Stdout, cmd.Stderr = prefixed("  armorshim| "), prefixed("  armorshim| ")

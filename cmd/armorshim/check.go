@@ -23,7 +23,7 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
-const defaultConfigPath = "/etc/armorshim/config.yaml"
+var defaultConfigPath = "/etc/armorshim/config.yaml"
 
 // checkReport is what `armorshim check` prints, as text or JSON.
 type checkReport struct {
@@ -111,7 +111,8 @@ func check(args []string) int {
 	return 0
 }
 
-// loadConfigForCheck reads path; the default path may be absent.
+// loadConfigForCheck reads path; the default path may be absent, which
+// means the defaults.
 func loadConfigForCheck(path string) (*shim.Config, string, error) {
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) && path == defaultConfigPath {
 		return shim.DefaultConfig(), "", nil

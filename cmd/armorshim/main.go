@@ -6,6 +6,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"runtime/debug"
 
@@ -17,23 +18,50 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = ""
 
-func usage() {
-	fmt.Fprintf(os.Stderr, `Usage: armorshim [serve] [flags]   serve CRI between the kubelet and the runtime (default)
-       armorshim check [--profile NAME ...] [--output json]   show the node's AppArmor state
-       armorshim load DIR                     load every profile file of DIR once
-       armorshim pss check --level LEVEL [--version V] [--namespace N]
-                                              list this node's pods that would violate a Pod Security level
-       armorshim version
+func usage(w io.Writer) {
+	fmt.Fprintf(w, `Usage: armorshim [COMMAND] [flags]
 
-Run "armorshim COMMAND -h" for a command's flags.
-`)
+Commands:
+  serve          serve CRI between the kubelet and the runtime (the default)
+  check          show the node's AppArmor state: [--profile NAME ...] [--output json]
+  load DIR       load every profile file of DIR once
+  pss check      list this node's pods that would violate a Pod Security level:
+                 --level LEVEL [--version V] [--namespace N]; exits 1 if any would
+  version        print the version (also --version)
+  help           this text (also --help, -h)
+
+serve, check and pss check read %s unless --config names
+another file; the defaults apply when that file does not exist.
+Run "armorshim COMMAND -h" for a command's flags. The serve flags:
+`, defaultConfigPath)
+	logging := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(logging)
+	own := flag.NewFlagSet("armorshim serve", flag.ContinueOnError)
+	own.SetOutput(w)
+	newServeFlags().fs.VisitAll(func(fl *flag.Flag) {
+		if logging.Lookup(fl.Name) == nil {
+			own.Var(fl.Value, fl.Name, fl.Usage)
+		}
+	})
+	own.PrintDefaults()
+	fmt.Fprintln(w, "\nand klog's logging flags (-v N for verbosity, -vmodule, ...): see \"armorshim serve -h\".")
 }
 
 func main() {
 	args := os.Args[1:]
 	cmd := "serve"
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		cmd, args = args[0], args[1:]
+	if len(args) > 0 {
+		switch args[0] {
+		case "--help", "-help", "-h":
+			usage(os.Stdout)
+			return
+		case "--version", "-version":
+			fmt.Println("armorshim", versionString())
+			return
+		}
+		if len(args[0]) > 0 && args[0][0] != '-' {
+			cmd, args = args[0], args[1:]
+		}
 	}
 	switch cmd {
 	case "serve":
@@ -47,10 +75,10 @@ func main() {
 	case "version":
 		fmt.Println("armorshim", versionString())
 	case "help":
-		usage()
+		usage(os.Stdout)
 	default:
 		fmt.Fprintf(os.Stderr, "armorshim: unknown command %q\n", cmd)
-		usage()
+		usage(os.Stderr)
 		os.Exit(2)
 	}
 }
@@ -77,7 +105,7 @@ func newServeFlags() *serveFlags {
 	d := shim.DefaultConfig()
 	f := &serveFlags{fs: flag.NewFlagSet("armorshim serve", flag.ContinueOnError), values: d}
 	fs := f.fs
-	fs.StringVar(&f.configPath, "config", "", "YAML configuration file ("+shim.APIVersion+", kind "+shim.Kind+"); flags set on the command line override it")
+	fs.StringVar(&f.configPath, "config", defaultConfigPath, "YAML configuration file ("+shim.APIVersion+", kind "+shim.Kind+"); flags set on the command line override it. The defaults apply if the default file does not exist; --config= reads none")
 	fs.StringVar(&d.Listen, "listen", d.Listen, "socket to serve CRI on: unix:///path, or fd:// for a socket passed by systemd")
 	fs.StringVar(&d.SocketGroup, "socket-group", d.SocketGroup, "group owning the socket (name or gid); mode is 0660")
 	fs.StringVar(&d.RuntimeEndpoint, "runtime-endpoint", d.RuntimeEndpoint, "the container runtime's CRI socket")
@@ -99,7 +127,7 @@ func (f *serveFlags) config() (*shim.Config, error) {
 	cfg := shim.DefaultConfig()
 	if f.configPath != "" {
 		var err error
-		if cfg, err = shim.LoadConfig(f.configPath); err != nil {
+		if cfg, _, err = loadConfigForCheck(f.configPath); err != nil {
 			return nil, err
 		}
 	}
@@ -146,6 +174,9 @@ func serve(args []string) int {
 	var reload func() (*shim.Config, error)
 	if f.configPath != "" {
 		reload = f.config
+		if _, err := os.Stat(f.configPath); err != nil {
+			klog.InfoS("No configuration file; using the defaults and the flags", "config", f.configPath)
+		}
 	}
 	srv, err := shim.New(cfg, reload)
 	if err != nil {

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/armorshim/armorshim/apparmor"
+	"github.com/armorshim/armorshim/shim"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -178,5 +180,80 @@ func TestLoadCommand(t *testing.T) {
 	}
 	if code := load(nil); code != 2 {
 		t.Errorf("no directory: exit %d, want 2", code)
+	}
+}
+
+// TestMain runs the command itself when a test execs the test binary with
+// ARMORSHIM_RUN_MAIN set, so tests see what a user sees.
+func TestMain(m *testing.M) {
+	if os.Getenv("ARMORSHIM_RUN_MAIN") != "" {
+		os.Args = append([]string{"armorshim"}, strings.Fields(os.Getenv("ARMORSHIM_RUN_MAIN"))...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func runMain(t *testing.T, args string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "ARMORSHIM_RUN_MAIN="+args)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// --help and --version work before any command, and the help names every
+// command and serve's own flags without drowning them in klog's.
+func TestHelpAndVersion(t *testing.T) {
+	for _, args := range []string{"--help", "-h", "help"} {
+		out, err := runMain(t, args)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", args, err, out)
+		}
+		for _, want := range []string{"serve", "check", "load DIR", "pss check", "--version", "-runtime-endpoint", "-config", defaultConfigPath} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s: output does not mention %q:\n%s", args, want, out)
+			}
+		}
+		if strings.Contains(out, "-alsologtostderr") {
+			t.Errorf("%s: klog's flags listed among serve's:\n%s", args, out)
+		}
+	}
+	for _, args := range []string{"--version", "version"} {
+		out, err := runMain(t, args)
+		if err != nil || !strings.HasPrefix(out, "armorshim ") {
+			t.Errorf("%s: %v %q", args, err, out)
+		}
+	}
+}
+
+// serve reads the default configuration file as check and pss check do;
+// without it the defaults apply, and --config= reads no file at all.
+func TestServeReadsDefaultConfig(t *testing.T) {
+	saved := defaultConfigPath
+	t.Cleanup(func() { defaultConfigPath = saved })
+	defaultConfigPath = writeConfig(t, "runtimeEndpoint: unix:///file/containerd.sock\n")
+
+	parse := func(args ...string) *shim.Config {
+		t.Helper()
+		f := newServeFlags()
+		if err := f.fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := f.config()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	if got := parse().RuntimeEndpoint; got != "unix:///file/containerd.sock" {
+		t.Errorf("serve without --config: runtime endpoint %q, want the default file's", got)
+	}
+	if got := parse("--config="); got.RuntimeEndpoint != shim.DefaultConfig().RuntimeEndpoint {
+		t.Errorf("--config=: runtime endpoint %q, want the built-in default", got.RuntimeEndpoint)
+	}
+	defaultConfigPath = filepath.Join(t.TempDir(), "absent.yaml")
+	if got := parse().RuntimeEndpoint; got != shim.DefaultConfig().RuntimeEndpoint {
+		t.Errorf("no default file: runtime endpoint %q, want the built-in default", got)
 	}
 }

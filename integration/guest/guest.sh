@@ -139,7 +139,7 @@ phase "$MODE-containerd-and-images"
 SHIM_OK=false
 if [ -x "$RUN/armorshim" ]; then
 	install -m 0755 "$RUN/armorshim" /usr/local/bin/armorshim
-	armorshim serve --listen $SHIM_EP --runtime-endpoint $CTRD_EP -v 4 >/out/armorshim-$MODE.log 2>&1 &
+	armorshim serve --config= --listen $SHIM_EP --runtime-endpoint $CTRD_EP -v 4 >/out/armorshim-$MODE.log 2>&1 &
 	SHIM_PID=$!
 	for _ in $(seq 1 150); do
 		[ -S /run/armorshim/armorshim.sock ] &&
