@@ -7,7 +7,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 FUZZTIME ?= 10s
 FUZZ_PKGS := ./apparmor ./host ./cri/h2relay
 
-.PHONY: all build demo test unit fuzz conformance integration record-kubelet bench install install-socket-activation clean FORCE
+.PHONY: all build demo test unit fuzz conformance integration record-kubelet bench install uninstall install-socket-activation clean FORCE
 
 all: build
 
@@ -74,11 +74,12 @@ integration:
 record-kubelet:
 	ARMORSHIM_RECORD=1 ARMORSHIM_PSA=all ARMORSHIM_IT_BOOTS=kubelet $(GO) test -tags integration -v -count=1 -timeout 150m -run '^TestIntegration$$' ./integration/
 
-install: build
+# install copies what `make build` built: it does not build, so it runs as
+# root without Go on root's PATH.
+install:
+	@test -x bin/armorshim || { echo "bin/armorshim is missing: run 'make build' first, as your user; install does not build" >&2; exit 1; }
 	install -D -m 0755 bin/armorshim $(DESTDIR)$(PREFIX)/bin/armorshim
 	install -D -m 0644 systemd/armorshim.service $(DESTDIR)/etc/systemd/system/armorshim.service
-	install -D -m 0644 systemd/kubelet.service.d/90-armorshim.conf $(DESTDIR)/etc/systemd/system/kubelet.service.d/90-armorshim.conf
-	install -D -m 0644 systemd/kubelet.conf.d/90-armorshim.conf $(DESTDIR)/etc/kubernetes/kubelet.conf.d/90-armorshim.conf
 	install -D -m 0644 systemd/armorshim.socket $(DESTDIR)/etc/systemd/system/armorshim.socket
 	install -d -m 0755 $(DESTDIR)/etc/armorshim/profiles.d
 	@if [ -e $(DESTDIR)/etc/armorshim/config.yaml ]; then \
@@ -86,9 +87,25 @@ install: build
 	else \
 	  install -D -m 0644 systemd/config.yaml $(DESTDIR)/etc/armorshim/config.yaml; \
 	fi
+	DESTDIR="$(DESTDIR)" SRC=systemd sh systemd/kubelet-dropins.sh install
 	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then \
 	  systemctl daemon-reload; \
 	fi
+
+# uninstall puts the kubelet back on containerd first (drop-ins removed, the
+# kubelet restarted if it runs), then stops and removes armorshim. The
+# configuration and profiles in /etc/armorshim stay.
+uninstall:
+	DESTDIR="$(DESTDIR)" SRC=systemd sh systemd/kubelet-dropins.sh uninstall
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then \
+	  systemctl daemon-reload; \
+	  if systemctl is-active --quiet kubelet; then echo "restarting the kubelet onto containerd"; systemctl restart kubelet; fi; \
+	  systemctl disable --now armorshim.socket armorshim.service 2>/dev/null || true; \
+	fi
+	rm -f $(DESTDIR)$(PREFIX)/bin/armorshim $(DESTDIR)/etc/systemd/system/armorshim.service $(DESTDIR)/etc/systemd/system/armorshim.socket
+	rm -rf $(DESTDIR)/etc/systemd/system/armorshim.service.d
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "kept $(DESTDIR)/etc/armorshim (configuration and profiles); remove it yourself if unwanted"
 
 # Switch an installed node to systemd socket activation.
 install-socket-activation: install

@@ -398,3 +398,98 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+// make install extends the kubelet's KUBELET_CONFIG_ARGS instead of
+// replacing it, uses a --config-dir the kubelet already has, and uninstall
+// removes exactly what install wrote.
+func TestKubeletDropInsExtendTheNode(t *testing.T) {
+	const kubeadm = `# /usr/lib/systemd/system/kubelet.service
+[Service]
+ExecStart=/usr/bin/kubelet
+
+# /usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf
+# Note: This dropin only works with kubeadm and kubelet v1.11+
+[Service]
+Environment="KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf"
+Environment="KUBELET_CONFIG_ARGS=%s"
+ExecStart=
+ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
+`
+	const ours = `
+# /etc/systemd/system/kubelet.service.d/90-armorshim.conf
+[Service]
+Environment="KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml --config-dir=/etc/kubernetes/kubelet.conf.d"
+`
+	for _, tc := range []struct {
+		name, cat       string
+		wantEnv         string // "" when the variable must be left alone
+		wantKubeletConf string
+	}{
+		{"kubeadm with its own flags", fmt.Sprintf(kubeadm, "--config=/srv/kubelet.yaml --v=2"),
+			"--config=/srv/kubelet.yaml --v=2 --config-dir=/etc/kubernetes/kubelet.conf.d", "/etc/kubernetes/kubelet.conf.d/90-armorshim.conf"},
+		{"installed before", fmt.Sprintf(kubeadm, "--config=/srv/kubelet.yaml") + ours,
+			"--config=/srv/kubelet.yaml --config-dir=/etc/kubernetes/kubelet.conf.d", "/etc/kubernetes/kubelet.conf.d/90-armorshim.conf"},
+		{"kubelet has a config dir", fmt.Sprintf(kubeadm, "--config=/var/lib/kubelet/config.yaml --config-dir=/etc/kubelet.d"),
+			"", "/etc/kubelet.d/90-armorshim.conf"},
+		{"no kubelet unit", "",
+			"--config=/var/lib/kubelet/config.yaml --config-dir=/etc/kubernetes/kubelet.conf.d", "/etc/kubernetes/kubelet.conf.d/90-armorshim.conf"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			fakeSystemctl := filepath.Join(root, "systemctl")
+			script := "#!/bin/sh\n[ \"$1 $2\" = \"cat kubelet.service\" ] || exit 3\n"
+			if tc.cat == "" {
+				script += "echo 'No files found for kubelet.service.' >&2\nexit 1\n"
+			} else {
+				os.WriteFile(filepath.Join(root, "cat.txt"), []byte(tc.cat), 0o644)
+				script += "cat " + filepath.Join(root, "cat.txt") + "\n"
+			}
+			if err := os.WriteFile(fakeSystemctl, []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			dest := filepath.Join(root, "dest")
+			run := func(verb string) {
+				t.Helper()
+				cmd := exec.Command("sh", "kubelet-dropins.sh", verb)
+				cmd.Env = append(os.Environ(), "DESTDIR="+dest, "SRC=.", "SYSTEMCTL="+fakeSystemctl)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("%s: %v\n%s", verb, err, out)
+				}
+			}
+			run("install")
+			dropin, err := os.ReadFile(filepath.Join(dest, "etc/systemd/system/kubelet.service.d/90-armorshim.conf"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var envs []string
+			for _, l := range strings.Split(string(dropin), "\n") {
+				if strings.HasPrefix(l, "Environment=") {
+					envs = append(envs, l)
+				}
+			}
+			switch {
+			case tc.wantEnv == "" && len(envs) != 0:
+				t.Errorf("the kubelet's own --config-dir is kept, yet the drop-in sets %q", envs)
+			case tc.wantEnv != "" && (len(envs) != 1 || envs[0] != `Environment="KUBELET_CONFIG_ARGS=`+tc.wantEnv+`"`):
+				t.Errorf("drop-in sets %q, want KUBELET_CONFIG_ARGS=%s", envs, tc.wantEnv)
+			}
+			if !strings.Contains(string(dropin), "After=armorshim.service") {
+				t.Errorf("drop-in lost its ordering:\n%s", dropin)
+			}
+			if _, err := os.Stat(filepath.Join(dest, tc.wantKubeletConf)); err != nil {
+				t.Errorf("kubelet configuration drop-in: %v", err)
+			}
+			run("uninstall")
+			var left []string
+			filepath.WalkDir(dest, func(p string, d os.DirEntry, err error) error {
+				if err == nil && !d.IsDir() {
+					left = append(left, strings.TrimPrefix(p, dest))
+				}
+				return nil
+			})
+			if len(left) != 0 {
+				t.Errorf("uninstall left %q", left)
+			}
+		})
+	}
+}
