@@ -1,7 +1,7 @@
 // Command armorshim-demo shows armorshim at work on any Linux machine, with
 // no containerd and no AppArmor: it starts a fake CRI runtime, writes a fake
-// securityfs tree holding the seed's profile, runs the real armorshim binary
-// in front of the runtime, and plays the seed's two pods through it.
+// securityfs tree holding the documentation's profile, runs the real armorshim binary
+// in front of the runtime, and plays the documentation's two pods through it.
 package main
 
 import (
@@ -77,7 +77,7 @@ func run(bin string) error {
 	}
 	defer os.RemoveAll(dir)
 
-	// The host: AppArmor on, the seed's node profiles plus deny-write loaded.
+	// The host: AppArmor on, the documentation's node profiles plus deny-write loaded.
 	sys := filepath.Join(dir, "sys")
 	sec := filepath.Join(sys, "kernel", "security", "apparmor")
 	profiles := "apparmor-test-deny-write (enforce)\napparmor-test-audit-write (enforce)\ndocker-default (enforce)\nk8s-nginx (enforce)\n" + denyWrite + " (enforce)\n"

@@ -259,7 +259,7 @@ confined_run() {
 . "$RUN/node.sh"
 
 # ---------------------------------------------------------------- scenarios
-profile_text() { # NAME DENY(yes|no): the seed's profile, optionally without the deny rule
+profile_text() { # NAME DENY(yes|no): the documentation's profile, optionally without the deny rule
 	echo '#include <tunables/global>'
 	echo
 	echo "profile $1 flags=(attach_disconnected) {"
@@ -282,7 +282,7 @@ scenarios_main() {
 	loaded $DENY || result setup-profile false "$DENY did not load"
 	phase main-load-profile
 
-	# 1: the seed's profile, three ways of asking for it
+	# 1: the documentation's profile, three ways of asking for it
 	confined_run s1-field s1-field "{\"apparmor\":{\"profile_type\":2,\"localhost_ref\":\"$DENY\"}}" '{}' \
 		"$DENY (enforce)" denied
 	# 8: the OCI spec containerd generated for that container

@@ -112,7 +112,7 @@ scenarios_node() {
 	if node_create n4-default '{}' '{}'; then
 		ns_ start "$CTR" >>"$LOG" 2>&1
 		attr=$(node_attr)
-		# The seed's rule is an explicit deny, which AppArmor does not log
+		# The documentation's rule is an explicit deny, which AppArmor does not log
 		# unless its audit mode says so.
 		echo -n noquiet >/sys/module/apparmor/parameters/audit
 		out=$(ns_ exec "$CTR" touch /tmp/test 2>&1 | grep -v level= | oneline)
@@ -247,7 +247,7 @@ scenarios_node() {
 	result n4-disabled $ok "policy.enabled: false; localhost/$DENY: $out" "no profile asked: created ${CTR:-(refused: $(create_err))}"
 	node_remove
 
-	# ---- issue 6: Pod Security on the node, with the seed's cluster-level-pss.yaml
+	# ---- Pod Security on the node, with the documentation's cluster-level-pss.yaml
 	mkdir -p /etc/kubernetes/pss
 	cp "$RUN/cluster-level-pss.yaml" /etc/kubernetes/pss/cluster-level-pss.yaml
 	node_config "  enabled: true" "podSecurity:
@@ -266,7 +266,7 @@ scenarios_node() {
 	out=$(echo "${out//\\/}" | grep -o 'rpc error: .*' | tail -n 1 | sed 's/"$//' | oneline)
 	ok=false
 	[[ $out == *'code = PermissionDenied desc = Forbidden: violates PodSecurity "baseline:latest": host namespaces (hostNetwork=true)'* ]] && ok=true
-	result n6-hostnetwork-refused $ok "enforce=baseline (seed's defaults); RunPodSandbox with network NODE" "$out"
+	result n6-hostnetwork-refused $ok "enforce=baseline (the cluster-level tutorial's defaults); RunPodSandbox with network NODE" "$out"
 
 	# a privileged container is refused at CreateContainer
 	node_create n6-privileged '{"privileged":true}' '{}'
@@ -275,7 +275,7 @@ scenarios_node() {
 	result n6-privileged-refused $ok "CreateContainer with privileged=true" "$(create_err)"
 	node_remove
 
-	# the same host-network pod in kube-system (exempt in the seed's config) runs
+	# the same host-network pod in kube-system (exempt in the documentation's config) runs
 	jq '.metadata.namespace = "kube-system"' /tmp/cfg/n6-hostnet-pod.json >/tmp/cfg/x && mv /tmp/cfg/x /tmp/cfg/n6-exempt-pod.json
 	out=$(ns_ runp /tmp/cfg/n6-exempt-pod.json 2>&1)
 	rc=$?
@@ -286,7 +286,7 @@ scenarios_node() {
 	result n6-exempt-namespace $ok "the same host-network pod in namespace kube-system: sandbox ${POD:-(refused: $(echo "${out//\\/}" | grep -v level=warning | oneline))}"
 	node_remove
 
-	# the seed's nginx pod: admitted, with the restricted warning logged and audited
+	# the documentation's nginx pod: admitted, with the restricted warning logged and audited
 	write_configs n6-nginx '{}' '{}'
 	jq '.metadata.name = "nginx" | .metadata.namespace = "example" | .port_mappings = [{container_port: 80}]' /tmp/cfg/n6-nginx-pod.json >/tmp/cfg/x && mv /tmp/cfg/x /tmp/cfg/n6-nginx-pod.json
 	# the masked and read-only /proc paths the kubelet sends for procMount: Default
@@ -303,7 +303,7 @@ scenarios_node() {
 	warning=$(grep 'Pod Security warning' $NODE_LOG | grep 'pod="example/nginx"' | tail -n 1 | sed 's/.*warning="//; s/"$//; s/\\"/"/g')
 	audit=$(grep '"pod":"nginx"' $AUDIT_LOG 2>/dev/null | tail -n 1)
 	ok=false
-	# the seed's warning, word for word
+	# the documentation's warning, word for word
 	want='would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "nginx" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "nginx" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or container "nginx" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "nginx" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")'
 	[ $CREATE_RC -eq 0 ] && [ "$warning" = "$want" ] && [ -n "$audit" ] && ok=true
 	result n6-nginx-warned $ok "CreateContainer nginx in namespace example: rc=$CREATE_RC $( [ $CREATE_RC -eq 0 ] || create_err)" "log: $warning" "audit: $(echo "$audit" | cut -c1-300)"
