@@ -1,7 +1,7 @@
 #!/bin/bash
 # PID 1 of the armorshim integration guest (after switch_root).
 #
-# Starts containerd and armorshim, runs the scenarios of issue 3 through
+# Starts containerd and armorshim, runs the AppArmor scenarios through
 # armorshim's socket with crictl and critest, prints one machine-readable line
 # per step on the serial console and writes its artefacts (logs, critest JUnit
 # reports) as a tar archive onto the second disk. Then powers off.

@@ -101,7 +101,7 @@ scenarios_node() {
 	mkdir -p /etc/armorshim $PROFILES_D $FEATURES_D
 	: >$NODE_LOG
 
-	# ---- issue 4: default profile, with an allowed list that holds it
+	# ---- default profile, with an allowed list that holds it
 	node_config "  defaultProfile: localhost/$DENY
   allowedProfiles: runtime/default,localhost/$DENY,localhost/$DROPPED"
 	if ! node_start; then
@@ -119,7 +119,7 @@ scenarios_node() {
 		[ "$attr" = "$DENY (enforce)" ] && [[ $out == *"Permission denied"* ]] && ok=true
 		result n4-default-profile $ok "policy.defaultProfile: localhost/$DENY; the container asks for no profile" \
 			"/proc/1/attr/current: $attr (want: $DENY (enforce))" "touch /tmp/test: $out (want: Permission denied)"
-		# ---- issue 7: that container's start was attested, and its denial attributed
+		# ---- that container's start was attested, and its denial attributed
 		n=$(metric 'armorshim_start_attestations_total{outcome="attested"}')
 		ok=false
 		[ "${n%.*}" -ge 1 ] && ok=true
@@ -142,14 +142,14 @@ scenarios_node() {
 	fi
 	node_remove
 
-	# ---- issue 4: a profile outside the allowed list
+	# ---- a profile outside the allowed list
 	node_create n4-allowed '{"apparmor_profile":"unconfined"}' '{}'
 	ok=false
 	refused PermissionDenied "Forbidden: AppArmor profile \"unconfined\" is not allowed on this node" && ok=true
 	result n4-allowed-refused $ok "allowedProfiles: runtime/default,localhost/$DENY,localhost/$DROPPED; request: unconfined" "$(create_err)"
 	node_remove
 
-	# ---- issue 4: a profile dropped into the directory becomes usable without a restart
+	# ---- a profile dropped into the directory becomes usable without a restart
 	node_create n4-dropped-before "{\"apparmor_profile\":\"localhost/$DROPPED\"}" '{}'
 	ok=false
 	refused FailedPrecondition "profile \"$DROPPED\" is not loaded" && ok=true
@@ -170,7 +170,7 @@ scenarios_node() {
 		"$(grep -m1 "Loaded AppArmor profile file" $NODE_LOG | oneline)"
 	node_remove
 
-	# ---- issue 4: node labels for node-feature-discovery
+	# ---- node labels for node-feature-discovery
 	for _ in $(seq 1 25); do grep -q "/$DROPPED=enforce" $FEATURES_D/armorshim-apparmor 2>/dev/null && break; sleep 0.2; done
 	features=$(cat $FEATURES_D/armorshim-apparmor 2>/dev/null)
 	ok=false
@@ -180,14 +180,14 @@ scenarios_node() {
 	result n4-nfd-labels $ok "$FEATURES_D/armorshim-apparmor:" \
 		"$(grep -E "^#|enabled=|$DENY=|$DROPPED=" <<<"$features" | oneline)"
 
-	# ---- issue 4: check --output json sees the policy, the directory and the profiles
+	# ---- check --output json sees the policy, the directory and the profiles
 	out=$(armorshim check --config $NODE_CFG --profile $DENY --output json 2>&1)
 	ok=false
 	[ "$(jq -r .ok <<<"$out")" = true ] && [ "$(jq -r '.profileDirectory.files[0].profiles[0]' <<<"$out")" = "$DROPPED" ] && ok=true
 	result n4-check $ok "armorshim check --profile $DENY --output json: ok=$(jq -r .ok <<<"$out") missing=$(jq -c .missing <<<"$out")" \
 		"profile directory: $(jq -c .profileDirectory <<<"$out" | cut -c1-200)" "policy: $(jq -c .policy <<<"$out")"
 
-	# ---- issue 4: complain mode refused where enforce is required
+	# ---- complain mode refused where enforce is required
 	profile_text $COMPLAIN yes >/tmp/$COMPLAIN.profile
 	apparmor_parser -C -r /tmp/$COMPLAIN.profile >>"$LOG" 2>&1
 	node_config "  requireEnforce: true"
@@ -198,7 +198,7 @@ scenarios_node() {
 	result n4-complain-refused $ok "$(grep "^$COMPLAIN " /sys/kernel/security/apparmor/profiles)" "$(create_err)"
 	node_remove
 
-	# ---- issue 7: a profile swapped under a created container is caught at start
+	# ---- a profile swapped under a created container is caught at start
 	ok=false
 	if node_create n7-swap "{\"apparmor_profile\":\"localhost/$DENY\"}" '{}'; then
 		apparmor_parser -C -r /tmp/$DENY.profile >>"$LOG" 2>&1
@@ -214,7 +214,7 @@ scenarios_node() {
 	fi
 	node_remove
 
-	# ---- issue 7: a container armorshim did not create (one made before it
+	# ---- a container armorshim did not create (one made before it
 	# started) is attested from containerd's copy of its config
 	ok=false
 	write_configs n7-from-config "{\"apparmor_profile\":\"localhost/$DENY\"}" '{}'
@@ -235,7 +235,7 @@ scenarios_node() {
 	fi
 	node_remove
 
-	# ---- issue 4: AppArmor switched off on the node
+	# ---- AppArmor switched off on the node
 	node_config "  enabled: false"
 	node_reload
 	node_create n4-disabled "{\"apparmor_profile\":\"localhost/$DENY\"}" '{}'
