@@ -10,7 +10,7 @@ import (
 // Policy is the node's AppArmor policy. The zero value allows every valid
 // request and adds no default.
 type Policy struct {
-	// Disabled switches AppArmor off on this node (the seed's feature gate
+	// Disabled switches AppArmor off on this node (the AppArmor tutorial's feature gate
 	// set to false): a container asking for any profile is Forbidden.
 	Disabled bool
 	// Default is applied when a container asks for nothing (the
