@@ -50,3 +50,15 @@ func TestModeOf(t *testing.T) {
 		t.Error("modeOf")
 	}
 }
+
+// --only names groups: an unknown one is refused before anything runs, and
+// the groups not named do not run.
+func TestOnlyGroups(t *testing.T) {
+	if err := runBench([]string{"--only", "calls,bogus"}); err == nil || !strings.Contains(err.Error(), `unknown group "bogus"`) {
+		t.Errorf("--only calls,bogus: %v", err)
+	}
+	o := options{only: map[string]bool{"mix": true}}
+	if !o.want("mix") || o.want("calls") || !(options{}).want("start") {
+		t.Error("want does not follow --only")
+	}
+}
