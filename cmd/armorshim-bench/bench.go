@@ -49,6 +49,11 @@ func bench(o options) error {
 			return err
 		}
 	}
+	if o.want("abuse") {
+		if err := benchAbuse(o, dir, self, bin, rows); err != nil {
+			return fmt.Errorf("P7: %w", err)
+		}
+	}
 
 	printHeader(o, nd)
 	var ran []*row
@@ -349,11 +354,15 @@ func newRows(o options) *rowSet {
 		rs.list = append(rs.list, r)
 		rs.byID[r.id] = r
 	}
+	for _, r := range abuseRows(o) {
+		rs.list = append(rs.list, r)
+		rs.byID[r.id] = r
+	}
 	return rs
 }
 
 func printHeader(o options, nd *node) {
-	fmt.Printf("armorshim-bench: %d runs; median [min–max] over the runs; ratios are per run, to direct\n", o.runs)
+	fmt.Printf("armorshim-bench: %d runs (P7: %d); median [min–max] over the runs; ratios are per run, to direct\n", o.runs, o.abuseRuns)
 	fmt.Printf("machine: %d CPUs (%s), %s, %s\n", runtime.NumCPU(), cpuModel(), kernel(), runtime.Version())
 	if nd != nil {
 		fmt.Printf("fake node: %d containers in %d pods; full ListContainers response %.2f MB; %d loaded profiles\n",
