@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -362,7 +363,14 @@ func newRows(o options) *rowSet {
 }
 
 func printHeader(o options, nd *node) {
-	fmt.Printf("armorshim-bench: %d runs (P7: %d); median [min–max] over the runs; ratios are per run, to direct\n", o.runs, o.abuseRuns)
+	var runs []string
+	if nd != nil {
+		runs = append(runs, fmt.Sprintf("%d runs", o.runs))
+	}
+	if o.want("abuse") {
+		runs = append(runs, fmt.Sprintf("P7 %d runs", o.abuseRuns))
+	}
+	fmt.Printf("armorshim-bench: %s; median [min–max] over the runs; ratios are per run, to direct\n", strings.Join(runs, ", "))
 	fmt.Printf("machine: %d CPUs (%s), %s, %s\n", runtime.NumCPU(), cpuModel(), kernel(), runtime.Version())
 	if nd != nil {
 		fmt.Printf("fake node: %d containers in %d pods; full ListContainers response %.2f MB; %d loaded profiles\n",
