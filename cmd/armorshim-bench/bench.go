@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,35 +42,82 @@ func bench(o options) error {
 			return err
 		}
 	}
+	rows := newRows(o)
+	var nd *node
+	var p6 *p6Result
+	if o.want("calls") || o.want("mix") || o.want("ready") || o.want("start") {
+		if nd, p6, err = benchPaths(o, dir, self, bin, rows); err != nil {
+			return err
+		}
+	}
+	if o.want("abuse") {
+		if err := benchAbuse(o, dir, self, bin, rows); err != nil {
+			return fmt.Errorf("P7: %w", err)
+		}
+	}
+
+	printHeader(o, nd)
+	var ran []*row
+	for _, rw := range rows.list {
+		if len(rw.vals[direct])+len(rw.vals[armorshim]) > 0 {
+			ran = append(ran, rw)
+		}
+	}
+	printTable(os.Stdout, ran)
+	pass, miss := 0, 0
+	for _, rw := range ran {
+		switch _, v := rw.verdict(); v {
+		case "PASS":
+			pass++
+		case "MISS":
+			miss++
+		}
+	}
+	if p6 != nil {
+		fmt.Println()
+		p6.print(os.Stdout, rows)
+	}
+	fmt.Printf("\ntargets: %d PASS, %d MISS\n", pass, miss)
+	return nil
+}
+
+// benchPaths runs the groups measured on the four paths to one fake node
+// (calls, mix, ready, start) and returns the node and P6's summary (nil
+// when start did not run).
+func benchPaths(o options, dir, self, bin string, rows *rowSet) (*node, *p6Result, error) {
 	sys, err := writeSecurityfs(filepath.Join(dir, "shim"), o.profiles)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	// A second tree for the in-process decisions, so that their revision
 	// changes never reach the armorshim process.
 	inprocSys, err := writeSecurityfs(filepath.Join(dir, "inproc"), o.profiles)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 
 	// A fake procfs with a process for each container P6 starts, and
 	// armorshim's configuration files: everything that would touch the host
 	// (kernel log, profile loader, NFD file) is off; attestation is on
 	// (armorshim's default) except for the second armorshim of P6.
-	procfs, err := writeProcfs(filepath.Join(dir, "shim"), min(o.containers, startSet))
+	started := 0 // containers with a process: only P6 starts them
+	if o.want("start") {
+		started = min(o.containers, startSet)
+	}
+	procfs, err := writeProcfs(filepath.Join(dir, "shim"), started)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	onConfig, offConfig := filepath.Join(dir, "armorshim.yaml"), filepath.Join(dir, "armorshim-attestation-off.yaml")
 	if err := writeShimConfig(onConfig, "enforce"); err != nil {
-		return err
+		return nil, nil, err
 	}
 	if err := writeShimConfig(offConfig, "off"); err != nil {
-		return err
+		return nil, nil, err
 	}
 	metricsAddr, err := freeLoopbackPort()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 
 	// The processes.
@@ -79,11 +127,11 @@ func bench(o options) error {
 	relaySock := filepath.Join(dir, "relay.sock")
 	rt, err := start(dir, "fake-runtime", self, "fake-runtime", "--listen", rtSock, "--containers", strconv.Itoa(o.containers))
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	defer rt.stop()
 	if _, err := waitServing(rtSock, time.Now(), 60*time.Second); err != nil {
-		return fmt.Errorf("fake runtime: %w (log %s)", err, rt.log)
+		return nil, nil, fmt.Errorf("fake runtime: %w (log %s)", err, rt.log)
 	}
 	shimArgsWith := func(sock, config string) []string {
 		return []string{bin, "serve", "--config", config, "--listen", "unix://" + sock, "--runtime-endpoint", "unix://" + rtSock,
@@ -92,51 +140,50 @@ func bench(o options) error {
 	shimArgs := func(sock string) []string { return shimArgsWith(sock, onConfig) }
 	shim, err := start(dir, "armorshim", append(shimArgs(shimSock), "--metrics-address", metricsAddr)...)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	defer shim.stop()
 	typedProc, err := start(dir, "typed-proxy", self, "typed-proxy", "--listen", typedSock, "--runtime-endpoint", rtSock)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	defer typedProc.stop()
 	relayProc, err := start(dir, "byte-relay", self, "l4-relay", "--listen", relaySock, "--runtime-endpoint", rtSock)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	defer relayProc.stop()
 	for sock, c := range map[string]*child{shimSock: shim, typedSock: typedProc, relaySock: relayProc} {
 		if _, err := waitServing(sock, time.Now(), 10*time.Second); err != nil {
-			return fmt.Errorf("%s: %w (log %s)", c.name, err, c.log)
+			return nil, nil, fmt.Errorf("%s: %w (log %s)", c.name, err, c.log)
 		}
 	}
 	var clients [numPaths]*client
 	for p, sock := range [numPaths]string{rtSock, shimSock, typedSock, relaySock} {
 		if clients[p], err = dial(sock); err != nil {
-			return err
+			return nil, nil, err
 		}
 		defer clients[p].conn.Close()
 	}
 	nd, err := readNode(clients[direct], o.containers)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 
 	fmt.Fprintf(os.Stderr, "fake node: %d containers in %d pods, full ListContainers response %.2f MB; %d profiles loaded\n",
 		len(nd.containers), len(nd.sandboxes), float64(nd.listBytes)/1e6, o.profiles)
 
-	rows := newRows(o)
 	r := func(id string) *row { return rows.byID[id] }
 	ctx := context.Background()
 	createReq, err := proto.Marshal(createRequest(nd.sandboxes[0], benchProfile(o.profiles/2)))
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	typedCreate := createRequest(nd.sandboxes[0], benchProfile(o.profiles/2))
 
 	// P1, P2 and the end-to-end CreateContainer: each run measures every
 	// path, starting with a different one each run.
-	for run := 0; run < o.runs; run++ {
+	for run := 0; run < o.runs && o.want("calls"); run++ {
 		fmt.Fprintf(os.Stderr, "run %d/%d: P1 P2 P4 ...\n", run+1, o.runs)
 		for k := 0; k < numPaths; k++ {
 			p := (run + k) % numPaths
@@ -150,7 +197,7 @@ func bench(o options) error {
 				return err
 			})
 			if err != nil {
-				return fmt.Errorf("%s: P1: %w", pathNames[p], err)
+				return nil, nil, fmt.Errorf("%s: P1: %w", pathNames[p], err)
 			}
 			r("P1").vals[p] = append(r("P1").vals[p], median(lists)/1000)
 
@@ -159,7 +206,7 @@ func bench(o options) error {
 				return err
 			})
 			if err != nil {
-				return fmt.Errorf("%s: P2 Version: %w", pathNames[p], err)
+				return nil, nil, fmt.Errorf("%s: P2 Version: %w", pathNames[p], err)
 			}
 			r("P2a").vals[p] = append(r("P2a").vals[p], quantile(versions, 0.5))
 			r("P2b").vals[p] = append(r("P2b").vals[p], quantile(versions, 0.99))
@@ -169,7 +216,7 @@ func bench(o options) error {
 				return err
 			})
 			if err != nil {
-				return fmt.Errorf("%s: P2 ContainerStatus: %w", pathNames[p], err)
+				return nil, nil, fmt.Errorf("%s: P2 ContainerStatus: %w", pathNames[p], err)
 			}
 			r("P2c").vals[p] = append(r("P2c").vals[p], quantile(statuses, 0.5))
 			r("P2d").vals[p] = append(r("P2d").vals[p], quantile(statuses, 0.99))
@@ -179,7 +226,7 @@ func bench(o options) error {
 				return err
 			})
 			if err != nil {
-				return fmt.Errorf("%s: P4 CreateContainer: %w", pathNames[p], err)
+				return nil, nil, fmt.Errorf("%s: P4 CreateContainer: %w", pathNames[p], err)
 			}
 			r("P4c").vals[p] = append(r("P4c").vals[p], quantile(creates, 0.5))
 		}
@@ -187,7 +234,7 @@ func bench(o options) error {
 		// P4 in process: armorshim's own decision work, no RPC.
 		cached, bumped, err := decisionTimes(inprocSys, createReq, o.decisions, o.bumps)
 		if err != nil {
-			return fmt.Errorf("P4: %w", err)
+			return nil, nil, fmt.Errorf("P4: %w", err)
 		}
 		r("P4a").vals[armorshim] = append(r("P4a").vals[armorshim], quantile(micros(cached), 0.5))
 		r("P4b").vals[armorshim] = append(r("P4b").vals[armorshim], quantile(micros(bumped), 0.5))
@@ -196,35 +243,32 @@ func bench(o options) error {
 	procs := [numPaths]*child{direct: nil, armorshim: shim, typed: typedProc, relay: relayProc}
 
 	// The peak RSS so far (P1's megabyte lists pass through), for context.
-	if v, err := shim.procStatus("VmHWM"); err == nil {
-		r("P5c").vals[armorshim] = append(r("P5c").vals[armorshim], v)
-	}
-	for _, p := range []int{typed, relay} {
-		if v, err := procs[p].procStatus("VmHWM"); err == nil {
+	for _, p := range []int{armorshim, typed, relay} {
+		if v, err := procs[p].procStatus("VmHWM"); err == nil && o.want("calls") {
 			r("P5c").vals[p] = append(r("P5c").vals[p], v)
 		}
 	}
 
 	// P3 and the proxies' peak RSS under it: the peak is reset before each
 	// measurement and read right after.
-	for run := 0; run < o.runs; run++ {
+	for run := 0; run < o.runs && o.want("mix"); run++ {
 		fmt.Fprintf(os.Stderr, "run %d/%d: P3 ...\n", run+1, o.runs)
 		for k := 0; k < numPaths; k++ {
 			p := (run + k) % numPaths
 			if procs[p] != nil {
 				if err := procs[p].resetPeakRSS(); err != nil {
-					return fmt.Errorf("reset peak RSS: %w", err)
+					return nil, nil, fmt.Errorf("reset peak RSS: %w", err)
 				}
 			}
 			tput, err := mix(ctx, clients[p], nd, o.callers, o.mixDuration)
 			if err != nil {
-				return fmt.Errorf("%s: P3: %w", pathNames[p], err)
+				return nil, nil, fmt.Errorf("%s: P3: %w", pathNames[p], err)
 			}
 			r("P3").vals[p] = append(r("P3").vals[p], tput)
 			if procs[p] != nil {
 				hwm, err := procs[p].procStatus("VmHWM")
 				if err != nil {
-					return err
+					return nil, nil, err
 				}
 				r("P5a").vals[p] = append(r("P5a").vals[p], hwm)
 			}
@@ -233,16 +277,20 @@ func bench(o options) error {
 
 	// P6: StartContainer with attestation, against a second armorshim with
 	// attestation off.
-	offSock := filepath.Join(dir, "armorshim-off.sock")
-	p6, err := measureStarts(ctx, o, dir, nd, rows, clients[direct], clients[armorshim], shim, metricsAddr, procfs,
-		offSock, shimArgsWith(offSock, offConfig))
-	if err != nil {
-		return fmt.Errorf("P6: %w", err)
+	var p6 *p6Result
+	if o.want("start") {
+		offSock := filepath.Join(dir, "armorshim-off.sock")
+		if p6, err = measureStarts(ctx, o, dir, nd, rows, clients[direct], clients[armorshim], shim, metricsAddr, procfs,
+			offSock, shimArgsWith(offSock, offConfig)); err != nil {
+			return nil, nil, fmt.Errorf("P6: %w", err)
+		}
 	}
 
 	// P5 time to ready: fresh processes on fresh sockets.
-	fmt.Fprintln(os.Stderr, "P5: time to ready ...")
-	for i := 0; i < o.readyStarts; i++ {
+	if o.want("ready") {
+		fmt.Fprintln(os.Stderr, "P5: time to ready ...")
+	}
+	for i := 0; i < o.readyStarts && o.want("ready"); i++ {
 		for _, p := range []int{armorshim, typed, relay} {
 			sock := filepath.Join(dir, fmt.Sprintf("ready-%d-%d.sock", p, i))
 			argv := map[int][]string{
@@ -253,34 +301,20 @@ func bench(o options) error {
 			t0 := time.Now()
 			c, err := start(dir, fmt.Sprintf("ready-%d-%d", p, i), argv...)
 			if err != nil {
-				return err
+				return nil, nil, err
 			}
 			d, err := waitServing(sock, t0, 10*time.Second)
 			rss, _ := c.procStatus("VmRSS")
 			c.stop()
 			if err != nil {
-				return fmt.Errorf("%s: %w (log %s)", pathNames[p], err, c.log)
+				return nil, nil, fmt.Errorf("%s: %w (log %s)", pathNames[p], err, c.log)
 			}
 			r("P5b").vals[p] = append(r("P5b").vals[p], float64(d)/float64(time.Millisecond))
 			r("P5d").vals[p] = append(r("P5d").vals[p], rss)
 		}
 	}
 
-	printHeader(o, nd)
-	printTable(os.Stdout, rows.list)
-	pass, miss := 0, 0
-	for _, rw := range rows.list {
-		switch _, v := rw.verdict(); v {
-		case "PASS":
-			pass++
-		case "MISS":
-			miss++
-		}
-	}
-	fmt.Println()
-	p6.print(os.Stdout, rows)
-	fmt.Printf("\ntargets: %d PASS, %d MISS\n", pass, miss)
-	return nil
+	return nd, p6, nil
 }
 
 // rows are the table's lines, in order, with their targets (issue 5).
@@ -321,14 +355,28 @@ func newRows(o options) *rowSet {
 		rs.list = append(rs.list, r)
 		rs.byID[r.id] = r
 	}
+	for _, r := range abuseRows(o) {
+		rs.list = append(rs.list, r)
+		rs.byID[r.id] = r
+	}
 	return rs
 }
 
 func printHeader(o options, nd *node) {
-	fmt.Printf("armorshim-bench: %d runs; median [min–max] over the runs; ratios are per run, to direct\n", o.runs)
+	var runs []string
+	if nd != nil {
+		runs = append(runs, fmt.Sprintf("%d runs", o.runs))
+	}
+	if o.want("abuse") {
+		runs = append(runs, fmt.Sprintf("P7 %d runs", o.abuseRuns))
+	}
+	fmt.Printf("armorshim-bench: %s; median [min–max] over the runs; ratios are per run, to direct\n", strings.Join(runs, ", "))
 	fmt.Printf("machine: %d CPUs (%s), %s, %s\n", runtime.NumCPU(), cpuModel(), kernel(), runtime.Version())
-	fmt.Printf("fake node: %d containers in %d pods; full ListContainers response %.2f MB; %d loaded profiles\n\n",
-		len(nd.containers), len(nd.sandboxes), float64(nd.listBytes)/1e6, o.profiles)
+	if nd != nil {
+		fmt.Printf("fake node: %d containers in %d pods; full ListContainers response %.2f MB; %d loaded profiles\n",
+			len(nd.containers), len(nd.sandboxes), float64(nd.listBytes)/1e6, o.profiles)
+	}
+	fmt.Println()
 }
 
 // readNode lists the fake node once; want < 0 accepts any size.

@@ -20,6 +20,14 @@
 // times; the table gives the median over the runs with the min–max spread,
 // and the ratios to direct computed within each run.
 //
+// P7 (memory under abuse) starts fresh processes for every case and run: a
+// fake runtime alone (gRPC-Go direct), or armorshim in front of one; each
+// case is one way a client can make an HTTP/2 server hold memory, and the
+// table gives how much each process's RSS grew (abuse.go).
+//
+// --only runs some of the groups (calls, mix, ready, start, abuse); -h
+// lists them with their rows.
+//
 // Usage:
 //
 //	armorshim-bench [flags]                               run the benchmark
@@ -30,9 +38,11 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -69,20 +79,35 @@ func modeOf(args []string) string {
 // options are the benchmark's knobs; the defaults are issue 5's scenarios
 // sized to finish in about two minutes on two cores.
 type options struct {
-	armorshim   string        // prebuilt armorshim binary; empty: build one
-	runs        int           // repetitions of every scenario
-	containers  int           // containers on the fake node (P1)
-	profiles    int           // loaded profiles in the fake securityfs (P4)
-	listCalls   int           // ListContainers calls per path per run (P1)
-	unaryCalls  int           // calls per path per run for each tiny unary (P2)
-	callers     int           // concurrent callers (P3)
-	mixDuration time.Duration // length of one P3 measurement per path
-	createCalls int           // CreateContainer calls per path per run (P4)
-	decisions   int           // in-process decisions per run, cached (P4)
-	bumps       int           // in-process decisions per run after a revision change (P4)
-	readyStarts int           // fresh starts timed for the time to ready (P5)
-	startCalls  int           // StartContainer calls per path per run (P6)
+	armorshim    string          // prebuilt armorshim binary; empty: build one
+	runs         int             // repetitions of every scenario
+	containers   int             // containers on the fake node (P1)
+	profiles     int             // loaded profiles in the fake securityfs (P4)
+	listCalls    int             // ListContainers calls per path per run (P1)
+	unaryCalls   int             // calls per path per run for each tiny unary (P2)
+	callers      int             // concurrent callers (P3)
+	mixDuration  time.Duration   // length of one P3 measurement per path
+	createCalls  int             // CreateContainer calls per path per run (P4)
+	decisions    int             // in-process decisions per run, cached (P4)
+	bumps        int             // in-process decisions per run after a revision change (P4)
+	readyStarts  int             // fresh starts timed for the time to ready (P5)
+	startCalls   int             // StartContainer calls per path per run (P6)
+	abuseRuns    int             // runs of every abuse (P7)
+	stallStreams int             // streams of the flow-control stall (P7h)
+	only         map[string]bool // the groups to run; nil: all
 }
+
+// groups are the parts of the benchmark --only selects, with their rows.
+var groups = []struct{ name, rows string }{
+	{"calls", "P1, P2, P4 and P5c: serial calls and in-process decisions"},
+	{"mix", "P3 and P5a: the kubelet's mix of calls, concurrent, and the peak RSS under it"},
+	{"ready", "P5b and P5d: fresh starts to serving"},
+	{"start", "P6: StartContainer with start attestation"},
+	{"abuse", "P7: memory under abuse, against armorshim and gRPC-Go direct"},
+}
+
+// want reports whether group runs.
+func (o options) want(group string) bool { return o.only == nil || o.only[group] }
 
 func runBench(args []string) error {
 	o := options{}
@@ -100,8 +125,34 @@ func runBench(args []string) error {
 	fs.IntVar(&o.bumps, "bumps", 300, "in-process decisions per run each after a revision change (P4)")
 	fs.IntVar(&o.readyStarts, "ready-starts", 7, "fresh armorshim starts timed to ready (P5)")
 	fs.IntVar(&o.startCalls, "start-calls", 500, "StartContainer calls per path per run (P6)")
+	fs.IntVar(&o.abuseRuns, "abuse-runs", 3, "runs of every abuse, each on fresh processes (P7)")
+	fs.IntVar(&o.stallStreams, "abuse-stall-streams", 50, "streams of about 4 MB each whose window the client never grants (P7h)")
+	only := fs.String("only", "", "run only these groups, comma-separated: "+groupNames()+" (default: all)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage of armorshim-bench:\n")
+		fs.PrintDefaults()
+		fmt.Fprintf(fs.Output(), "\nGroups (--only):\n")
+		for _, g := range groups {
+			fmt.Fprintf(fs.Output(), "  %-6s %s\n", g.name, g.rows)
+		}
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
+	}
+	if *only != "" {
+		o.only = map[string]bool{}
+		for _, g := range strings.Split(*only, ",") {
+			if !strings.Contains(" "+groupNames()+" ", " "+g+" ") {
+				return fmt.Errorf("--only: unknown group %q (want %s)", g, groupNames())
+			}
+			o.only[g] = true
+		}
+	}
+	if o.abuseRuns < 1 || o.stallStreams < 1 {
+		return fmt.Errorf("--abuse-runs and --abuse-stall-streams must be at least 1")
 	}
 	if o.startCalls < 1 {
 		return fmt.Errorf("--start-calls must be at least 1")
@@ -110,4 +161,12 @@ func runBench(args []string) error {
 		return fmt.Errorf("--runs must be at least 1")
 	}
 	return bench(o)
+}
+
+func groupNames() string {
+	var names []string
+	for _, g := range groups {
+		names = append(names, g.name)
+	}
+	return strings.Join(names, " ")
 }

@@ -45,6 +45,9 @@ func fakePid(i int) int { return 100000 + i }
 // attr/apparmor/current first and falls back (its longest path).
 func writeProcfs(dir string, containers int) (string, error) {
 	proc := filepath.Join(dir, "proc")
+	if err := os.MkdirAll(proc, 0o755); err != nil {
+		return "", err
+	}
 	for i := 0; i < containers; i++ {
 		attr := filepath.Join(proc, strconv.Itoa(fakePid(i)), "attr")
 		if err := os.MkdirAll(attr, 0o755); err != nil {

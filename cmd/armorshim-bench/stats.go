@@ -57,12 +57,14 @@ const (
 var pathNames = [numPaths]string{"direct", "armorshim", "typed proxy", "byte relay"}
 
 // target is a pass/miss rule on a row: on the per-run ratio armorshim/direct,
-// or on armorshim's own value when the row has no direct figure.
+// on armorshim's own value when the row has no direct figure, or, with
+// scale set, on armorshim's median against scale × direct's median + limit.
 type target struct {
 	text    string
 	onRatio bool
 	max     bool // the value must be at most limit (else at least)
 	limit   float64
+	scale   float64
 }
 
 func (t *target) pass(v float64) bool {
@@ -101,10 +103,21 @@ func (r *row) verdict() (float64, string) {
 	if r.target.onRatio {
 		v = median(r.ratios(armorshim))
 	}
+	if r.target.scale != 0 {
+		if v <= r.limit() {
+			return v, "PASS"
+		}
+		return v, "MISS"
+	}
 	if r.target.pass(v) {
 		return v, "PASS"
 	}
 	return v, "MISS"
+}
+
+// limit is the bound of a row whose target scales direct's median.
+func (r *row) limit() float64 {
+	return r.target.scale*median(r.vals[direct]) + r.target.limit
 }
 
 // cell formats "median [min–max]" of xs, or "—" when empty.
@@ -137,6 +150,9 @@ func printTable(w io.Writer, rows []*row) {
 		result := ""
 		if v, verdict := r.verdict(); verdict != "" {
 			result = fmt.Sprintf("%s (%s)", verdict, num(v))
+			if r.target.scale != 0 {
+				result = fmt.Sprintf("%s (%s ≤ %s)", verdict, num(v), num(r.limit()))
+			}
 		}
 		tgt := ""
 		if r.target != nil {

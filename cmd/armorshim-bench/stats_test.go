@@ -50,3 +50,35 @@ func TestModeOf(t *testing.T) {
 		t.Error("modeOf")
 	}
 }
+
+// --only names groups: an unknown one is refused before anything runs, and
+// the groups not named do not run.
+func TestOnlyGroups(t *testing.T) {
+	if err := runBench([]string{"--only", "calls,bogus"}); err == nil || !strings.Contains(err.Error(), `unknown group "bogus"`) {
+		t.Errorf("--only calls,bogus: %v", err)
+	}
+	o := options{only: map[string]bool{"mix": true}}
+	if !o.want("mix") || o.want("calls") || !(options{}).want("start") {
+		t.Error("want does not follow --only")
+	}
+}
+
+// P7's target scales direct's median: armorshim's median must stay within
+// 1.25 × direct's + 4 MiB.
+func TestScaledTarget(t *testing.T) {
+	r := &row{target: abuseTarget()}
+	r.vals[direct] = []float64{100, 120, 80}
+	r.vals[armorshim] = []float64{129, 10, 200}
+	if v, verdict := r.verdict(); verdict != "PASS" || v != 129 || r.limit() != 129 {
+		t.Errorf("verdict = %v %s (limit %v), want 129 PASS (limit 129)", v, verdict, r.limit())
+	}
+	r.vals[armorshim][0] = 130
+	if _, verdict := r.verdict(); verdict != "MISS" {
+		t.Errorf("verdict over the limit = %s", verdict)
+	}
+	var b strings.Builder
+	printTable(&b, []*row{r})
+	if !strings.Contains(b.String(), "MISS (130.0 ≤ 129.0)") {
+		t.Errorf("table:\n%s", b.String())
+	}
+}

@@ -137,8 +137,9 @@ type Config struct {
 }
 
 // DefaultMaxHeldBytes is the default bound of the bytes held in requests:
-// four of the kubelet's largest messages (16 MiB), thousands of real
-// CreateContainer requests (a few KiB each).
+// three of the kubelet's largest messages (16 MiB each and gRPC's 5-byte
+// prefix: a fourth does not fit), or thousands of real CreateContainer
+// requests (a few KiB each).
 const DefaultMaxHeldBytes = 64 << 20
 
 // DefaultMaxConcurrentStreams bounds the calls a client connection may have

@@ -140,37 +140,106 @@ func (sd *side) settings(f *http2.SettingsFrame, lastID uint32) (delta int64, ok
 }
 
 // keptHeaderBuf is the largest header encoding buffer a connection keeps
-// between header blocks: gRPC's are a few hundred bytes, and a block of
-// megabytes (legal up to the 16 MiB header list limit) would otherwise stay
-// allocated for as long as the connection lives.
+// between header blocks: gRPC's are a few hundred bytes.
 const keptHeaderBuf = 16 << 10
 
-// writeHeaders encodes a header block and writes it, split into
-// CONTINUATION frames to fit the peer's frame size. Frames carry at most
-// 16 KiB of the block whatever larger size the peer allows, so that the
-// Framer's own write buffer, which holds a frame, stays that small.
+// largeField is the size (name and value) above which a header field is
+// written as a literal never indexed (RFC 7541 §6.2.3), piece by piece,
+// instead of through HPACK's encoder: the encoder encodes a field whole into
+// a buffer it keeps for as long as the connection lives, and a field may be
+// as large as the 16 MiB header list.
+const largeField = 16 << 10
+
+// writeHeaders writes a header block frame by frame, HEADERS then
+// CONTINUATION (RFC 9113 §6.2, §6.10), each frame carrying at most 16 KiB of
+// the block whatever larger size the peer allows, so that no buffer, the
+// Framer's included, grows past about a frame and a field of largeField.
 func (sd *side) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) {
+	hw := headerWriter{sd: sd, id: id, end: end, first: true, frame: min(int(sd.maxFrame), maxFrameSize)}
 	sd.ebuf.Reset()
-	for _, f := range fields {
-		sd.enc.WriteField(f)
-	}
-	block := sd.ebuf.Bytes()
-	first := true
-	for first || len(block) > 0 {
-		n := min(len(block), int(sd.maxFrame), maxFrameSize)
-		chunk := block[:n]
-		block = block[n:]
-		if first {
-			sd.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: chunk, EndStream: end, EndHeaders: len(block) == 0})
-			first = false
-		} else {
-			sd.fr.WriteContinuation(id, len(block) == 0, chunk)
+	for i, f := range fields {
+		if len(f.Name)+len(f.Value) <= largeField {
+			sd.enc.WriteField(f)
+			hw.emitFull()
+			continue
 		}
+		if i == 0 {
+			// A dynamic table size update the peer's SETTINGS made due
+			// must open the block (RFC 7541 §4.2); the encoder writes it
+			// before its next field. Have it write one, a static entry of
+			// one byte, and keep only the update.
+			sd.enc.WriteField(hpack.HeaderField{Name: ":method", Value: "GET"})
+			sd.ebuf.Truncate(sd.ebuf.Len() - 1)
+		}
+		hw.literal(f)
 	}
+	hw.emit(sd.ebuf.Next(sd.ebuf.Len()), true)
 	if sd.ebuf.Cap() > keptHeaderBuf {
 		sd.ebuf = bytes.Buffer{} // the encoder writes to &sd.ebuf
 	}
 	sd.dirty, sd.sent = true, true
+}
+
+// headerWriter writes a header block as it is encoded into its side's
+// ebuf: a frame goes out once more than a frame's worth is buffered, so
+// that the last one, marked END_HEADERS, is never empty unless the block
+// is.
+type headerWriter struct {
+	sd    *side
+	id    uint32
+	end   bool // END_STREAM
+	first bool // HEADERS is still to be written
+	frame int  // bytes of the block per frame
+}
+
+// emitFull writes the whole frames of what is buffered but the last.
+func (hw *headerWriter) emitFull() {
+	for hw.sd.ebuf.Len() > hw.frame {
+		hw.emit(hw.sd.ebuf.Next(hw.frame), false)
+	}
+}
+
+func (hw *headerWriter) emit(chunk []byte, last bool) {
+	if hw.first {
+		hw.sd.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: hw.id, BlockFragment: chunk, EndStream: hw.end, EndHeaders: last})
+		hw.first = false
+	} else {
+		hw.sd.fr.WriteContinuation(hw.id, last, chunk)
+	}
+}
+
+// literal writes f as a literal never indexed with a new name, both
+// strings raw (RFC 7541 §6.2.3, §5.2): unlike Huffman's, their length is
+// known without encoding them, so they go out a frame at a time.
+func (hw *headerWriter) literal(f hpack.HeaderField) {
+	hw.sd.ebuf.WriteByte(0x10)
+	hw.str(f.Name)
+	hw.str(f.Value)
+}
+
+func (hw *headerWriter) str(s string) {
+	var n [10]byte
+	hw.sd.ebuf.Write(appendVarInt(n[:0], 7, uint64(len(s))))
+	for len(s) > 0 {
+		k := min(len(s), max(hw.frame+1-hw.sd.ebuf.Len(), 1))
+		hw.sd.ebuf.WriteString(s[:k])
+		s = s[k:]
+		hw.emitFull()
+	}
+}
+
+// appendVarInt appends i as an HPACK integer with an n-bit prefix (RFC
+// 7541 §5.1), the prefix's other bits left 0.
+func appendVarInt(dst []byte, n byte, i uint64) []byte {
+	k := uint64(1)<<n - 1
+	if i < k {
+		return append(dst, byte(i))
+	}
+	dst = append(dst, byte(k))
+	for i -= k; i >= 128; i >>= 7 {
+		dst = append(dst, byte(0x80|i&0x7f))
+	}
+	return append(dst, byte(i))
 }
 
 // credit returns n bytes of connection window to the peer, in updates of
