@@ -23,13 +23,28 @@ type ProfileFile struct {
 	Name string `json:"file"`
 	// Loaded: the last load of this version of the file succeeded.
 	Loaded bool `json:"loaded"`
+	// Refused says why the file is not trusted (see trust.go); such a file
+	// is never given to the parser.
+	Refused string `json:"refused,omitempty"`
 	// Error is the parser's message for a failed load.
 	Error string    `json:"error,omitempty"`
 	When  time.Time `json:"when"`
 }
 
+// State is loaded, refused or failed.
+func (f ProfileFile) State() string {
+	switch {
+	case f.Refused != "":
+		return "refused"
+	case f.Loaded:
+		return "loaded"
+	}
+	return "failed"
+}
+
 // Loader loads the AppArmor profiles of a directory with apparmor_parser in
-// replace mode, and loads each file again when it changes. It never unloads
+// replace mode, and loads each file again when it changes. It loads only
+// files that nobody but root can have written (trust.go). It never unloads
 // a profile: containers may be running under it.
 type Loader struct {
 	Dir string
@@ -39,17 +54,33 @@ type Loader struct {
 	Enabled func() bool
 	// Timeout bounds one parser run.
 	Timeout time.Duration
+	// TrustedUID is the owner profile files must have: root (0).
+	// Directories may be owned by root or by it. Tests set their own uid.
+	TrustedUID uint32
+
+	run sync.Mutex // one Sync at a time; Status does not wait for it
 
 	mu      sync.Mutex
-	seen    map[string]fileKey
-	files   map[string]ProfileFile
+	files   map[string]*fileState
 	blocked string // why nothing can be loaded now, or ""
+}
+
+type fileState struct {
+	key fileKey // the version last given to the parser
+	ProfileFile
 }
 
 type fileKey struct {
 	dev, ino  uint64
 	size      int64
 	mtimeNano int64
+}
+
+// entry is a file of the directory as scan found it.
+type entry struct {
+	name    string
+	key     fileKey
+	refused string
 }
 
 // Status returns the directory's files, by name, and why loading is
@@ -59,52 +90,72 @@ func (l *Loader) Status() ([]ProfileFile, string) {
 	defer l.mu.Unlock()
 	out := make([]ProfileFile, 0, len(l.files))
 	for _, f := range l.files {
-		out = append(out, f)
+		out = append(out, f.ProfileFile)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, l.blocked
 }
 
-// Sync loads every file that is new or changed since the last Sync and
-// returns what it did in this call.
+// Sync loads every trusted file that is new or changed since the last Sync
+// and returns what it did in this call: the files it tried to load and
+// those it refused for the first time or for a new reason.
 func (l *Loader) Sync(ctx context.Context) ([]ProfileFile, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.seen == nil {
-		l.seen, l.files = map[string]fileKey{}, map[string]ProfileFile{}
-	}
-	names, keys, err := scan(l.Dir)
+	l.run.Lock()
+	defer l.run.Unlock()
+	entries, err := l.scan()
 	if err != nil {
+		l.mu.Lock()
 		l.setBlocked(err.Error())
+		l.mu.Unlock()
 		return nil, err
 	}
-	for name := range l.seen {
-		if _, ok := keys[name]; !ok {
+	now := time.Now()
+	var done []ProfileFile
+	var todo []entry
+	l.mu.Lock()
+	if l.files == nil {
+		l.files = map[string]*fileState{}
+	}
+	present := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		present[e.name] = true
+		st := l.files[e.name]
+		if e.refused != "" {
+			if st == nil || st.Refused != e.refused {
+				klog.InfoS("Refusing an untrusted AppArmor profile file", "file", filepath.Join(l.Dir, e.name), "reason", e.refused)
+				st = &fileState{ProfileFile: ProfileFile{Name: e.name, Refused: e.refused, When: now}}
+				l.files[e.name] = st
+				done = append(done, st.ProfileFile)
+			}
+			continue
+		}
+		if st == nil || st.Refused != "" || st.key != e.key {
+			todo = append(todo, e)
+		}
+	}
+	for name := range l.files {
+		if !present[name] {
 			klog.InfoS("Profile file removed; its profiles stay loaded", "file", filepath.Join(l.Dir, name))
-			delete(l.seen, name)
 			delete(l.files, name)
 		}
 	}
-	var todo []string
-	for _, name := range names {
-		if k, ok := l.seen[name]; !ok || k != keys[name] {
-			todo = append(todo, name)
+	if len(todo) > 0 {
+		if why := l.cannotLoad(); why != "" {
+			l.setBlocked(why)
+			l.mu.Unlock()
+			return done, errors.New(why)
 		}
 	}
-	if len(todo) == 0 {
-		return nil, nil
-	}
-	if why := l.cannotLoad(); why != "" {
-		l.setBlocked(why)
-		return nil, errors.New(why)
-	}
 	l.setBlocked("")
-	done := make([]ProfileFile, 0, len(todo))
-	for _, name := range todo {
-		f := l.load(ctx, name)
-		l.seen[name], l.files[name] = keys[name], f
+	l.mu.Unlock()
+	for _, e := range todo {
+		f := l.load(ctx, e.name)
+		l.mu.Lock()
+		l.files[e.name] = &fileState{key: e.key, ProfileFile: f}
+		l.mu.Unlock()
 		done = append(done, f)
 	}
+	sort.Slice(done, func(i, j int) bool { return done[i].Name < done[j].Name })
 	return done, nil
 }
 
@@ -172,43 +223,80 @@ func (l *Loader) Run(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// scan lists the profile files of dir: regular files, not hidden, not
-// editor or package-manager leftovers.
-func scan(dir string) ([]string, map[string]fileKey, error) {
-	entries, err := os.ReadDir(dir)
+// scan lists the profile files of the directory (regular files, not
+// hidden, not editor or package-manager leftovers) and judges each; a
+// file's own faults are named before its directory's.
+func (l *Loader) scan() ([]entry, error) {
+	dir, err := filepath.Abs(l.Dir)
+	if err != nil {
+		return nil, err
+	}
+	dirents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, fmt.Errorf("profile directory %s does not exist", dir)
+		return nil, fmt.Errorf("profile directory %s does not exist", l.Dir)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	var names []string
-	keys := map[string]fileKey{}
-	for _, e := range entries {
-		name := e.Name()
+	t := newTrust(l.TrustedUID)
+	real, err := t.directory(dir)
+	var dirRefused refusal
+	if err != nil && !errors.As(err, &dirRefused) {
+		return nil, err
+	}
+	var entries []entry
+	for _, d := range dirents {
+		name := d.Name()
 		if strings.HasPrefix(name, ".") || strings.HasSuffix(name, "~") || strings.Contains(name, ".dpkg-") || strings.HasSuffix(name, ".rpmnew") || strings.HasSuffix(name, ".rpmsave") {
 			continue
 		}
-		fi, err := os.Stat(filepath.Join(dir, name))
-		if err != nil || !fi.Mode().IsRegular() {
-			continue
+		fi, err := t.file(filepath.Join(real, name))
+		var r refusal
+		switch {
+		case errors.As(err, &r):
+			entries = append(entries, entry{name: name, refused: string(r)})
+		case err != nil:
+			// not a profile file: a directory, a dangling link, gone
+		case dirRefused != "":
+			entries = append(entries, entry{name: name, refused: string(dirRefused)})
+		default:
+			k := fileKey{size: fi.Size(), mtimeNano: fi.ModTime().UnixNano()}
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				k.dev, k.ino = uint64(st.Dev), st.Ino
+			}
+			entries = append(entries, entry{name: name, key: k})
 		}
-		k := fileKey{size: fi.Size(), mtimeNano: fi.ModTime().UnixNano()}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			k.dev, k.ino = uint64(st.Dev), st.Ino
-		}
-		names = append(names, name)
-		keys[name] = k
 	}
-	return names, keys, nil
+	return entries, nil
 }
 
-// Names returns the profile names each file of the directory defines, as
-// apparmor_parser --names reports them (no profile is loaded).
-func (l *Loader) Names(ctx context.Context) (map[string][]string, error) {
-	names, _, err := scan(l.Dir)
+// Refused returns the files of the directory that are not trusted and why.
+func (l *Loader) Refused() (map[string]string, error) {
+	entries, err := l.scan()
 	if err != nil {
 		return nil, err
+	}
+	out := map[string]string{}
+	for _, e := range entries {
+		if e.refused != "" {
+			out[e.name] = e.refused
+		}
+	}
+	return out, nil
+}
+
+// Names returns the profile names each trusted file of the directory
+// defines, as apparmor_parser --names reports them (no profile is loaded).
+func (l *Loader) Names(ctx context.Context) (map[string][]string, error) {
+	entries, err := l.scan()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if e.refused == "" {
+			names = append(names, e.name)
+		}
 	}
 	if _, err := exec.LookPath(l.parser()); err != nil {
 		return nil, fmt.Errorf("%s not found: cannot tell which profiles the files define", l.parser())

@@ -79,7 +79,7 @@ func TestLoaderLoadsNewAndChangedFilesOnly(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	l := &Loader{Dir: dir, Parser: parser, Enabled: func() bool { return true }}
+	l := &Loader{Dir: dir, TrustedUID: me, Parser: parser, Enabled: func() bool { return true }}
 	ctx := context.Background()
 
 	done, err := l.Sync(ctx)
@@ -129,7 +129,7 @@ func TestLoaderReportsParserMessage(t *testing.T) {
 	parser, _ := fakeParser(t)
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "broken"), "profile broken { syntax error }\n")
-	l := &Loader{Dir: dir, Parser: parser}
+	l := &Loader{Dir: dir, TrustedUID: me, Parser: parser}
 	done, err := l.Sync(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +152,7 @@ func TestLoaderWaitsForAppArmorAndParser(t *testing.T) {
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "deny-write"), denyWriteProfile)
 	enabled := false
-	l := &Loader{Dir: dir, Parser: parser, Enabled: func() bool { return enabled }}
+	l := &Loader{Dir: dir, TrustedUID: me, Parser: parser, Enabled: func() bool { return enabled }}
 
 	if _, err := l.Sync(context.Background()); err == nil || !strings.Contains(err.Error(), "AppArmor is not enabled") {
 		t.Fatalf("AppArmor off: err = %v", err)
@@ -192,7 +192,7 @@ func TestLoaderNames(t *testing.T) {
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "deny-write"), denyWriteProfile)
 	write(t, filepath.Join(dir, "two"), "profile a {}\nprofile b {}\n")
-	l := &Loader{Dir: dir, Parser: parser}
+	l := &Loader{Dir: dir, TrustedUID: me, Parser: parser}
 	names, err := l.Names(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -211,7 +211,7 @@ func TestLoaderFindsParserOnPath(t *testing.T) {
 	t.Setenv("PATH", filepath.Dir(parser))
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "deny-write"), denyWriteProfile)
-	l := &Loader{Dir: dir, Parser: "apparmor_parser"}
+	l := &Loader{Dir: dir, TrustedUID: me, Parser: "apparmor_parser"}
 	done, err := l.Sync(context.Background())
 	if err != nil || len(done) != 1 || !done[0].Loaded {
 		t.Fatalf("sync = %+v %v", done, err)
@@ -220,3 +220,6 @@ func TestLoaderFindsParserOnPath(t *testing.T) {
 		t.Fatalf("parser calls = %q", got)
 	}
 }
+
+// me is the uid the tests' files are owned by: the trusted owner in tests.
+var me = uint32(os.Getuid())

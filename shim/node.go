@@ -30,28 +30,25 @@ func newLoader(cfg ProfilesConfig, h *host.Reader) *host.Loader {
 
 // registerLoaderMetrics exposes the loader's file states.
 func registerLoaderMetrics(reg prometheus.Registerer, l *host.Loader) {
-	count := func(loaded bool) func() float64 {
+	count := func(state string) func() float64 {
 		return func() float64 {
 			files, _ := l.Status()
 			n := 0
 			for _, f := range files {
-				if f.Loaded == loaded {
+				if f.State() == state {
 					n++
 				}
 			}
 			return float64(n)
 		}
 	}
-	reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "armorshim_profile_files", Help: "Files of the profile directory whose last load succeeded.",
-			ConstLabels: prometheus.Labels{"state": "loaded"},
-		}, count(true)),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "armorshim_profile_files", Help: "Files of the profile directory whose last load succeeded.",
-			ConstLabels: prometheus.Labels{"state": "failed"},
-		}, count(false)),
-	)
+	for _, state := range []string{"loaded", "failed", "refused"} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "armorshim_profile_files",
+			Help:        "Files of the profile directory by state: loaded, failed (the last load failed) or refused (not trusted, never loaded).",
+			ConstLabels: prometheus.Labels{"state": state},
+		}, count(state)))
+	}
 }
 
 // featureWriter keeps the node-feature-discovery file in step with the

@@ -62,7 +62,12 @@ type dirReport struct {
 type dirEntry struct {
 	File     string   `json:"file"`
 	Profiles []string `json:"profiles"`
+	// Refused says why the file is not trusted: armorshim does not load it.
+	Refused string `json:"refused,omitempty"`
 }
+
+// trustedUID owns trusted profile files: root. Tests set their own uid.
+var trustedUID uint32
 
 type wantState struct {
 	Name   string `json:"name"`
@@ -95,7 +100,7 @@ func check(args []string) int {
 	r := buildReport(host.NewReader(*sysfs, *procfs).Snapshot(), pol, wanted)
 	r.Policy.Config = usedPath
 	if cfg.Profiles.Directory != "" {
-		r.addDirectory(&host.Loader{Dir: cfg.Profiles.Directory, Parser: cfg.Profiles.Parser})
+		r.addDirectory(&host.Loader{Dir: cfg.Profiles.Directory, Parser: cfg.Profiles.Parser, TrustedUID: trustedUID})
 	}
 	r.finish()
 	if *output == "json" {
@@ -160,16 +165,25 @@ func (r *checkReport) want(name, from string, snap *apparmor.Snapshot) {
 	r.Wanted = append(r.Wanted, wantState{Name: name, From: from, Loaded: loaded, Mode: string(mode)})
 }
 
-// addDirectory lists the profile directory's files and wants their profiles.
+// addDirectory lists the profile directory's files and wants the profiles
+// of the trusted ones.
 func (r *checkReport) addDirectory(l *host.Loader) {
 	d := &dirReport{Path: l.Dir}
 	r.ProfileDirectory = d
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	refused, err := l.Refused()
+	if err != nil {
+		d.Error = err.Error()
+		return
+	}
 	names, err := l.Names(ctx)
 	if err != nil {
 		d.Error = err.Error()
 		return
+	}
+	for f := range refused {
+		names[f] = nil
 	}
 	loaded := map[string]string{}
 	for _, p := range r.Profiles {
@@ -181,7 +195,7 @@ func (r *checkReport) addDirectory(l *host.Loader) {
 	}
 	sort.Strings(files)
 	for _, f := range files {
-		d.Files = append(d.Files, dirEntry{File: f, Profiles: append([]string{}, names[f]...)})
+		d.Files = append(d.Files, dirEntry{File: f, Profiles: append([]string{}, names[f]...), Refused: refused[f]})
 		for _, p := range names[f] {
 			mode, ok := loaded[p]
 			r.Wanted = append(r.Wanted, wantState{Name: p, From: "directory " + f, Loaded: ok, Mode: mode})
@@ -196,6 +210,13 @@ func (r *checkReport) finish() {
 		}
 	}
 	r.OK = r.AppArmor.Enabled && len(r.Missing) == 0
+	if d := r.ProfileDirectory; d != nil {
+		for _, f := range d.Files {
+			if f.Refused != "" {
+				r.OK = false
+			}
+		}
+	}
 }
 
 func (r *checkReport) print(w io.Writer) {
@@ -224,7 +245,11 @@ func (r *checkReport) print(w io.Writer) {
 		} else {
 			fmt.Fprintf(w, " %d files\n", len(d.Files))
 			for _, f := range d.Files {
-				fmt.Fprintf(w, "  %s: %s\n", f.File, strings.Join(f.Profiles, ", "))
+				if f.Refused != "" {
+					fmt.Fprintf(w, "  %s: refused: %s\n", f.File, f.Refused)
+				} else {
+					fmt.Fprintf(w, "  %s: %s\n", f.File, strings.Join(f.Profiles, ", "))
+				}
 			}
 		}
 	}
@@ -253,7 +278,7 @@ func load(args []string) int {
 		return 2
 	}
 	h := host.NewReader(*sysfs, "/proc")
-	l := &host.Loader{Dir: fs.Arg(0), Parser: *parser, Enabled: func() bool {
+	l := &host.Loader{Dir: fs.Arg(0), Parser: *parser, TrustedUID: trustedUID, Enabled: func() bool {
 		s := h.Snapshot()
 		return s.Err == nil && s.Enabled
 	}}
@@ -264,9 +289,13 @@ func load(args []string) int {
 	}
 	code := 0
 	for _, f := range done {
-		if f.Loaded {
+		switch {
+		case f.Refused != "":
+			fmt.Printf("REFUSED %s: %s\n", f.Name, f.Refused)
+			code = 1
+		case f.Loaded:
 			fmt.Printf("loaded %s\n", f.Name)
-		} else {
+		default:
 			fmt.Printf("FAILED %s: %s\n", f.Name, f.Error)
 			code = 1
 		}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/armorshim/armorshim/apparmor"
+	"github.com/armorshim/armorshim/host"
 	"github.com/armorshim/armorshim/shim"
 )
 
@@ -155,6 +156,7 @@ func TestCheckCommand(t *testing.T) {
 // TestLoadCommand runs `armorshim load DIR` with a fake apparmor_parser on
 // PATH: each file is loaded once, a failure exits 1 with the parser's words.
 func TestLoadCommand(t *testing.T) {
+	trustOwnFiles(t)
 	bin := t.TempDir()
 	script := "#!/bin/sh\nfor a in \"$@\"; do f=\"$a\"; done\nif grep -q broken \"$f\"; then echo \"AppArmor parser error for $f: syntax error\" >&2; exit 1; fi\n"
 	if err := os.WriteFile(filepath.Join(bin, "apparmor_parser"), []byte(script), 0o755); err != nil {
@@ -255,5 +257,75 @@ func TestServeReadsDefaultConfig(t *testing.T) {
 	defaultConfigPath = filepath.Join(t.TempDir(), "absent.yaml")
 	if got := parse().RuntimeEndpoint; got != shim.DefaultConfig().RuntimeEndpoint {
 		t.Errorf("no default file: runtime endpoint %q, want the built-in default", got)
+	}
+}
+
+// trustOwnFiles makes the files the test writes trusted: they are owned by
+// the test's uid, not necessarily root.
+func trustOwnFiles(t *testing.T) {
+	old := trustedUID
+	trustedUID = uint32(os.Getuid())
+	t.Cleanup(func() { trustedUID = old })
+}
+
+// fakeParserOnPath puts an apparmor_parser on PATH that answers --names from
+// "profile NAME" lines and fails on files holding "broken".
+func fakeParserOnPath(t *testing.T) {
+	t.Helper()
+	bin := t.TempDir()
+	script := `#!/bin/sh
+for a in "$@"; do f="$a"; done
+case "$1" in --names) sed -n 's/^profile \([^ ]*\).*/\1/p' "$f"; exit 0 ;; esac
+if grep -q broken "$f"; then echo "AppArmor parser error for $f: syntax error" >&2; exit 1; fi
+`
+	if err := os.WriteFile(filepath.Join(bin, "apparmor_parser"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+}
+
+// An untrusted file of the profile directory is shown refused with why, and
+// check fails; `load` refuses it too.
+func TestCheckAndLoadRefuseUntrustedFiles(t *testing.T) {
+	trustOwnFiles(t)
+	fakeParserOnPath(t)
+	sys := t.TempDir()
+	for path, data := range map[string]string{
+		"module/apparmor/parameters/enabled": "Y\n",
+		"kernel/security/apparmor/profiles":  "k8s-apparmor-example-deny-write (enforce)\n",
+	} {
+		os.MkdirAll(filepath.Join(sys, filepath.Dir(path)), 0o755)
+		os.WriteFile(filepath.Join(sys, path), []byte(data), 0o644)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "deny-write"), []byte("profile k8s-apparmor-example-deny-write {}\n"), 0o644)
+	cfg := writeConfig(t, "profiles:\n  directory: "+dir+"\n")
+	if code := check([]string{"--sysfs", sys, "--config", cfg}); code != 0 {
+		t.Fatalf("trusted directory: exit %d, want 0", code)
+	}
+
+	evil := filepath.Join(dir, "evil")
+	os.WriteFile(evil, []byte("profile cri-containerd.apparmor.d flags=(unconfined) {}\n"), 0o644)
+	os.Chmod(evil, 0o666)
+	r := buildReport(&apparmor.Snapshot{Enabled: true, Profiles: map[string]apparmor.Mode{"k8s-apparmor-example-deny-write": "enforce"}}, &apparmor.Policy{}, nil)
+	r.addDirectory(&host.Loader{Dir: dir, Parser: "apparmor_parser", TrustedUID: trustedUID})
+	r.finish()
+	if r.OK {
+		t.Error("a refused file: ok=true")
+	}
+	d := r.ProfileDirectory
+	if d == nil || len(d.Files) != 2 || d.Files[1].File != "evil" || d.Files[1].Refused != "writable by others" || len(d.Files[1].Profiles) != 0 {
+		t.Fatalf("directory report = %+v", d)
+	}
+	var text bytes.Buffer
+	r.print(&text)
+	if !strings.Contains(text.String(), "  evil: refused: writable by others\n") {
+		t.Errorf("text report:\n%s", text.String())
+	}
+	if code := check([]string{"--sysfs", sys, "--config", cfg}); code != 1 {
+		t.Errorf("refused file: exit %d, want 1", code)
+	}
+	if code := load([]string{"--sysfs", sys, dir}); code != 1 {
+		t.Errorf("load with a refused file: exit %d, want 1", code)
 	}
 }
