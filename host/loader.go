@@ -3,6 +3,7 @@ package host
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -26,9 +27,13 @@ type ProfileFile struct {
 	// Refused says why the file is not trusted (see trust.go); such a file
 	// is never given to the parser.
 	Refused string `json:"refused,omitempty"`
-	// Error is the parser's message for a failed load.
-	Error string    `json:"error,omitempty"`
-	When  time.Time `json:"when"`
+	// Error is the parser's message for the last failed load.
+	Error string `json:"error,omitempty"`
+	// Failures counts the failed loads of this version of the file in a
+	// row; the next one is at Retry.
+	Failures int       `json:"failures,omitempty"`
+	Retry    time.Time `json:"retry,omitzero"`
+	When     time.Time `json:"when"`
 }
 
 // State is loaded, refused or failed.
@@ -44,8 +49,10 @@ func (f ProfileFile) State() string {
 
 // Loader loads the AppArmor profiles of a directory with apparmor_parser in
 // replace mode, and loads each file again when it changes. It loads only
-// files that nobody but root can have written (trust.go). It never unloads
-// a profile: containers may be running under it.
+// files that nobody but root can have written (trust.go). A failed load is
+// tried again after a delay that grows with each failure (a transient
+// "Cannot allocate memory" must not leave the profile out until the file
+// changes). It never unloads a profile: containers may be running under it.
 type Loader struct {
 	Dir string
 	// Parser is the apparmor_parser command, looked up in PATH if bare.
@@ -57,12 +64,66 @@ type Loader struct {
 	// TrustedUID is the owner profile files must have: root (0).
 	// Directories may be owned by root or by it. Tests set their own uid.
 	TrustedUID uint32
+	// Backoff is the delay before retrying a file whose last n loads
+	// failed; RetryBackoff if nil.
+	Backoff func(n int) time.Duration
+	// Now is the clock; time.Now if nil.
+	Now func() time.Time
+	// StatusFile, if set, is where Run writes Status for armorshim check.
+	StatusFile string
 
 	run sync.Mutex // one Sync at a time; Status does not wait for it
 
 	mu      sync.Mutex
 	files   map[string]*fileState
 	blocked string // why nothing can be loaded now, or ""
+	totals  Totals
+
+	// Used by Run only: the status last written to StatusFile, and the
+	// last error writing it.
+	written  string
+	writeErr string
+}
+
+// Totals counts the loader's work since it started.
+type Totals struct {
+	// LoadFailures counts the parser runs that failed.
+	LoadFailures uint64
+}
+
+// Totals returns the loader's counts.
+func (l *Loader) Totals() Totals {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.totals
+}
+
+// maxRetry is RetryBackoff's longest delay.
+const maxRetry = 5 * time.Minute
+
+// RetryBackoff is the delay before retrying a file whose last n loads
+// failed: 1s, doubling with each failure, at most 5 minutes. The retry
+// itself happens at the first sync after it.
+func RetryBackoff(n int) time.Duration {
+	d := time.Second
+	for i := 1; i < n && d < maxRetry; i++ {
+		d *= 2
+	}
+	return min(d, maxRetry)
+}
+
+func (l *Loader) now() time.Time {
+	if l.Now != nil {
+		return l.Now()
+	}
+	return time.Now()
+}
+
+func (l *Loader) backoff(n int) time.Duration {
+	if l.Backoff != nil {
+		return l.Backoff(n)
+	}
+	return RetryBackoff(n)
 }
 
 type fileState struct {
@@ -96,9 +157,10 @@ func (l *Loader) Status() ([]ProfileFile, string) {
 	return out, l.blocked
 }
 
-// Sync loads every trusted file that is new or changed since the last Sync
-// and returns what it did in this call: the files it tried to load and
-// those it refused for the first time or for a new reason.
+// Sync loads every trusted file that is new or changed since the last Sync,
+// or whose last load failed and whose retry is due, and returns what it did
+// in this call: the files it tried to load and those it refused for the
+// first time or for a new reason.
 func (l *Loader) Sync(ctx context.Context) ([]ProfileFile, error) {
 	l.run.Lock()
 	defer l.run.Unlock()
@@ -109,7 +171,7 @@ func (l *Loader) Sync(ctx context.Context) ([]ProfileFile, error) {
 		l.mu.Unlock()
 		return nil, err
 	}
-	now := time.Now()
+	now := l.now()
 	var done []ProfileFile
 	var todo []entry
 	l.mu.Lock()
@@ -129,7 +191,10 @@ func (l *Loader) Sync(ctx context.Context) ([]ProfileFile, error) {
 			}
 			continue
 		}
-		if st == nil || st.Refused != "" || st.key != e.key {
+		switch {
+		case st == nil || st.Refused != "" || st.key != e.key:
+			todo = append(todo, e)
+		case !st.Loaded && !now.Before(st.Retry):
 			todo = append(todo, e)
 		}
 	}
@@ -151,6 +216,16 @@ func (l *Loader) Sync(ctx context.Context) ([]ProfileFile, error) {
 	for _, e := range todo {
 		f := l.load(ctx, e.name)
 		l.mu.Lock()
+		if !f.Loaded {
+			f.Failures = 1
+			if st := l.files[e.name]; st != nil && st.key == e.key && st.Refused == "" && !st.Loaded {
+				f.Failures = st.Failures + 1
+			}
+			f.Retry = f.When.Add(l.backoff(f.Failures))
+			l.totals.LoadFailures++
+			klog.ErrorS(nil, "Loading AppArmor profile file failed", "file", filepath.Join(l.Dir, e.name), "parser", f.Error,
+				"failures", f.Failures, "retryIn", f.Retry.Sub(f.When).String())
+		}
 		l.files[e.name] = &fileState{key: e.key, ProfileFile: f}
 		l.mu.Unlock()
 		done = append(done, f)
@@ -196,25 +271,26 @@ func (l *Loader) load(ctx context.Context, name string) ProfileFile {
 	cmd := exec.CommandContext(ctx, l.parser(), "--replace", "--", path)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
-	f := ProfileFile{Name: name, Loaded: err == nil, When: time.Now()}
+	f := ProfileFile{Name: name, Loaded: err == nil, When: l.now()}
 	if err != nil {
 		f.Error = strings.TrimSpace(out.String())
 		if f.Error == "" {
 			f.Error = err.Error()
 		}
-		klog.ErrorS(err, "Loading AppArmor profile file failed", "file", path, "parser", f.Error)
 	} else {
 		klog.InfoS("Loaded AppArmor profile file", "file", path)
 	}
 	return f
 }
 
-// Run syncs now and then every interval until ctx ends.
+// Run syncs now and then every interval until ctx ends, and keeps
+// StatusFile current.
 func (l *Loader) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		l.Sync(ctx)
+		l.writeStatus()
 		select {
 		case <-ctx.Done():
 			return
@@ -317,4 +393,77 @@ func (l *Loader) Names(ctx context.Context) (map[string][]string, error) {
 		out[name] = profiles
 	}
 	return out, nil
+}
+
+// LoaderStatus is what the serving armorshim writes to its status file for
+// armorshim check, another process.
+type LoaderStatus struct {
+	Directory string        `json:"directory"`
+	Blocked   string        `json:"blocked,omitempty"`
+	Files     []ProfileFile `json:"files"`
+	// Since is when the loader's state last changed.
+	Since time.Time `json:"since"`
+	Pid   int       `json:"pid"`
+}
+
+// writeStatus writes Status to StatusFile if it changed, as a whole: a
+// temporary file renamed over it.
+func (l *Loader) writeStatus() {
+	if l.StatusFile == "" {
+		return
+	}
+	files, blocked := l.Status()
+	st := LoaderStatus{Directory: l.Dir, Blocked: blocked, Files: files, Pid: os.Getpid()}
+	body, _ := json.Marshal(st)
+	if string(body) == l.written {
+		return
+	}
+	st.Since = l.now().UTC()
+	data, _ := json.MarshalIndent(st, "", "  ")
+	err := writeAtomic(l.StatusFile, append(data, '\n'))
+	if err != nil {
+		if err.Error() != l.writeErr {
+			klog.ErrorS(err, "Cannot write the profile directory's status", "file", l.StatusFile)
+		}
+		l.writeErr = err.Error()
+		return
+	}
+	l.written, l.writeErr = string(body), ""
+}
+
+func writeAtomic(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
+}
+
+// ReadStatus reads a status file written by a serving armorshim.
+func ReadStatus(path string) (*LoaderStatus, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var st LoaderStatus
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &st, nil
 }

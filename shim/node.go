@@ -19,8 +19,9 @@ func newLoader(cfg ProfilesConfig, h *host.Reader) *host.Loader {
 		return nil
 	}
 	return &host.Loader{
-		Dir:    cfg.Directory,
-		Parser: cfg.Parser,
+		Dir:        cfg.Directory,
+		Parser:     cfg.Parser,
+		StatusFile: cfg.StatusFile,
 		Enabled: func() bool {
 			snap := h.Snapshot()
 			return snap.Err == nil && snap.Enabled
@@ -49,6 +50,10 @@ func registerLoaderMetrics(reg prometheus.Registerer, l *host.Loader) {
 			ConstLabels: prometheus.Labels{"state": state},
 		}, count(state)))
 	}
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "armorshim_profile_load_failures_total",
+		Help: "Runs of apparmor_parser on a file of the profile directory that failed (each is retried with backoff).",
+	}, func() float64 { return float64(l.Totals().LoadFailures) }))
 }
 
 // featureWriter keeps the node-feature-discovery file in step with the

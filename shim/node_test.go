@@ -53,6 +53,10 @@ armorshim_profile_files{state="refused"} 1
 	if got := gather(t, reg, "armorshim_profile_files"); got != want {
 		t.Errorf("metrics:\n%s\nwant:\n%s", got, want)
 	}
+	want = "armorshim_profile_load_failures_total 1\n"
+	if got := gather(t, reg, "armorshim_profile_load_failures_total"); got != want {
+		t.Errorf("metrics:\n%s\nwant:\n%s", got, want)
+	}
 }
 
 // gather renders the samples of the named metrics, one "name{labels} value"

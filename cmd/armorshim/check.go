@@ -57,6 +57,15 @@ type dirReport struct {
 	Path  string     `json:"path"`
 	Error string     `json:"error,omitempty"`
 	Files []dirEntry `json:"files,omitempty"`
+	// StatusFile is where the serving armorshim reports its loads, and
+	// StatusError why it could not be read.
+	StatusFile  string    `json:"statusFile,omitempty"`
+	StatusError string    `json:"statusError,omitempty"`
+	StatusSince time.Time `json:"statusSince,omitzero"`
+	// Blocked says why the serving armorshim cannot load anything.
+	Blocked string `json:"blocked,omitempty"`
+
+	read bool // the directory could be listed
 }
 
 type dirEntry struct {
@@ -64,6 +73,13 @@ type dirEntry struct {
 	Profiles []string `json:"profiles"`
 	// Refused says why the file is not trusted: armorshim does not load it.
 	Refused string `json:"refused,omitempty"`
+	// Load is the serving armorshim's last load of the file: loaded or
+	// failed, with the parser's message, the failures in a row and the
+	// next try.
+	Load     string    `json:"load,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	Failures int       `json:"failures,omitempty"`
+	Retry    time.Time `json:"retry,omitzero"`
 }
 
 // trustedUID owns trusted profile files: root. Tests set their own uid.
@@ -101,6 +117,7 @@ func check(args []string) int {
 	r.Policy.Config = usedPath
 	if cfg.Profiles.Directory != "" {
 		r.addDirectory(&host.Loader{Dir: cfg.Profiles.Directory, Parser: cfg.Profiles.Parser, TrustedUID: trustedUID})
+		r.addLoadStatus(cfg.Profiles.StatusFile)
 	}
 	r.finish()
 	if *output == "json" {
@@ -177,10 +194,11 @@ func (r *checkReport) addDirectory(l *host.Loader) {
 		d.Error = err.Error()
 		return
 	}
+	d.read = true
 	names, err := l.Names(ctx)
 	if err != nil {
-		d.Error = err.Error()
-		return
+		d.Error = err.Error() // the refused files are still listed
+		names = map[string][]string{}
 	}
 	for f := range refused {
 		names[f] = nil
@@ -203,6 +221,41 @@ func (r *checkReport) addDirectory(l *host.Loader) {
 	}
 }
 
+// addLoadStatus adds what the serving armorshim wrote of its loads.
+func (r *checkReport) addLoadStatus(path string) {
+	d := r.ProfileDirectory
+	if path == "" || !d.read {
+		return
+	}
+	d.StatusFile = path
+	st, err := host.ReadStatus(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		d.StatusError = "no status: armorshim serve has not run with this configuration"
+		return
+	case err != nil:
+		d.StatusError = err.Error()
+		return
+	case st.Directory != d.Path:
+		d.StatusError = fmt.Sprintf("the status is of directory %s", st.Directory)
+		return
+	}
+	d.StatusSince, d.Blocked = st.Since, st.Blocked
+	loads := map[string]host.ProfileFile{}
+	for _, f := range st.Files {
+		loads[f.Name] = f
+	}
+	for i := range d.Files {
+		e := &d.Files[i]
+		f, ok := loads[e.File]
+		if !ok || e.Refused != "" || f.Refused != "" {
+			continue // not tried yet, or judged here
+		}
+		e.Load = f.State()
+		e.Error, e.Failures, e.Retry = f.Error, f.Failures, f.Retry
+	}
+}
+
 func (r *checkReport) finish() {
 	for _, w := range r.Wanted {
 		if !w.Loaded {
@@ -212,7 +265,7 @@ func (r *checkReport) finish() {
 	r.OK = r.AppArmor.Enabled && len(r.Missing) == 0
 	if d := r.ProfileDirectory; d != nil {
 		for _, f := range d.Files {
-			if f.Refused != "" {
+			if f.Refused != "" || f.Load == "failed" {
 				r.OK = false
 			}
 		}
@@ -239,17 +292,28 @@ func (r *checkReport) print(w io.Writer) {
 	fmt.Fprintf(w, "Policy (%s): enabled=%t defaultProfile=%q allowedProfiles=%q requireEnforce=%t\n",
 		src, r.Policy.Enabled, r.Policy.DefaultProfile, r.Policy.AllowedProfiles, r.Policy.RequireEnforce)
 	if d := r.ProfileDirectory; d != nil {
-		fmt.Fprintf(w, "Profile directory %s:", d.Path)
+		fmt.Fprintf(w, "Profile directory %s: %d files\n", d.Path, len(d.Files))
 		if d.Error != "" {
-			fmt.Fprintf(w, " %s\n", d.Error)
-		} else {
-			fmt.Fprintf(w, " %d files\n", len(d.Files))
-			for _, f := range d.Files {
-				if f.Refused != "" {
-					fmt.Fprintf(w, "  %s: refused: %s\n", f.File, f.Refused)
-				} else {
-					fmt.Fprintf(w, "  %s: %s\n", f.File, strings.Join(f.Profiles, ", "))
-				}
+			fmt.Fprintf(w, "  %s\n", d.Error)
+		}
+		switch {
+		case d.StatusError != "":
+			fmt.Fprintf(w, "  (loads: %s: %s)\n", d.StatusFile, d.StatusError)
+		case d.StatusFile != "":
+			fmt.Fprintf(w, "  (loads: %s, since %s)\n", d.StatusFile, d.StatusSince.Local().Format(time.DateTime))
+		}
+		if d.Blocked != "" {
+			fmt.Fprintf(w, "  armorshim cannot load profiles: %s\n", d.Blocked)
+		}
+		for _, f := range d.Files {
+			switch {
+			case f.Refused != "":
+				fmt.Fprintf(w, "  %s: refused: %s\n", f.File, f.Refused)
+			case f.Load == "failed":
+				fmt.Fprintf(w, "  %s: %s: load failed %d time(s), next try %s: %s\n", f.File, strings.Join(f.Profiles, ", "),
+					f.Failures, f.Retry.Local().Format(time.DateTime), f.Error)
+			default:
+				fmt.Fprintf(w, "  %s: %s\n", f.File, strings.Join(f.Profiles, ", "))
 			}
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/armorshim/armorshim/apparmor"
 	"github.com/armorshim/armorshim/host"
@@ -299,7 +300,7 @@ func TestCheckAndLoadRefuseUntrustedFiles(t *testing.T) {
 	}
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "deny-write"), []byte("profile k8s-apparmor-example-deny-write {}\n"), 0o644)
-	cfg := writeConfig(t, "profiles:\n  directory: "+dir+"\n")
+	cfg := writeConfig(t, "profiles:\n  directory: "+dir+"\n  statusFile: "+filepath.Join(t.TempDir(), "none.json")+"\n")
 	if code := check([]string{"--sysfs", sys, "--config", cfg}); code != 0 {
 		t.Fatalf("trusted directory: exit %d, want 0", code)
 	}
@@ -327,5 +328,65 @@ func TestCheckAndLoadRefuseUntrustedFiles(t *testing.T) {
 	}
 	if code := load([]string{"--sysfs", sys, dir}); code != 1 {
 		t.Errorf("load with a refused file: exit %d, want 1", code)
+	}
+}
+
+// check shows the serving armorshim's last load error of a file, from its
+// status file, and fails.
+func TestCheckShowsLoadErrors(t *testing.T) {
+	trustOwnFiles(t)
+	fakeParserOnPath(t)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "deny-write"), []byte("profile k8s-apparmor-example-deny-write {}\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "nginx"), []byte("profile k8s-nginx {}\n"), 0o644)
+	snap := &apparmor.Snapshot{Enabled: true, Profiles: map[string]apparmor.Mode{
+		"k8s-apparmor-example-deny-write": "enforce", "k8s-nginx": "enforce"}}
+	report := func(status string) *checkReport {
+		r := buildReport(snap, &apparmor.Policy{}, nil)
+		r.addDirectory(&host.Loader{Dir: dir, Parser: "apparmor_parser", TrustedUID: trustedUID})
+		r.addLoadStatus(status)
+		r.finish()
+		return r
+	}
+
+	missing := filepath.Join(t.TempDir(), "profiles.json")
+	r := report(missing)
+	if !r.OK || !strings.Contains(r.ProfileDirectory.StatusError, "armorshim serve has not run") {
+		t.Fatalf("no status file: ok=%t %+v", r.OK, r.ProfileDirectory)
+	}
+
+	since := time.Date(2025, 1, 1, 10, 0, 0, 0, time.UTC)
+	retry := since.Add(4 * time.Second)
+	const msg = `apparmor_parser: Unable to replace "k8s-nginx".  Cannot allocate memory`
+	body, _ := json.Marshal(host.LoaderStatus{Directory: dir, Since: since, Files: []host.ProfileFile{
+		{Name: "deny-write", Loaded: true},
+		// An older version of k8s-nginx is loaded: only the status tells.
+		{Name: "nginx", Error: msg, Failures: 3, Retry: retry},
+	}})
+	os.WriteFile(missing, body, 0o644)
+	r = report(missing)
+	if r.OK {
+		t.Error("a failed load: ok=true")
+	}
+	d := r.ProfileDirectory
+	if len(d.Files) != 2 || d.Files[0].Load != "loaded" || d.Files[1].Load != "failed" || d.Files[1].Error != msg ||
+		d.Files[1].Failures != 3 || !d.Files[1].Retry.Equal(retry) || !d.StatusSince.Equal(since) {
+		t.Fatalf("directory report = %+v", d)
+	}
+	var text bytes.Buffer
+	r.print(&text)
+	if want := "  nginx: k8s-nginx: load failed 3 time(s), next try " + retry.Local().Format(time.DateTime) + ": " + msg + "\n"; !strings.Contains(text.String(), want) {
+		t.Errorf("text report lacks %q:\n%s", want, text.String())
+	}
+	b, _ := json.Marshal(r)
+	if !strings.Contains(string(b), `"load":"failed","error":"apparmor_parser: Unable to replace \"k8s-nginx\".  Cannot allocate memory","failures":3`) {
+		t.Errorf("json report: %s", b)
+	}
+
+	// A status of another directory is not used.
+	body, _ = json.Marshal(host.LoaderStatus{Directory: "/elsewhere", Files: []host.ProfileFile{{Name: "nginx", Error: msg, Failures: 1}}})
+	os.WriteFile(missing, body, 0o644)
+	if r := report(missing); !r.OK || r.ProfileDirectory.Files[1].Load != "" || !strings.Contains(r.ProfileDirectory.StatusError, "/elsewhere") {
+		t.Errorf("status of another directory: ok=%t %+v", r.OK, r.ProfileDirectory)
 	}
 }
