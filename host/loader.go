@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/armorshim/armorshim/apparmor"
 )
 
 // ProfileFile is the state of one file of the profile directory.
@@ -29,6 +31,9 @@ type ProfileFile struct {
 	Refused string `json:"refused,omitempty"`
 	// Error is the parser's message for the last failed load.
 	Error string `json:"error,omitempty"`
+	// Profiles are the profiles the file defines, known after a load when
+	// the loader watches the kernel.
+	Profiles []string `json:"profiles,omitempty"`
 	// Failures counts the failed loads of this version of the file in a
 	// row; the next one is at Retry.
 	Failures int       `json:"failures,omitempty"`
@@ -52,13 +57,21 @@ func (f ProfileFile) State() string {
 // files that nobody but root can have written (trust.go). A failed load is
 // tried again after a delay that grows with each failure (a transient
 // "Cannot allocate memory" must not leave the profile out until the file
-// changes). It never unloads a profile: containers may be running under it.
+// changes). Given the kernel's state, it loads a file again when one of its
+// profiles is gone from the kernel (apparmor_parser -R, a package upgrade)
+// while the file is still there. It never unloads a profile: containers may
+// be running under it.
 type Loader struct {
 	Dir string
 	// Parser is the apparmor_parser command, looked up in PATH if bare.
 	Parser string
 	// Enabled reports whether AppArmor is on; loads are skipped while off.
 	Enabled func() bool
+	// Kernel, if set, returns the loaded profiles (Reader.Snapshot, which
+	// reads them again only when securityfs's revision changes). The
+	// loader then asks the parser which profiles each file defines and
+	// loads the file again when one is missing.
+	Kernel func() *apparmor.Snapshot
 	// Timeout bounds one parser run.
 	Timeout time.Duration
 	// TrustedUID is the owner profile files must have: root (0).
@@ -89,6 +102,9 @@ type Loader struct {
 type Totals struct {
 	// LoadFailures counts the parser runs that failed.
 	LoadFailures uint64
+	// Reloads counts the loads of a file because profiles it defines were
+	// missing from the kernel.
+	Reloads uint64
 }
 
 // Totals returns the loader's counts.
@@ -129,6 +145,10 @@ func (l *Loader) backoff(n int) time.Duration {
 type fileState struct {
 	key fileKey // the version last given to the parser
 	ProfileFile
+	// gone counts the loads in a row made because profiles of the file were
+	// missing from the kernel; the next one may not happen before next.
+	gone int
+	next time.Time
 }
 
 type fileKey struct {
@@ -172,8 +192,15 @@ func (l *Loader) Sync(ctx context.Context) ([]ProfileFile, error) {
 		return nil, err
 	}
 	now := l.now()
+	var kernel map[string]apparmor.Mode
+	if l.Kernel != nil {
+		if snap := l.Kernel(); snap.Err == nil && snap.Enabled {
+			kernel = snap.Profiles
+		}
+	}
 	var done []ProfileFile
 	var todo []entry
+	gone := map[string][]string{}
 	l.mu.Lock()
 	if l.files == nil {
 		l.files = map[string]*fileState{}
@@ -196,6 +223,13 @@ func (l *Loader) Sync(ctx context.Context) ([]ProfileFile, error) {
 			todo = append(todo, e)
 		case !st.Loaded && !now.Before(st.Retry):
 			todo = append(todo, e)
+		case kernel != nil:
+			if missing := missingFrom(kernel, st.Profiles); len(missing) == 0 {
+				st.gone, st.next = 0, time.Time{}
+			} else if !now.Before(st.next) {
+				todo = append(todo, e)
+				gone[e.name] = missing
+			}
 		}
 	}
 	for name := range l.files {
@@ -214,19 +248,32 @@ func (l *Loader) Sync(ctx context.Context) ([]ProfileFile, error) {
 	l.setBlocked("")
 	l.mu.Unlock()
 	for _, e := range todo {
+		if missing := gone[e.name]; missing != nil {
+			klog.InfoS("AppArmor profiles of a file of the profile directory are no longer loaded; loading it again",
+				"file", filepath.Join(l.Dir, e.name), "missing", missing)
+		}
 		f := l.load(ctx, e.name)
 		l.mu.Lock()
+		prev := l.files[e.name]
+		next := &fileState{key: e.key, ProfileFile: f}
+		if gone[e.name] != nil {
+			l.totals.Reloads++
+			// Should the profiles stay missing, load again after a backoff.
+			next.gone = prev.gone + 1
+			next.next = f.When.Add(l.backoff(next.gone))
+		}
 		if !f.Loaded {
 			f.Failures = 1
-			if st := l.files[e.name]; st != nil && st.key == e.key && st.Refused == "" && !st.Loaded {
-				f.Failures = st.Failures + 1
+			if prev != nil && prev.key == e.key && prev.Refused == "" && !prev.Loaded {
+				f.Failures = prev.Failures + 1
 			}
 			f.Retry = f.When.Add(l.backoff(f.Failures))
 			l.totals.LoadFailures++
 			klog.ErrorS(nil, "Loading AppArmor profile file failed", "file", filepath.Join(l.Dir, e.name), "parser", f.Error,
 				"failures", f.Failures, "retryIn", f.Retry.Sub(f.When).String())
 		}
-		l.files[e.name] = &fileState{key: e.key, ProfileFile: f}
+		next.ProfileFile = f
+		l.files[e.name] = next
 		l.mu.Unlock()
 		done = append(done, f)
 	}
@@ -279,8 +326,39 @@ func (l *Loader) load(ctx context.Context, name string) ProfileFile {
 		}
 	} else {
 		klog.InfoS("Loaded AppArmor profile file", "file", path)
+		if l.Kernel != nil {
+			if f.Profiles, err = l.names(ctx, path); err != nil {
+				klog.ErrorS(err, "Cannot list the profiles of a file: they will not be loaded again if removed from the kernel", "file", path)
+			}
+		}
 	}
 	return f
+}
+
+// missingFrom returns the profiles not in kernel.
+func missingFrom(kernel map[string]apparmor.Mode, profiles []string) []string {
+	var missing []string
+	for _, p := range profiles {
+		if _, ok := kernel[p]; !ok {
+			missing = append(missing, p)
+		}
+	}
+	return missing
+}
+
+// names returns the profiles the file at path defines.
+func (l *Loader) names(ctx context.Context, path string) ([]string, error) {
+	b, err := exec.CommandContext(ctx, l.parser(), "--names", "--", path).Output()
+	if err != nil {
+		return nil, err
+	}
+	var profiles []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			profiles = append(profiles, line)
+		}
+	}
+	return profiles, nil
 }
 
 // Run syncs now and then every interval until ctx ends, and keeps
@@ -379,18 +457,7 @@ func (l *Loader) Names(ctx context.Context) (map[string][]string, error) {
 	}
 	out := map[string][]string{}
 	for _, name := range names {
-		b, err := exec.CommandContext(ctx, l.parser(), "--names", "--", filepath.Join(l.Dir, name)).Output()
-		if err != nil {
-			out[name] = nil
-			continue
-		}
-		var profiles []string
-		for _, line := range strings.Split(string(b), "\n") {
-			if line = strings.TrimSpace(line); line != "" {
-				profiles = append(profiles, line)
-			}
-		}
-		out[name] = profiles
+		out[name], _ = l.names(ctx, filepath.Join(l.Dir, name))
 	}
 	return out, nil
 }

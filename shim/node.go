@@ -26,6 +26,7 @@ func newLoader(cfg ProfilesConfig, h *host.Reader) *host.Loader {
 			snap := h.Snapshot()
 			return snap.Err == nil && snap.Enabled
 		},
+		Kernel: h.Snapshot,
 	}
 }
 
@@ -54,6 +55,10 @@ func registerLoaderMetrics(reg prometheus.Registerer, l *host.Loader) {
 		Name: "armorshim_profile_load_failures_total",
 		Help: "Runs of apparmor_parser on a file of the profile directory that failed (each is retried with backoff).",
 	}, func() float64 { return float64(l.Totals().LoadFailures) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "armorshim_profile_reloads_total",
+		Help: "Loads of a file of the profile directory because profiles it defines were gone from the kernel (apparmor_parser -R, a package upgrade).",
+	}, func() float64 { return float64(l.Totals().Reloads) }))
 }
 
 // featureWriter keeps the node-feature-discovery file in step with the
