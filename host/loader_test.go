@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,7 +80,7 @@ func TestLoaderLoadsNewAndChangedFilesOnly(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	l := &Loader{Dir: dir, Parser: parser, Enabled: func() bool { return true }}
+	l := &Loader{Dir: dir, TrustedUID: me, Parser: parser, Enabled: func() bool { return true }}
 	ctx := context.Background()
 
 	done, err := l.Sync(ctx)
@@ -129,7 +130,8 @@ func TestLoaderReportsParserMessage(t *testing.T) {
 	parser, _ := fakeParser(t)
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "broken"), "profile broken { syntax error }\n")
-	l := &Loader{Dir: dir, Parser: parser}
+	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	l := &Loader{Dir: dir, TrustedUID: me, Parser: parser, Now: func() time.Time { return now }}
 	done, err := l.Sync(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -138,12 +140,155 @@ func TestLoaderReportsParserMessage(t *testing.T) {
 		t.Fatalf("broken file = %+v, want the parser's message", done)
 	}
 	files, _ := l.Status()
-	if len(files) != 1 || files[0].Loaded || files[0].Error != done[0].Error {
+	if len(files) != 1 || files[0].Loaded || files[0].Error != done[0].Error || files[0].State() != "failed" {
 		t.Fatalf("status = %+v", files)
 	}
-	// Not retried until it changes.
+	// Not retried before its backoff.
 	if done, _ := l.Sync(context.Background()); len(done) != 0 {
-		t.Fatalf("unchanged broken file retried: %+v", done)
+		t.Fatalf("broken file retried at once: %+v", done)
+	}
+}
+
+// failingParser is an apparmor_parser that fails as the kernel does when
+// short of memory for its first n runs, then succeeds.
+func failingParser(t *testing.T, n int) (parser, log string) {
+	t.Helper()
+	dir := t.TempDir()
+	log = filepath.Join(dir, "calls.log")
+	parser = filepath.Join(dir, "apparmor_parser")
+	script := fmt.Sprintf(`#!/bin/sh
+echo "$*" >> %q
+if [ "$(wc -l < %q)" -le %d ]; then
+  echo 'apparmor_parser: Unable to replace "k8s-nginx".  Cannot allocate memory' >&2
+  exit 1
+fi
+`, log, log, n)
+	if err := os.WriteFile(parser, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return parser, log
+}
+
+func TestLoaderRetriesFailedLoadsWithBackoff(t *testing.T) {
+	parser, log := failingParser(t, 2)
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "nginx"), "profile k8s-nginx {}\n")
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := t0
+	l := &Loader{Dir: dir, TrustedUID: me, Parser: parser, Now: func() time.Time { return now }}
+	ctx := context.Background()
+	syncAt := func(at time.Duration) []ProfileFile {
+		t.Helper()
+		now = t0.Add(at)
+		done, err := l.Sync(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return done
+	}
+
+	done := syncAt(0)
+	if len(done) != 1 || done[0].Loaded || done[0].Failures != 1 || !done[0].Retry.Equal(t0.Add(time.Second)) ||
+		!strings.Contains(done[0].Error, "Cannot allocate memory") {
+		t.Fatalf("first load = %+v, want failed once, retry in 1s", done)
+	}
+	if done := syncAt(999 * time.Millisecond); len(done) != 0 {
+		t.Fatalf("retried before its time: %+v", done)
+	}
+	done = syncAt(time.Second)
+	if len(done) != 1 || done[0].Loaded || done[0].Failures != 2 || !done[0].Retry.Equal(t0.Add(3*time.Second)) {
+		t.Fatalf("second load = %+v, want failed twice, retry 2s later", done)
+	}
+	if done := syncAt(2 * time.Second); len(done) != 0 {
+		t.Fatalf("retried before its time: %+v", done)
+	}
+	done = syncAt(3 * time.Second)
+	if len(done) != 1 || !done[0].Loaded || done[0].Failures != 0 || done[0].Error != "" || !done[0].Retry.IsZero() {
+		t.Fatalf("third load = %+v, want loaded", done)
+	}
+	if done := syncAt(time.Hour); len(done) != 0 {
+		t.Fatalf("a loaded file was loaded again: %+v", done)
+	}
+	if got := len(calls(t, log)); got != 3 {
+		t.Errorf("%d parser runs, want 3", got)
+	}
+	if got := l.Totals().LoadFailures; got != 2 {
+		t.Errorf("LoadFailures = %d, want 2", got)
+	}
+}
+
+// A new version of a failing file is loaded at once, its count reset.
+func TestLoaderLoadsChangedFailingFileAtOnce(t *testing.T) {
+	parser, _ := failingParser(t, 10)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "nginx")
+	write(t, path, "profile k8s-nginx {}\n")
+	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	l := &Loader{Dir: dir, TrustedUID: me, Parser: parser, Now: func() time.Time { return now }}
+	for range 3 {
+		l.Sync(context.Background())
+		now = now.Add(time.Hour)
+	}
+	if files, _ := l.Status(); files[0].Failures != 3 {
+		t.Fatalf("status = %+v, want 3 failures", files)
+	}
+	write(t, path, "profile k8s-nginx { }\n")
+	now = now.Add(-time.Hour + time.Millisecond)
+	done, _ := l.Sync(context.Background())
+	if len(done) != 1 || done[0].Failures != 1 {
+		t.Fatalf("changed file = %+v, want loaded at once, 1 failure", done)
+	}
+}
+
+func TestRetryBackoff(t *testing.T) {
+	var got []time.Duration
+	for n := 1; n <= 11; n++ {
+		got = append(got, RetryBackoff(n))
+	}
+	want := "[1s 2s 4s 8s 16s 32s 1m4s 2m8s 4m16s 5m0s 5m0s]"
+	if fmt.Sprint(got) != want {
+		t.Errorf("RetryBackoff(1..11) = %v, want %v", got, want)
+	}
+	if d := RetryBackoff(1000); d != 5*time.Minute {
+		t.Errorf("RetryBackoff(1000) = %v", d)
+	}
+}
+
+func TestLoaderStatusFile(t *testing.T) {
+	parser, _ := fakeParser(t)
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "broken"), "profile broken { syntax error }\n")
+	write(t, filepath.Join(dir, "good"), "profile good {}\n")
+	status := filepath.Join(t.TempDir(), "run", "profiles.json")
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := t0
+	l := &Loader{Dir: dir, TrustedUID: me, Parser: parser, StatusFile: status, Now: func() time.Time { return now }}
+	l.Sync(context.Background())
+	l.writeStatus()
+	st, err := ReadStatus(status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Directory != dir || !st.Since.Equal(t0) || st.Pid != os.Getpid() || len(st.Files) != 2 ||
+		st.Files[0].Name != "broken" || st.Files[0].Failures != 1 || !strings.Contains(st.Files[0].Error, "syntax error") ||
+		!st.Files[0].Retry.Equal(t0.Add(time.Second)) || !st.Files[1].Loaded {
+		t.Fatalf("status file = %+v", st)
+	}
+	// Unchanged: not rewritten.
+	now = t0.Add(time.Millisecond)
+	l.writeStatus()
+	if st, _ := ReadStatus(status); !st.Since.Equal(t0) {
+		t.Errorf("unchanged status rewritten at %v", st.Since)
+	}
+	// Changed: rewritten.
+	now = t0.Add(time.Second)
+	l.Sync(context.Background())
+	l.writeStatus()
+	if st, _ := ReadStatus(status); !st.Since.Equal(now) || st.Files[0].Failures != 2 {
+		t.Errorf("after the retry: %+v", st)
+	}
+	if leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(status), ".*")); len(leftovers) != 0 {
+		t.Errorf("temporary files left: %q", leftovers)
 	}
 }
 
@@ -152,7 +297,7 @@ func TestLoaderWaitsForAppArmorAndParser(t *testing.T) {
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "deny-write"), denyWriteProfile)
 	enabled := false
-	l := &Loader{Dir: dir, Parser: parser, Enabled: func() bool { return enabled }}
+	l := &Loader{Dir: dir, TrustedUID: me, Parser: parser, Enabled: func() bool { return enabled }}
 
 	if _, err := l.Sync(context.Background()); err == nil || !strings.Contains(err.Error(), "AppArmor is not enabled") {
 		t.Fatalf("AppArmor off: err = %v", err)
@@ -192,7 +337,7 @@ func TestLoaderNames(t *testing.T) {
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "deny-write"), denyWriteProfile)
 	write(t, filepath.Join(dir, "two"), "profile a {}\nprofile b {}\n")
-	l := &Loader{Dir: dir, Parser: parser}
+	l := &Loader{Dir: dir, TrustedUID: me, Parser: parser}
 	names, err := l.Names(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -211,7 +356,7 @@ func TestLoaderFindsParserOnPath(t *testing.T) {
 	t.Setenv("PATH", filepath.Dir(parser))
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "deny-write"), denyWriteProfile)
-	l := &Loader{Dir: dir, Parser: "apparmor_parser"}
+	l := &Loader{Dir: dir, TrustedUID: me, Parser: "apparmor_parser"}
 	done, err := l.Sync(context.Background())
 	if err != nil || len(done) != 1 || !done[0].Loaded {
 		t.Fatalf("sync = %+v %v", done, err)
@@ -220,3 +365,6 @@ func TestLoaderFindsParserOnPath(t *testing.T) {
 		t.Fatalf("parser calls = %q", got)
 	}
 }
+
+// me is the uid the tests' files are owned by: the trusted owner in tests.
+var me = uint32(os.Getuid())

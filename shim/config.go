@@ -137,8 +137,12 @@ type ProfilesConfig struct {
 	Directory string `json:"directory,omitempty"`
 	// Parser is the apparmor_parser command.
 	Parser string `json:"parser,omitempty"`
-	// SyncInterval is how often the directory is checked for changes.
+	// SyncInterval is how often the directory is checked for changes and
+	// failed loads are retried (with a growing delay).
 	SyncInterval Duration `json:"syncInterval,omitempty"`
+	// StatusFile is where the loader's state (refused files, load errors)
+	// is written for armorshim check; empty: not written.
+	StatusFile string `json:"statusFile,omitempty"`
 }
 
 // NodeFeaturesConfig is the node-feature-discovery feature file.
@@ -184,6 +188,7 @@ func DefaultConfig() *Config {
 			Directory:    "/etc/armorshim/profiles.d",
 			Parser:       "apparmor_parser",
 			SyncInterval: Duration(2 * time.Second),
+			StatusFile:   "/run/armorshim/profiles.json",
 		},
 		NodeFeatures: NodeFeaturesConfig{
 			Directory: "/etc/kubernetes/node-feature-discovery/features.d",

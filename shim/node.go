@@ -19,39 +19,46 @@ func newLoader(cfg ProfilesConfig, h *host.Reader) *host.Loader {
 		return nil
 	}
 	return &host.Loader{
-		Dir:    cfg.Directory,
-		Parser: cfg.Parser,
+		Dir:        cfg.Directory,
+		Parser:     cfg.Parser,
+		StatusFile: cfg.StatusFile,
 		Enabled: func() bool {
 			snap := h.Snapshot()
 			return snap.Err == nil && snap.Enabled
 		},
+		Kernel: h.Snapshot,
 	}
 }
 
 // registerLoaderMetrics exposes the loader's file states.
 func registerLoaderMetrics(reg prometheus.Registerer, l *host.Loader) {
-	count := func(loaded bool) func() float64 {
+	count := func(state string) func() float64 {
 		return func() float64 {
 			files, _ := l.Status()
 			n := 0
 			for _, f := range files {
-				if f.Loaded == loaded {
+				if f.State() == state {
 					n++
 				}
 			}
 			return float64(n)
 		}
 	}
-	reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "armorshim_profile_files", Help: "Files of the profile directory whose last load succeeded.",
-			ConstLabels: prometheus.Labels{"state": "loaded"},
-		}, count(true)),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "armorshim_profile_files", Help: "Files of the profile directory whose last load succeeded.",
-			ConstLabels: prometheus.Labels{"state": "failed"},
-		}, count(false)),
-	)
+	for _, state := range []string{"loaded", "failed", "refused"} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "armorshim_profile_files",
+			Help:        "Files of the profile directory by state: loaded, failed (the last load failed) or refused (not trusted, never loaded).",
+			ConstLabels: prometheus.Labels{"state": state},
+		}, count(state)))
+	}
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "armorshim_profile_load_failures_total",
+		Help: "Runs of apparmor_parser on a file of the profile directory that failed (each is retried with backoff).",
+	}, func() float64 { return float64(l.Totals().LoadFailures) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "armorshim_profile_reloads_total",
+		Help: "Loads of a file of the profile directory because profiles it defines were gone from the kernel (apparmor_parser -R, a package upgrade).",
+	}, func() float64 { return float64(l.Totals().Reloads) }))
 }
 
 // featureWriter keeps the node-feature-discovery file in step with the

@@ -57,12 +57,33 @@ type dirReport struct {
 	Path  string     `json:"path"`
 	Error string     `json:"error,omitempty"`
 	Files []dirEntry `json:"files,omitempty"`
+	// StatusFile is where the serving armorshim reports its loads, and
+	// StatusError why it could not be read.
+	StatusFile  string    `json:"statusFile,omitempty"`
+	StatusError string    `json:"statusError,omitempty"`
+	StatusSince time.Time `json:"statusSince,omitzero"`
+	// Blocked says why the serving armorshim cannot load anything.
+	Blocked string `json:"blocked,omitempty"`
+
+	read bool // the directory could be listed
 }
 
 type dirEntry struct {
 	File     string   `json:"file"`
 	Profiles []string `json:"profiles"`
+	// Refused says why the file is not trusted: armorshim does not load it.
+	Refused string `json:"refused,omitempty"`
+	// Load is the serving armorshim's last load of the file: loaded or
+	// failed, with the parser's message, the failures in a row and the
+	// next try.
+	Load     string    `json:"load,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	Failures int       `json:"failures,omitempty"`
+	Retry    time.Time `json:"retry,omitzero"`
 }
+
+// trustedUID owns trusted profile files: root. Tests set their own uid.
+var trustedUID uint32
 
 type wantState struct {
 	Name   string `json:"name"`
@@ -95,7 +116,8 @@ func check(args []string) int {
 	r := buildReport(host.NewReader(*sysfs, *procfs).Snapshot(), pol, wanted)
 	r.Policy.Config = usedPath
 	if cfg.Profiles.Directory != "" {
-		r.addDirectory(&host.Loader{Dir: cfg.Profiles.Directory, Parser: cfg.Profiles.Parser})
+		r.addDirectory(&host.Loader{Dir: cfg.Profiles.Directory, Parser: cfg.Profiles.Parser, TrustedUID: trustedUID})
+		r.addLoadStatus(cfg.Profiles.StatusFile)
 	}
 	r.finish()
 	if *output == "json" {
@@ -160,16 +182,26 @@ func (r *checkReport) want(name, from string, snap *apparmor.Snapshot) {
 	r.Wanted = append(r.Wanted, wantState{Name: name, From: from, Loaded: loaded, Mode: string(mode)})
 }
 
-// addDirectory lists the profile directory's files and wants their profiles.
+// addDirectory lists the profile directory's files and wants the profiles
+// of the trusted ones.
 func (r *checkReport) addDirectory(l *host.Loader) {
 	d := &dirReport{Path: l.Dir}
 	r.ProfileDirectory = d
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	names, err := l.Names(ctx)
+	refused, err := l.Refused()
 	if err != nil {
 		d.Error = err.Error()
 		return
+	}
+	d.read = true
+	names, err := l.Names(ctx)
+	if err != nil {
+		d.Error = err.Error() // the refused files are still listed
+		names = map[string][]string{}
+	}
+	for f := range refused {
+		names[f] = nil
 	}
 	loaded := map[string]string{}
 	for _, p := range r.Profiles {
@@ -181,11 +213,46 @@ func (r *checkReport) addDirectory(l *host.Loader) {
 	}
 	sort.Strings(files)
 	for _, f := range files {
-		d.Files = append(d.Files, dirEntry{File: f, Profiles: append([]string{}, names[f]...)})
+		d.Files = append(d.Files, dirEntry{File: f, Profiles: append([]string{}, names[f]...), Refused: refused[f]})
 		for _, p := range names[f] {
 			mode, ok := loaded[p]
 			r.Wanted = append(r.Wanted, wantState{Name: p, From: "directory " + f, Loaded: ok, Mode: mode})
 		}
+	}
+}
+
+// addLoadStatus adds what the serving armorshim wrote of its loads.
+func (r *checkReport) addLoadStatus(path string) {
+	d := r.ProfileDirectory
+	if path == "" || !d.read {
+		return
+	}
+	d.StatusFile = path
+	st, err := host.ReadStatus(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		d.StatusError = "no status: armorshim serve has not run with this configuration"
+		return
+	case err != nil:
+		d.StatusError = err.Error()
+		return
+	case st.Directory != d.Path:
+		d.StatusError = fmt.Sprintf("the status is of directory %s", st.Directory)
+		return
+	}
+	d.StatusSince, d.Blocked = st.Since, st.Blocked
+	loads := map[string]host.ProfileFile{}
+	for _, f := range st.Files {
+		loads[f.Name] = f
+	}
+	for i := range d.Files {
+		e := &d.Files[i]
+		f, ok := loads[e.File]
+		if !ok || e.Refused != "" || f.Refused != "" {
+			continue // not tried yet, or judged here
+		}
+		e.Load = f.State()
+		e.Error, e.Failures, e.Retry = f.Error, f.Failures, f.Retry
 	}
 }
 
@@ -196,6 +263,13 @@ func (r *checkReport) finish() {
 		}
 	}
 	r.OK = r.AppArmor.Enabled && len(r.Missing) == 0
+	if d := r.ProfileDirectory; d != nil {
+		for _, f := range d.Files {
+			if f.Refused != "" || f.Load == "failed" {
+				r.OK = false
+			}
+		}
+	}
 }
 
 func (r *checkReport) print(w io.Writer) {
@@ -218,12 +292,27 @@ func (r *checkReport) print(w io.Writer) {
 	fmt.Fprintf(w, "Policy (%s): enabled=%t defaultProfile=%q allowedProfiles=%q requireEnforce=%t\n",
 		src, r.Policy.Enabled, r.Policy.DefaultProfile, r.Policy.AllowedProfiles, r.Policy.RequireEnforce)
 	if d := r.ProfileDirectory; d != nil {
-		fmt.Fprintf(w, "Profile directory %s:", d.Path)
+		fmt.Fprintf(w, "Profile directory %s: %d files\n", d.Path, len(d.Files))
 		if d.Error != "" {
-			fmt.Fprintf(w, " %s\n", d.Error)
-		} else {
-			fmt.Fprintf(w, " %d files\n", len(d.Files))
-			for _, f := range d.Files {
+			fmt.Fprintf(w, "  %s\n", d.Error)
+		}
+		switch {
+		case d.StatusError != "":
+			fmt.Fprintf(w, "  (loads: %s: %s)\n", d.StatusFile, d.StatusError)
+		case d.StatusFile != "":
+			fmt.Fprintf(w, "  (loads: %s, since %s)\n", d.StatusFile, d.StatusSince.Local().Format(time.DateTime))
+		}
+		if d.Blocked != "" {
+			fmt.Fprintf(w, "  armorshim cannot load profiles: %s\n", d.Blocked)
+		}
+		for _, f := range d.Files {
+			switch {
+			case f.Refused != "":
+				fmt.Fprintf(w, "  %s: refused: %s\n", f.File, f.Refused)
+			case f.Load == "failed":
+				fmt.Fprintf(w, "  %s: %s: load failed %d time(s), next try %s: %s\n", f.File, strings.Join(f.Profiles, ", "),
+					f.Failures, f.Retry.Local().Format(time.DateTime), f.Error)
+			default:
 				fmt.Fprintf(w, "  %s: %s\n", f.File, strings.Join(f.Profiles, ", "))
 			}
 		}
@@ -253,7 +342,7 @@ func load(args []string) int {
 		return 2
 	}
 	h := host.NewReader(*sysfs, "/proc")
-	l := &host.Loader{Dir: fs.Arg(0), Parser: *parser, Enabled: func() bool {
+	l := &host.Loader{Dir: fs.Arg(0), Parser: *parser, TrustedUID: trustedUID, Enabled: func() bool {
 		s := h.Snapshot()
 		return s.Err == nil && s.Enabled
 	}}
@@ -264,9 +353,13 @@ func load(args []string) int {
 	}
 	code := 0
 	for _, f := range done {
-		if f.Loaded {
+		switch {
+		case f.Refused != "":
+			fmt.Printf("REFUSED %s: %s\n", f.Name, f.Refused)
+			code = 1
+		case f.Loaded:
 			fmt.Printf("loaded %s\n", f.Name)
-		} else {
+		default:
 			fmt.Printf("FAILED %s: %s\n", f.Name, f.Error)
 			code = 1
 		}

@@ -8,8 +8,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/armorshim/armorshim/apparmor"
+	"github.com/armorshim/armorshim/host"
 	"github.com/armorshim/armorshim/shim"
 )
 
@@ -155,6 +157,7 @@ func TestCheckCommand(t *testing.T) {
 // TestLoadCommand runs `armorshim load DIR` with a fake apparmor_parser on
 // PATH: each file is loaded once, a failure exits 1 with the parser's words.
 func TestLoadCommand(t *testing.T) {
+	trustOwnFiles(t)
 	bin := t.TempDir()
 	script := "#!/bin/sh\nfor a in \"$@\"; do f=\"$a\"; done\nif grep -q broken \"$f\"; then echo \"AppArmor parser error for $f: syntax error\" >&2; exit 1; fi\n"
 	if err := os.WriteFile(filepath.Join(bin, "apparmor_parser"), []byte(script), 0o755); err != nil {
@@ -255,5 +258,135 @@ func TestServeReadsDefaultConfig(t *testing.T) {
 	defaultConfigPath = filepath.Join(t.TempDir(), "absent.yaml")
 	if got := parse().RuntimeEndpoint; got != shim.DefaultConfig().RuntimeEndpoint {
 		t.Errorf("no default file: runtime endpoint %q, want the built-in default", got)
+	}
+}
+
+// trustOwnFiles makes the files the test writes trusted: they are owned by
+// the test's uid, not necessarily root.
+func trustOwnFiles(t *testing.T) {
+	old := trustedUID
+	trustedUID = uint32(os.Getuid())
+	t.Cleanup(func() { trustedUID = old })
+}
+
+// fakeParserOnPath puts an apparmor_parser on PATH that answers --names from
+// "profile NAME" lines and fails on files holding "broken".
+func fakeParserOnPath(t *testing.T) {
+	t.Helper()
+	bin := t.TempDir()
+	script := `#!/bin/sh
+for a in "$@"; do f="$a"; done
+case "$1" in --names) sed -n 's/^profile \([^ ]*\).*/\1/p' "$f"; exit 0 ;; esac
+if grep -q broken "$f"; then echo "AppArmor parser error for $f: syntax error" >&2; exit 1; fi
+`
+	if err := os.WriteFile(filepath.Join(bin, "apparmor_parser"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+}
+
+// An untrusted file of the profile directory is shown refused with why, and
+// check fails; `load` refuses it too.
+func TestCheckAndLoadRefuseUntrustedFiles(t *testing.T) {
+	trustOwnFiles(t)
+	fakeParserOnPath(t)
+	sys := t.TempDir()
+	for path, data := range map[string]string{
+		"module/apparmor/parameters/enabled": "Y\n",
+		"kernel/security/apparmor/profiles":  "k8s-apparmor-example-deny-write (enforce)\n",
+	} {
+		os.MkdirAll(filepath.Join(sys, filepath.Dir(path)), 0o755)
+		os.WriteFile(filepath.Join(sys, path), []byte(data), 0o644)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "deny-write"), []byte("profile k8s-apparmor-example-deny-write {}\n"), 0o644)
+	cfg := writeConfig(t, "profiles:\n  directory: "+dir+"\n  statusFile: "+filepath.Join(t.TempDir(), "none.json")+"\n")
+	if code := check([]string{"--sysfs", sys, "--config", cfg}); code != 0 {
+		t.Fatalf("trusted directory: exit %d, want 0", code)
+	}
+
+	evil := filepath.Join(dir, "evil")
+	os.WriteFile(evil, []byte("profile cri-containerd.apparmor.d flags=(unconfined) {}\n"), 0o644)
+	os.Chmod(evil, 0o666)
+	r := buildReport(&apparmor.Snapshot{Enabled: true, Profiles: map[string]apparmor.Mode{"k8s-apparmor-example-deny-write": "enforce"}}, &apparmor.Policy{}, nil)
+	r.addDirectory(&host.Loader{Dir: dir, Parser: "apparmor_parser", TrustedUID: trustedUID})
+	r.finish()
+	if r.OK {
+		t.Error("a refused file: ok=true")
+	}
+	d := r.ProfileDirectory
+	if d == nil || len(d.Files) != 2 || d.Files[1].File != "evil" || d.Files[1].Refused != "writable by others" || len(d.Files[1].Profiles) != 0 {
+		t.Fatalf("directory report = %+v", d)
+	}
+	var text bytes.Buffer
+	r.print(&text)
+	if !strings.Contains(text.String(), "  evil: refused: writable by others\n") {
+		t.Errorf("text report:\n%s", text.String())
+	}
+	if code := check([]string{"--sysfs", sys, "--config", cfg}); code != 1 {
+		t.Errorf("refused file: exit %d, want 1", code)
+	}
+	if code := load([]string{"--sysfs", sys, dir}); code != 1 {
+		t.Errorf("load with a refused file: exit %d, want 1", code)
+	}
+}
+
+// check shows the serving armorshim's last load error of a file, from its
+// status file, and fails.
+func TestCheckShowsLoadErrors(t *testing.T) {
+	trustOwnFiles(t)
+	fakeParserOnPath(t)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "deny-write"), []byte("profile k8s-apparmor-example-deny-write {}\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "nginx"), []byte("profile k8s-nginx {}\n"), 0o644)
+	snap := &apparmor.Snapshot{Enabled: true, Profiles: map[string]apparmor.Mode{
+		"k8s-apparmor-example-deny-write": "enforce", "k8s-nginx": "enforce"}}
+	report := func(status string) *checkReport {
+		r := buildReport(snap, &apparmor.Policy{}, nil)
+		r.addDirectory(&host.Loader{Dir: dir, Parser: "apparmor_parser", TrustedUID: trustedUID})
+		r.addLoadStatus(status)
+		r.finish()
+		return r
+	}
+
+	missing := filepath.Join(t.TempDir(), "profiles.json")
+	r := report(missing)
+	if !r.OK || !strings.Contains(r.ProfileDirectory.StatusError, "armorshim serve has not run") {
+		t.Fatalf("no status file: ok=%t %+v", r.OK, r.ProfileDirectory)
+	}
+
+	since := time.Date(2025, 1, 1, 10, 0, 0, 0, time.UTC)
+	retry := since.Add(4 * time.Second)
+	const msg = `apparmor_parser: Unable to replace "k8s-nginx".  Cannot allocate memory`
+	body, _ := json.Marshal(host.LoaderStatus{Directory: dir, Since: since, Files: []host.ProfileFile{
+		{Name: "deny-write", Loaded: true},
+		// An older version of k8s-nginx is loaded: only the status tells.
+		{Name: "nginx", Error: msg, Failures: 3, Retry: retry},
+	}})
+	os.WriteFile(missing, body, 0o644)
+	r = report(missing)
+	if r.OK {
+		t.Error("a failed load: ok=true")
+	}
+	d := r.ProfileDirectory
+	if len(d.Files) != 2 || d.Files[0].Load != "loaded" || d.Files[1].Load != "failed" || d.Files[1].Error != msg ||
+		d.Files[1].Failures != 3 || !d.Files[1].Retry.Equal(retry) || !d.StatusSince.Equal(since) {
+		t.Fatalf("directory report = %+v", d)
+	}
+	var text bytes.Buffer
+	r.print(&text)
+	if want := "  nginx: k8s-nginx: load failed 3 time(s), next try " + retry.Local().Format(time.DateTime) + ": " + msg + "\n"; !strings.Contains(text.String(), want) {
+		t.Errorf("text report lacks %q:\n%s", want, text.String())
+	}
+	b, _ := json.Marshal(r)
+	if !strings.Contains(string(b), `"load":"failed","error":"apparmor_parser: Unable to replace \"k8s-nginx\".  Cannot allocate memory","failures":3`) {
+		t.Errorf("json report: %s", b)
+	}
+
+	// A status of another directory is not used.
+	body, _ = json.Marshal(host.LoaderStatus{Directory: "/elsewhere", Files: []host.ProfileFile{{Name: "nginx", Error: msg, Failures: 1}}})
+	os.WriteFile(missing, body, 0o644)
+	if r := report(missing); !r.OK || r.ProfileDirectory.Files[1].Load != "" || !strings.Contains(r.ProfileDirectory.StatusError, "/elsewhere") {
+		t.Errorf("status of another directory: ok=%t %+v", r.OK, r.ProfileDirectory)
 	}
 }

@@ -12,8 +12,11 @@ NODE_METRICS=127.0.0.1:9753
 PROFILES_D=/etc/armorshim/profiles.d
 FEATURES_D=/run/features.d
 AUDIT_LOG=/out/pod-security-audit.log
+NODE_STATUS=/run/armorshim/node-profiles.json
 DROPPED=k8s-apparmor-example-dropped
 COMPLAIN=k8s-apparmor-example-complain
+NOBODY=k8s-apparmor-example-nobody
+SYMLINKED=k8s-apparmor-example-symlinked
 
 ns_() { timeout 120 crictl --runtime-endpoint $NODE_EP --image-endpoint $NODE_EP --timeout 60s "$@"; }
 
@@ -28,6 +31,7 @@ metricsAddress: $NODE_METRICS
 profiles:
   directory: $PROFILES_D
   syncInterval: 1s
+  statusFile: $NODE_STATUS
 nodeFeatures:
   directory: $FEATURES_D
 policy:
@@ -97,7 +101,7 @@ node_remove() {
 node_attr() { ns_ exec "$CTR" cat /proc/1/attr/current 2>>"$LOG" | tr -d '\0' | oneline; }
 
 scenarios_node() {
-	local ok out attr before after n features rc state total warning audit want
+	local ok out attr before after n features rc state total warning audit want t0 ms by
 	mkdir -p /etc/armorshim $PROFILES_D $FEATURES_D
 	: >$NODE_LOG
 
@@ -186,6 +190,60 @@ scenarios_node() {
 	[ "$(jq -r .ok <<<"$out")" = true ] && [ "$(jq -r '.profileDirectory.files[0].profiles[0]' <<<"$out")" = "$DROPPED" ] && ok=true
 	result n4-check $ok "armorshim check --profile $DENY --output json: ok=$(jq -r .ok <<<"$out") missing=$(jq -c .missing <<<"$out")" \
 		"profile directory: $(jq -c .profileDirectory <<<"$out" | cut -c1-200)" "policy: $(jq -c .policy <<<"$out")"
+
+	# ---- a file of the directory owned by nobody, mode 0666, is refused
+	profile_text $NOBODY yes >$PROFILES_D/$NOBODY
+	chown 65534:65534 $PROFILES_D/$NOBODY
+	chmod 0666 $PROFILES_D/$NOBODY
+	for _ in $(seq 1 25); do [ "$(metric 'armorshim_profile_files{state="refused"}')" = 1 ] && break; sleep 0.2; done
+	n=$(metric 'armorshim_profile_files{state="refused"}')
+	out=$(armorshim check --config $NODE_CFG --output json 2>&1)
+	state=$(jq -r --arg f $NOBODY '.profileDirectory.files[] | select(.file == $f) | .refused' <<<"$out" 2>&1)
+	ok=false
+	! loaded $NOBODY && [ "$state" = "owned by uid 65534" ] && [ "$n" = 1 ] && [ "$(jq -r .ok <<<"$out")" = false ] && ok=true
+	result n13-refused-owner $ok "$(stat -c '%n: uid %u, mode %a' $PROFILES_D/$NOBODY); $NOBODY loaded: $(loaded $NOBODY && echo yes || echo no) (want no)" \
+		"check: refused: $state (want: owned by uid 65534); ok=$(jq -r .ok <<<"$out") (want false)" \
+		"armorshim_profile_files{state=\"refused\"} = $n (want 1)" \
+		"$(grep -m1 "Refusing an untrusted AppArmor profile file.*$NOBODY" $NODE_LOG | oneline)"
+
+	# ---- a symlink to a root file in /tmp (world-writable) is refused
+	profile_text $SYMLINKED no >/tmp/$SYMLINKED.profile
+	chmod 0644 /tmp/$SYMLINKED.profile
+	ln -sfn /tmp/$SYMLINKED.profile $PROFILES_D/$SYMLINKED
+	for _ in $(seq 1 25); do [ "$(metric 'armorshim_profile_files{state="refused"}')" = 2 ] && break; sleep 0.2; done
+	n=$(metric 'armorshim_profile_files{state="refused"}')
+	out=$(armorshim check --config $NODE_CFG --output json 2>&1)
+	state=$(jq -r --arg f $SYMLINKED '.profileDirectory.files[] | select(.file == $f) | .refused' <<<"$out" 2>&1)
+	want="symlink to /tmp/$SYMLINKED.profile: directory /tmp is writable by others"
+	ok=false
+	! loaded $SYMLINKED && [ "$state" = "$want" ] && [ "$n" = 2 ] && ok=true
+	result n13-refused-symlink $ok "$PROFILES_D/$SYMLINKED -> $(stat -c '%n: uid %u, mode %a' /tmp/$SYMLINKED.profile) in $(stat -c '%n: mode %a' /tmp); $SYMLINKED loaded: $(loaded $SYMLINKED && echo yes || echo no) (want no)" \
+		"check: refused: $state (want: $want)" "armorshim_profile_files{state=\"refused\"} = $n (want 2)" \
+		"$(armorshim check --config $NODE_CFG 2>&1 | grep -E "^  ($NOBODY|$SYMLINKED): " | oneline)"
+	rm -f $PROFILES_D/$NOBODY $PROFILES_D/$SYMLINKED /tmp/$SYMLINKED.profile
+
+	# ---- a directory profile removed from the kernel is loaded again
+	# (the main armorshim watches the same directory every 2s: either may do it)
+	ok=false
+	before=$(metric armorshim_profile_reloads_total)
+	if loaded $DROPPED; then
+		t0=$(date +%s%N)
+		apparmor_parser -R $PROFILES_D/$DROPPED >>"$LOG" 2>&1
+		state=present
+		loaded $DROPPED || state=removed
+		for _ in $(seq 1 100); do loaded $DROPPED && break; sleep 0.05; done
+		ms=$((($(date +%s%N) - t0) / 1000000))
+		sleep 0.5
+		after=$(metric armorshim_profile_reloads_total)
+		by=$( (grep -l "no longer loaded; loading it again.*$DROPPED" $NODE_LOG /out/armorshim-$MODE.log 2>/dev/null || echo none) | tr '\n' ' ')
+		# loaded again within the sync interval (1s) plus a parser run
+		[ $state = removed ] && loaded $DROPPED && [ $ms -le 3000 ] && [ "$by" != "none " ] && ok=true
+		result n13-reloaded $ok "apparmor_parser -R $PROFILES_D/$DROPPED: $DROPPED $state; back in the kernel after $ms ms (want <= 3000): $(grep "^$DROPPED " /sys/kernel/security/apparmor/profiles)" \
+			"reloaded by: $by; node armorshim_profile_reloads_total: $before -> $after" \
+			"$(cat $NODE_LOG /out/armorshim-$MODE.log | grep -m1 "no longer loaded; loading it again" | oneline)"
+	else
+		result n13-reloaded false "$DROPPED is not loaded before the test"
+	fi
 
 	# ---- complain mode refused where enforce is required
 	profile_text $COMPLAIN yes >/tmp/$COMPLAIN.profile
