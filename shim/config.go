@@ -111,12 +111,20 @@ type BackendProbeConfig struct {
 	Timeout Duration `json:"timeout,omitempty"`
 }
 
-// DenialsConfig is the attribution of AppArmor denials to pods.
+// DenialsConfig is the attribution of AppArmor denials to pods. The kernel
+// sends its audit records to auditd's log while auditd runs and to the
+// kernel log otherwise; both are followed, and a record read from both
+// counts once. With both empty, attribution is off.
 type DenialsConfig struct {
-	// KernelLog is followed for AppArmor audit records; empty turns
-	// attribution off.
+	// KernelLog is followed for AppArmor audit records.
 	KernelLog string `json:"kernelLog,omitempty"`
+	// AuditLog is auditd's log (auditd.conf log_file), followed across
+	// rotations.
+	AuditLog string `json:"auditLog,omitempty"`
 }
+
+// Enabled says whether denials are attributed.
+func (c DenialsConfig) Enabled() bool { return c.KernelLog != "" || c.AuditLog != "" }
 
 // AttestationConfig is the check, after StartContainer, that a container's
 // process runs under the confinement decided at CreateContainer.
@@ -193,7 +201,7 @@ func DefaultConfig() *Config {
 			Mode:                  "enforce",
 			RuntimeDefaultProfile: "cri-containerd.apparmor.d",
 		},
-		Denials: DenialsConfig{KernelLog: "/dev/kmsg"},
+		Denials: DenialsConfig{KernelLog: "/dev/kmsg", AuditLog: "/var/log/audit/audit.log"},
 		PodSecurity: PodSecurityConfig{
 			KubeletRootDir: "/var/lib/kubelet",
 			AuditLog:       AuditLogConfig{MaxSizeMiB: 100, MaxFiles: 5},
