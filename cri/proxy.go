@@ -42,6 +42,8 @@ type Proxy struct {
 	// podSecurity is nil while Pod Security is off.
 	podSecurity atomic.Pointer[pss.Evaluator]
 	audit       io.Writer
+	// auditFailing: the last audit record could not be written.
+	auditFailing atomic.Bool
 	// logs bounds the lines logged for refusals and warnings.
 	logs *repeatLog
 }
