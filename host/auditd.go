@@ -67,3 +67,24 @@ func DenialsVisible(auditdPid int, kernelLog, auditLog LogState) DenialVisibilit
 	}
 	return DenialVisibility{Visible: true, Log: kernelLog.Path, Reason: "auditd does not run: the kernel logs its audit records to the kernel log"}
 }
+
+// ProbeDenialLogs opens each configured log ("" is not configured) once,
+// to tell whether it can be read.
+func ProbeDenialLogs(kernelLog, auditLog string) (kmsg, audit LogState) {
+	kmsg, audit = LogState{Path: kernelLog}, LogState{Path: auditLog}
+	if kernelLog != "" {
+		f, err := OpenKmsg(kernelLog)
+		if err == nil {
+			f.Close()
+		}
+		kmsg.Err = err
+	}
+	if auditLog != "" {
+		f, err := os.Open(auditLog)
+		if err == nil {
+			f.Close()
+		}
+		audit.Err = err
+	}
+	return kmsg, audit
+}

@@ -329,19 +329,13 @@ func (s *Server) Run(ctx context.Context) error {
 // ends, and says whether denials can be seen in them.
 func (s *Server) followDenials(ctx context.Context) {
 	d := s.cfg.Denials
-	kmsg, audit := host.LogState{Path: d.KernelLog}, host.LogState{Path: d.AuditLog}
 	if d.KernelLog != "" {
 		go s.denials.Follow(ctx, "kmsg", d.KernelLog, openKernelLog(d.KernelLog), nil)
-		if f, err := host.OpenKmsg(d.KernelLog); err != nil {
-			kmsg.Err = err
-		} else {
-			f.Close()
-		}
 	}
 	if d.AuditLog != "" {
 		go s.denials.Follow(ctx, "audit", d.AuditLog, openAuditLog(d.AuditLog, nil), nil)
-		audit.Err = readable(d.AuditLog)
 	}
+	kmsg, audit := host.ProbeDenialLogs(d.KernelLog, d.AuditLog)
 	auditd, err := s.host.AuditdPid()
 	if err != nil {
 		klog.InfoS("Cannot tell whether auditd runs", "err", err)
@@ -391,13 +385,4 @@ func openAuditLog(path string, wait func(context.Context) error) func(context.Co
 	return func(ctx context.Context) (io.ReadCloser, error) {
 		return host.OpenTail(ctx, path, wait)
 	}
-}
-
-// readable reports why path cannot be read, or nil.
-func readable(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	return f.Close()
 }
