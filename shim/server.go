@@ -333,7 +333,7 @@ func (s *Server) followDenials(ctx context.Context) {
 		go s.denials.Follow(ctx, "kmsg", d.KernelLog, openKernelLog(d.KernelLog), nil)
 	}
 	if d.AuditLog != "" {
-		go s.denials.Follow(ctx, "audit", d.AuditLog, openAuditLog(d.AuditLog, nil), nil)
+		go s.denials.Follow(ctx, "audit", d.AuditLog, openAuditLog(d.AuditLog), nil)
 	}
 	kmsg, audit := host.ProbeDenialLogs(d.KernelLog, d.AuditLog)
 	auditd, err := s.host.AuditdPid()
@@ -379,10 +379,9 @@ func openKernelLog(path string) func(context.Context) (io.ReadCloser, error) {
 	}
 }
 
-// openAuditLog opens auditd's log for Denials.Follow, from its end; wait,
-// if not nil, replaces the Tail's pause at the end of the file.
-func openAuditLog(path string, wait func(context.Context) error) func(context.Context) (io.ReadCloser, error) {
+// openAuditLog opens auditd's log for Denials.Follow, from its end.
+func openAuditLog(path string) func(context.Context) (io.ReadCloser, error) {
 	return func(ctx context.Context) (io.ReadCloser, error) {
-		return host.OpenTail(ctx, path, wait)
+		return host.OpenTail(ctx, path, nil)
 	}
 }
