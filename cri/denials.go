@@ -80,7 +80,7 @@ func NewDenials(conn grpc.ClientConnInterface, containers Containers, reg promet
 		runtimeDefault: runtimeDefault,
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "armorshim_apparmor_denials_total",
-			Help: "AppArmor denials in the kernel log, by namespace, pod, container, profile and operation (past 1000 label sets, namespace/pod/container are \"other\").",
+			Help: "AppArmor denials in the kernel log or auditd's log, by namespace, pod, container, profile and operation (past 1000 label sets, namespace/pod/container are \"other\").",
 		}, []string{"namespace", "pod", "container", "profile", "operation"}),
 		overruns: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "armorshim_kernel_log_overruns_total",
@@ -259,6 +259,10 @@ func (d *Denials) Handle(ctx context.Context, den host.Denial) {
 	}
 	if err == nil && id != "" {
 		if c, ok := d.index.get(id); ok {
+			if c.named && c.profile == "" {
+				// Running before armorshim started: its process is confined by den.Profile.
+				d.index.put(id, c.sandbox, c.target, den.Profile, true, true)
+			}
 			d.mu.Unlock()
 			if !c.named {
 				d.record(den, unknownTarget, "none") // not a CRI container
@@ -329,13 +333,17 @@ func (d *Denials) lookups(ctx context.Context) {
 			t, known := d.lookup(ctx, id)
 			how := "cgroup"
 			d.mu.Lock()
+			dens := d.waiting[id]
 			if known {
-				d.index.put(id, "", t, "", true, true)
+				profile := "" // the first denial says what confines it
+				if len(dens) > 0 {
+					profile = dens[0].Profile
+				}
+				d.index.put(id, "", t, profile, true, true)
 			} else {
 				how = "none" // remembered: its next denials ask nothing
 				d.index.put(id, "", unknownTarget, "", false, false)
 			}
-			dens := d.waiting[id]
 			delete(d.waiting, id)
 			d.nWait -= len(dens)
 			d.mu.Unlock()

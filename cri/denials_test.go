@@ -221,6 +221,30 @@ func TestDenialsAttributedToPods(t *testing.T) {
 	}
 }
 
+// A container running before armorshim started joins the profile
+// fallback with its first denial: a gone process of that profile is then
+// no longer pinned on the one container started since.
+func TestRunningBeforeStartJoinsTheProfileFallback(t *testing.T) {
+	const old = "aaaa5b6c7d8e9f000102030405060708090a0b0c0d0e0f1011121314151617ab"
+	b := denialBackend(t, map[string][3]string{old: {"web", "old", "nginx"}})
+	d, reg := newDenials(t, b, cgroups{4343: old})
+	l := newLifecycle(t, d)
+	l.run("new", "sb", "web", "new", "nginx", "k8s-nginx")
+	if err := d.Run(context.Background(), strings.NewReader(kmsgLine(1, "k8s-nginx", "open", "/x", 4343, "cat"))); err != nil {
+		t.Fatal(err)
+	}
+	d.WaitIdle()
+	if err := d.Run(context.Background(), strings.NewReader(kmsgLine(2, "k8s-nginx", "open", "/x", 999, "cat"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := denialCount(t, reg, "web", "old", "nginx", "k8s-nginx", "open"); got != 1 {
+		t.Errorf("denials of the old pod = %v, want 1 (by cgroup)", got)
+	}
+	if got := denialCount(t, reg, "web", "new", "nginx", "k8s-nginx", "open"); got != 0 {
+		t.Errorf("denials of the new pod = %v: a gone process was pinned on it though two pods run k8s-nginx", got)
+	}
+}
+
 // A denial whose process is gone is attributed from the index, whatever
 // the number of containers: the runtime is never asked.
 func TestDenialOfGoneProcessAsksTheRuntimeNothing(t *testing.T) {
