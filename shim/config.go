@@ -48,8 +48,9 @@ type Config struct {
 	// the kubelet's and the runtime's own limits once decompressed.
 	MaxMessageSize int `json:"maxMessageSize,omitempty"`
 	// MaxHeldRequestBytes bounds the bytes of the requests armorshim holds
-	// whole to decide them (CreateContainer, and StartContainer and
-	// RunPodSandbox when attestation and Pod Security need them), across
+	// whole to decide them (CreateContainer; StartContainer, RunPodSandbox
+	// and the container and sandbox stop and remove calls when
+	// attestation, Pod Security or denial attribution need them), across
 	// all connections: past it, a new held call fails with
 	// ResourceExhausted and the kubelet retries it.
 	MaxHeldRequestBytes int64 `json:"maxHeldRequestBytes,omitempty"`
