@@ -226,7 +226,7 @@ func TestDenialsAttributedToPods(t *testing.T) {
 // no longer pinned on the one container started since.
 func TestRunningBeforeStartJoinsTheProfileFallback(t *testing.T) {
 	const old = "aaaa5b6c7d8e9f000102030405060708090a0b0c0d0e0f1011121314151617ab"
-	b := denialBackend(t, map[string][3]string{old: {"web", "old", "nginx"}})
+	b := denialBackend(t, map[string][3]string{old: {"web", "old", "nginx"}, "new": {"web", "new", "nginx"}})
 	d, reg := newDenials(t, b, cgroups{4343: old})
 	l := newLifecycle(t, d)
 	l.run("new", "sb", "web", "new", "nginx", "k8s-nginx")
@@ -337,6 +337,9 @@ func TestLifecycleCallsHeldOnlyForDenials(t *testing.T) {
 	}
 	// A request that cannot be decoded goes to the runtime as it is.
 	_, inspect := with.p.Route("/runtime.v1.RuntimeService/StopContainer")
+	if inspect == nil {
+		t.Fatal("StopContainer is not held")
+	}
 	if v := inspect(context.Background(), []byte{0xff}); v.Status != nil || v.Request != nil || v.Response != nil {
 		t.Errorf("undecodable StopContainer: %+v, want it forwarded untouched", v)
 	}
