@@ -164,13 +164,22 @@ func (i *containerInfo) config() *runtimeapi.ContainerConfig {
 
 // inspectStart holds StartContainer's answer: once the runtime started the
 // container, its confinement is attested before the caller hears of it.
+// Without attestation it only tells the denial index that the container
+// runs.
 func (p *Proxy) inspectStart(_ context.Context, in []byte) h2relay.Verdict {
 	req := &runtimeapi.StartContainerRequest{}
 	if err := proto.Unmarshal(in, req); err != nil {
+		if p.attest == nil {
+			return h2relay.Verdict{} // the runtime answers it
+		}
 		return refusal(status.Errorf(codes.InvalidArgument, "armorshim: cannot decode StartContainerRequest: %v", err))
 	}
 	return h2relay.Verdict{Response: func(ctx context.Context, _ []byte, st *status.Status) *status.Status {
 		if st.Code() != codes.OK {
+			return nil
+		}
+		p.denials.lifecycle(StartContainerMethod, req.ContainerId)
+		if p.attest == nil {
 			return nil
 		}
 		return p.attestStarted(ctx, req.ContainerId)
@@ -234,7 +243,7 @@ func (p *Proxy) attestStart(ctx context.Context, id string) string {
 	}
 	p.metrics.observeAttestation("attested")
 	name, _ := apparmor.ParseLabel(label)
-	p.denials.Confined(id, name)
+	p.denials.attested(id, resp.GetStatus(), name)
 	klog.V(2).InfoS("Container confinement attested", "containerID", id, "confinement", label)
 	return ""
 }

@@ -26,7 +26,7 @@ func (p *Proxy) inspectCreate(ctx context.Context, msg []byte) h2relay.Verdict {
 		return refusal(err)
 	}
 	v := h2relay.Verdict{Request: fwd}
-	if p.attest != nil || (p.denials != nil && dec.Profile.Type == apparmor.Localhost) {
+	if p.attest != nil || p.denials != nil {
 		pol := p.policy.Load()
 		v.Response = func(_ context.Context, out []byte, st *status.Status) *status.Status {
 			resp := &runtimeapi.CreateContainerResponse{}
@@ -36,8 +36,9 @@ func (p *Proxy) inspectCreate(ctx context.Context, msg []byte) h2relay.Verdict {
 			if p.attest != nil {
 				p.attest.remember(resp.ContainerId, dec.Profile, req, pol)
 			}
-			if dec.Profile.Type == apparmor.Localhost {
-				p.denials.Confined(resp.ContainerId, dec.Profile.Name)
+			if p.denials != nil {
+				p.denials.created(resp.ContainerId, req.GetPodSandboxId(), apparmor.TargetOf(req),
+					p.denials.profileOf(dec.Profile, req, pol))
 			}
 			return nil
 		}

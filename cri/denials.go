@@ -21,85 +21,367 @@ type Containers interface {
 }
 
 // Denials attributes the kernel's AppArmor denials to containers, pods and
-// namespaces, counts them and logs them at a bounded rate.
+// namespaces, counts them and logs them at a bounded rate. It finds a
+// denial's container in an index kept current from the container and
+// sandbox calls the proxy relays; only a container the index does not know
+// (created before armorshim started) is asked of the runtime, by a worker
+// of its own with a bounded queue, so that following a log never waits on
+// the runtime.
 type Denials struct {
-	runtime    runtimeapi.RuntimeServiceClient
-	containers Containers
+	runtime        runtimeapi.RuntimeServiceClient
+	containers     Containers
+	runtimeDefault string
 
 	total    *prometheus.CounterVec
 	overruns prometheus.Counter
+	dropped  prometheus.Counter
+	restarts *prometheus.CounterVec
+
+	queue chan string // container IDs to ask the runtime about
+	stop  context.CancelFunc
+	done  chan struct{}
 
 	mu      sync.Mutex
-	targets map[string]apparmor.Target // container ID -> names, bounded
-	series  map[[5]string]bool         // label sets in use, bounded
-	byProf  map[string]map[string]bool // profile -> IDs of containers confined by it
+	idle    *sync.Cond // signalled when a lookup ends
+	index   *denialIndex
+	waiting map[string][]host.Denial // by the container ID looked up
+	nWait   int                      // denials in waiting
+	pending int                      // lookups queued or under way
+	seen    recentRecords
+	series  map[[5]string]bool // label sets in use, bounded
 	logs    tokenBucket
 }
 
-// Bounds on memory and metric cardinality.
+// Bounds on memory, metric cardinality and work queued for the runtime.
 const (
-	maxTargets = 4096
-	maxSeries  = 1000
+	maxSeries = 1000
+	// maxQueuedLookups container IDs wait for a runtime lookup, and
+	// maxWaitingDenials denials wait for their lookups; past either, a
+	// denial is counted unattributed at once and the lookup dropped.
+	maxQueuedLookups  = 128
+	maxWaitingDenials = 1024
+	// recordsRemembered audit record IDs are remembered, so that a record
+	// read from both the kernel log and auditd's log counts once.
+	recordsRemembered = 4096
+	lookupTimeout     = 5 * time.Second
 )
 
-// NewDenials returns an attributor asking the runtime at conn for
-// container names.
-func NewDenials(conn grpc.ClientConnInterface, containers Containers, reg prometheus.Registerer) *Denials {
+var unknownTarget = apparmor.Target{Namespace: "unknown", Pod: "unknown", Container: "unknown"}
+
+// NewDenials returns an attributor asking the runtime at conn for the
+// names of containers it was not told about. runtimeDefault is the profile
+// the runtime applies for runtime/default (containerd:
+// cri-containerd.apparmor.d). Close stops its lookups.
+func NewDenials(conn grpc.ClientConnInterface, containers Containers, reg prometheus.Registerer, runtimeDefault string) *Denials {
+	ctx, stop := context.WithCancel(context.Background())
 	d := &Denials{
-		runtime:    runtimeapi.NewRuntimeServiceClient(conn),
-		containers: containers,
+		runtime:        runtimeapi.NewRuntimeServiceClient(conn),
+		containers:     containers,
+		runtimeDefault: runtimeDefault,
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "armorshim_apparmor_denials_total",
-			Help: "AppArmor denials in the kernel log, by namespace, pod, container, profile and operation (past 1000 label sets, namespace/pod/container are \"other\").",
+			Help: "AppArmor denials in the kernel log or auditd's log, by namespace, pod, container, profile and operation (past 1000 label sets, namespace/pod/container are \"other\").",
 		}, []string{"namespace", "pod", "container", "profile", "operation"}),
 		overruns: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "armorshim_kernel_log_overruns_total",
 			Help: "Times the kernel log overwrote records before armorshim read them.",
 		}),
-		targets: map[string]apparmor.Target{},
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "armorshim_denial_lookups_dropped_total",
+			Help: "Denials counted as unknown because too many container lookups were already waiting for the runtime.",
+		}),
+		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "armorshim_denial_log_restarts_total",
+			Help: "Times a log followed for denials was opened again after it failed or ended, by log (kmsg, audit).",
+		}, []string{"log"}),
+		queue:   make(chan string, maxQueuedLookups),
+		stop:    stop,
+		done:    make(chan struct{}),
+		index:   newDenialIndex(),
+		waiting: map[string][]host.Denial{},
+		seen:    newRecentRecords(recordsRemembered),
 		series:  map[[5]string]bool{},
-		byProf:  map[string]map[string]bool{},
 		logs:    newTokenBucket(logsPerSecond, logBurst),
 	}
-	reg.MustRegister(d.total, d.overruns)
+	d.idle = sync.NewCond(&d.mu)
+	reg.MustRegister(d.total, d.overruns, d.dropped, d.restarts)
+	go d.lookups(ctx)
 	return d
 }
 
-// Confined records that container id runs under profile, so a denial whose
-// process is already gone can still be attributed when exactly one running
-// container uses that profile.
-func (d *Denials) Confined(id, profile string) {
-	if d == nil || id == "" || profile == "" || profile == apparmor.UnconfinedRef {
+// Close stops the runtime lookups; denials waiting for them are counted
+// unattributed.
+func (d *Denials) Close() {
+	d.stop()
+	<-d.done
+}
+
+// created records a container the runtime created, with the profile it
+// will run under ("" if none or unknown).
+func (d *Denials) created(id, sandbox string, t apparmor.Target, profile string) {
+	if d == nil {
 		return
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	ids := d.byProf[profile]
-	if ids == nil {
-		ids = map[string]bool{}
-		d.byProf[profile] = ids
+	d.index.put(id, sandbox, t, profile, false, true)
+}
+
+// lifecycle applies one relayed container or sandbox call that succeeded.
+func (d *Denials) lifecycle(method, id string) {
+	if d == nil || id == "" {
+		return
 	}
-	if len(ids) < maxTargets {
-		ids[id] = true
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch method {
+	case StartContainerMethod:
+		d.index.started(id)
+	case stopContainerMethod:
+		d.index.stopped(id)
+	case removeContainerMethod:
+		d.index.remove(id)
+	case stopPodSandboxMethod:
+		d.index.sandboxStopped(id)
+	case removePodSandboxMethod:
+		d.index.sandboxRemoved(id)
 	}
 }
 
-// Run follows r (the kernel log) until ctx ends or r fails.
+// attested records what attestation read of a started container: its
+// names from the runtime and the profile its process runs under.
+func (d *Denials) attested(id string, st *runtimeapi.ContainerStatus, profile string) {
+	if d == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if c, ok := d.index.get(id); ok && c.named {
+		d.index.put(id, c.sandbox, c.target, profile, true, true)
+		return
+	}
+	d.index.put(id, "", targetOfStatus(st), profile, true, true) // created before armorshim started
+}
+
+// Run follows r (the kernel log, or auditd's) until ctx ends or r fails
+// or ends.
 func (d *Denials) Run(ctx context.Context, r io.Reader) error {
+	_, err := d.run(ctx, r)
+	return err
+}
+
+// run is Run that also tells how many records it read.
+func (d *Denials) run(ctx context.Context, r io.Reader) (uint64, error) {
 	var stats host.FollowStats
 	var seen uint64
-	return host.FollowDenials(ctx, r, &stats, func(den host.Denial) {
+	err := host.FollowDenials(ctx, r, &stats, func(den host.Denial) {
 		if stats.Overruns > seen {
 			d.overruns.Add(float64(stats.Overruns - seen))
 			seen = stats.Overruns
 		}
 		d.Handle(ctx, den)
 	})
+	if stats.Overruns > seen {
+		d.overruns.Add(float64(stats.Overruns - seen))
+	}
+	return stats.Records, err
 }
 
-// Handle attributes and records one denial.
+// Follow reads the denials of a log until ctx ends: open opens the log
+// (what it returns must also stop reading when the context it is given
+// ends), and whenever the log fails, ends or cannot be opened, Follow
+// counts a restart of it, waits wait(ctx, failures) — failures counts the
+// failures in a row, reset by a run that read records — and opens it
+// again. A nil wait backs off from 1s to a minute. name labels the log in
+// metrics and logs.
+func (d *Denials) Follow(ctx context.Context, name, path string, open func(context.Context) (io.ReadCloser, error), wait func(ctx context.Context, failures int) error) {
+	if wait == nil {
+		wait = backoffWait
+	}
+	failures := 0
+	for {
+		runCtx, cancel := context.WithCancel(ctx)
+		r, err := open(runCtx)
+		if err == nil {
+			var records uint64
+			records, err = d.run(runCtx, r)
+			if err == nil {
+				err = io.EOF
+			}
+			if records > 0 {
+				failures = 0
+			}
+			r.Close()
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		failures++
+		if failures == 1 {
+			klog.ErrorS(err, "Following a log for AppArmor denials failed; opening it again with backoff", "log", name, "path", path)
+		}
+		if err := wait(ctx, failures); err != nil || ctx.Err() != nil {
+			return
+		}
+		d.restarts.WithLabelValues(name).Inc()
+	}
+}
+
+// restartDelay is the pause before reopening a log after failures in a row.
+func restartDelay(failures int) time.Duration {
+	delay := time.Second
+	for i := 1; i < failures && delay < time.Minute; i++ {
+		delay *= 2
+	}
+	return min(delay, time.Minute)
+}
+
+func backoffWait(ctx context.Context, failures int) error {
+	t := time.NewTimer(restartDelay(failures))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Handle attributes and records one denial. A record already seen (in the
+// other log) is skipped.
 func (d *Denials) Handle(ctx context.Context, den host.Denial) {
-	t, how := d.attribute(ctx, den)
+	id, err := d.containers.ContainerID(den.Pid)
+	d.mu.Lock()
+	if !d.seen.add(den.Record) {
+		d.mu.Unlock()
+		return
+	}
+	if err == nil && id != "" {
+		if c, ok := d.index.get(id); ok {
+			if c.named && c.profile == "" {
+				// Running before armorshim started: its process is confined by den.Profile.
+				d.index.put(id, c.sandbox, c.target, den.Profile, true, true)
+			}
+			d.mu.Unlock()
+			if !c.named {
+				d.record(den, unknownTarget, "none") // not a CRI container
+				return
+			}
+			d.record(den, c.target, "cgroup")
+			return
+		}
+		if d.wait(id, den) {
+			d.mu.Unlock()
+			return
+		}
+		d.mu.Unlock()
+		d.dropped.Inc()
+		d.record(den, unknownTarget, "none")
+		return
+	}
+	c, ok := d.index.only(den.Profile)
+	d.mu.Unlock()
+	if ok {
+		d.record(den, c.target, "profile")
+		return
+	}
+	d.record(den, unknownTarget, "none")
+}
+
+// wait queues den until the runtime tells the names of container id, and
+// reports false if the queue is full. d.mu is held.
+func (d *Denials) wait(id string, den host.Denial) bool {
+	if d.nWait >= maxWaitingDenials {
+		return false
+	}
+	if dens, queued := d.waiting[id]; queued {
+		d.waiting[id] = append(dens, den)
+		d.nWait++
+		return true
+	}
+	select {
+	case d.queue <- id:
+	default:
+		return false
+	}
+	d.waiting[id] = []host.Denial{den}
+	d.nWait++
+	d.pending++
+	return true
+}
+
+// lookups asks the runtime for the containers queued, one at a time, and
+// records the denials that waited for them.
+func (d *Denials) lookups(ctx context.Context) {
+	defer close(d.done)
+	for {
+		select {
+		case <-ctx.Done():
+			d.mu.Lock()
+			waiting := d.waiting
+			d.waiting, d.nWait, d.pending = map[string][]host.Denial{}, 0, 0
+			d.idle.Broadcast()
+			d.mu.Unlock()
+			for _, dens := range waiting {
+				for _, den := range dens {
+					d.record(den, unknownTarget, "none")
+				}
+			}
+			return
+		case id := <-d.queue:
+			t, known := d.lookup(ctx, id)
+			how := "cgroup"
+			d.mu.Lock()
+			dens := d.waiting[id]
+			if known {
+				profile := "" // the first denial says what confines it
+				if len(dens) > 0 {
+					profile = dens[0].Profile
+				}
+				d.index.put(id, "", t, profile, true, true)
+			} else {
+				how = "none" // remembered: its next denials ask nothing
+				d.index.put(id, "", unknownTarget, "", false, false)
+			}
+			delete(d.waiting, id)
+			d.nWait -= len(dens)
+			d.mu.Unlock()
+			for _, den := range dens {
+				d.record(den, t, how)
+			}
+			d.mu.Lock()
+			d.pending--
+			d.idle.Broadcast()
+			d.mu.Unlock()
+		}
+	}
+}
+
+// lookup asks the runtime for a container's names.
+func (d *Denials) lookup(ctx context.Context, id string) (apparmor.Target, bool) {
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	resp, err := d.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
+	if err != nil {
+		klog.V(2).InfoS("Cannot attribute a denial: no container status", "containerID", id, "err", err)
+		return unknownTarget, false
+	}
+	return targetOfStatus(resp.GetStatus()), true
+}
+
+// targetOfStatus reads the kubelet's labels of a container's status.
+func targetOfStatus(st *runtimeapi.ContainerStatus) apparmor.Target {
+	l := st.GetLabels()
+	t := apparmor.Target{Namespace: l["io.kubernetes.pod.namespace"], Pod: l["io.kubernetes.pod.name"], Container: l["io.kubernetes.container.name"]}
+	if t.Container == "" {
+		t.Container = st.GetMetadata().GetName()
+	}
+	return t
+}
+
+// record counts and logs one attributed denial.
+func (d *Denials) record(den host.Denial, t apparmor.Target, how string) {
 	labels := [5]string{t.Namespace, t.Pod, t.Container, den.Profile, den.Operation}
 	d.mu.Lock()
 	if !d.series[labels] {
@@ -118,74 +400,40 @@ func (d *Denials) Handle(ctx context.Context, den host.Denial) {
 	}
 }
 
-// attribute finds the container of a denial: by the process's cgroup, else
-// by its profile when exactly one running container uses it.
-func (d *Denials) attribute(ctx context.Context, den host.Denial) (apparmor.Target, string) {
-	if id, err := d.containers.ContainerID(den.Pid); err == nil && id != "" {
-		if t, ok := d.target(ctx, id); ok {
-			return t, "cgroup"
-		}
-	}
-	d.mu.Lock()
-	var ids []string
-	for id := range d.byProf[den.Profile] {
-		ids = append(ids, id)
-	}
-	d.mu.Unlock()
-	var found []apparmor.Target
-	for _, id := range ids {
-		t, running := d.running(ctx, id)
-		if !running {
-			d.mu.Lock()
-			delete(d.byProf[den.Profile], id)
-			d.mu.Unlock()
-			continue
-		}
-		found = append(found, t)
-	}
-	if len(found) == 1 {
-		return found[0], "profile"
-	}
-	return apparmor.Target{Namespace: "unknown", Pod: "unknown", Container: "unknown"}, "none"
+// recentRecords remembers the last n audit record IDs.
+type recentRecords struct {
+	ids  map[string]struct{}
+	ring []string
+	next int
 }
 
-// target returns the names of container id, from the cache or the runtime.
-func (d *Denials) target(ctx context.Context, id string) (apparmor.Target, bool) {
-	d.mu.Lock()
-	t, ok := d.targets[id]
-	d.mu.Unlock()
-	if ok {
-		return t, true
-	}
-	t, running := d.running(ctx, id)
-	if !running && t.Container == "" {
-		return t, false
-	}
-	d.mu.Lock()
-	if len(d.targets) >= maxTargets {
-		for k := range d.targets { // evict an arbitrary entry
-			delete(d.targets, k)
-			break
-		}
-	}
-	d.targets[id] = t
-	d.mu.Unlock()
-	return t, true
+func newRecentRecords(n int) recentRecords {
+	return recentRecords{ids: make(map[string]struct{}, n), ring: make([]string, n)}
 }
 
-// running asks the runtime for a container's names and whether it runs.
-func (d *Denials) running(ctx context.Context, id string) (apparmor.Target, bool) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	resp, err := d.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
-	if err != nil {
-		return apparmor.Target{}, false
+// add reports whether id is new; "" always is.
+func (r *recentRecords) add(id string) bool {
+	if id == "" {
+		return true
 	}
-	st := resp.GetStatus()
-	l := st.GetLabels()
-	t := apparmor.Target{Namespace: l["io.kubernetes.pod.namespace"], Pod: l["io.kubernetes.pod.name"], Container: l["io.kubernetes.container.name"]}
-	if t.Container == "" {
-		t.Container = st.GetMetadata().GetName()
+	if _, seen := r.ids[id]; seen {
+		return false
 	}
-	return t, st.GetState() == runtimeapi.ContainerState_CONTAINER_RUNNING
+	if old := r.ring[r.next]; old != "" {
+		delete(r.ids, old)
+	}
+	r.ring[r.next] = id
+	r.ids[id] = struct{}{}
+	r.next = (r.next + 1) % len(r.ring)
+	return true
+}
+
+// profileOf returns the profile a container created by req with profile
+// prof runs under, as the kernel names it in a denial; "" for none.
+func (d *Denials) profileOf(prof apparmor.Profile, req *runtimeapi.CreateContainerRequest, pol *apparmor.Policy) string {
+	exp, ok := apparmor.Expect(prof, req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged(), d.runtimeDefault, pol)
+	if !ok || exp.Profile == apparmor.UnconfinedRef {
+		return ""
+	}
+	return exp.Profile
 }

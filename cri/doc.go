@@ -5,6 +5,9 @@
 // CreateContainer for the AppArmor decision (forwarded, rewritten only when
 // the decision changes it, or refused) and, while configured, RunPodSandbox
 // and CreateContainer for Pod Security (refuse, warn, audit) and
-// StartContainer for start attestation. It also reads the node's running
-// pods from the runtime for `armorshim pss check`.
+// StartContainer for start attestation. While denials are attributed
+// (Denials) it also holds StartContainer, StopContainer, RemoveContainer,
+// StopPodSandbox and RemovePodSandbox, forwarded unchanged, to keep the
+// index of containers that attribution reads. It also reads the node's
+// running pods from the runtime for `armorshim pss check`.
 package cri

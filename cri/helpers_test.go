@@ -355,7 +355,7 @@ func startArmorshimReloading(t *testing.T, backendSock string, sysfs *fakeSysfs,
 	cfg.NodeFeatures.Directory = ""
 	// Start attestation adds a ContainerStatus call; its own tests turn it on.
 	cfg.Attestation.Mode = "off"
-	cfg.Denials.KernelLog = ""
+	cfg.Denials.KernelLog, cfg.Denials.AuditLog = "", ""
 	if mutate != nil {
 		mutate(cfg)
 	}

@@ -58,3 +58,12 @@ func shapeOf(md protoreflect.MethodDescriptor) Shape {
 func isImageMethod(method string) bool {
 	return strings.HasPrefix(method, imageServicePrefix)
 }
+
+// Container and sandbox calls decoded while denials are attributed, to
+// keep the denial index current.
+const (
+	stopContainerMethod    = "/runtime.v1.RuntimeService/StopContainer"
+	removeContainerMethod  = "/runtime.v1.RuntimeService/RemoveContainer"
+	stopPodSandboxMethod   = "/runtime.v1.RuntimeService/StopPodSandbox"
+	removePodSandboxMethod = "/runtime.v1.RuntimeService/RemovePodSandbox"
+)

@@ -29,7 +29,8 @@ const (
 
 // WithPodSecurity turns on node-side Pod Security Standards with ev; audit,
 // if not nil, receives one JSON line per audited decision (writes must be
-// whole lines and safe for concurrent use).
+// safe for concurrent use and write a whole line or, when they fail,
+// nothing).
 func WithPodSecurity(ev *pss.Evaluator, audit io.Writer) Option {
 	return func(p *Proxy) {
 		p.podSecurity.Store(ev)
@@ -187,15 +188,25 @@ func (p *Proxy) writeAudit(d *pss.Decision, v pss.Verdict, request string) {
 	if err != nil {
 		return
 	}
-	if _, err := p.audit.Write(append(b, '\n')); err != nil {
-		klog.ErrorS(err, "Cannot write the Pod Security audit log")
+	_, err = p.audit.Write(append(b, '\n'))
+	if err != nil {
+		p.metrics.observeAuditDropped()
+	}
+	// Logged once per change: a full disk fails every record.
+	if failing := err != nil; p.auditFailing.Swap(failing) != failing {
+		if failing {
+			klog.ErrorS(err, "Cannot write the Pod Security audit log: records are dropped (armorshim_pod_security_audit_records_dropped_total) until it can be written again")
+		} else {
+			klog.InfoS("Writing the Pod Security audit log again")
+		}
 	}
 }
 
 // podSecurityMetrics counts Pod Security evaluations and exemptions.
 type podSecurityMetrics struct {
-	evaluations *prometheus.CounterVec
-	exemptions  *prometheus.CounterVec
+	evaluations  *prometheus.CounterVec
+	exemptions   *prometheus.CounterVec
+	auditDropped prometheus.Counter
 }
 
 func newPodSecurityMetrics(reg prometheus.Registerer) *podSecurityMetrics {
@@ -208,8 +219,12 @@ func newPodSecurityMetrics(reg prometheus.Registerer) *podSecurityMetrics {
 			Name: "armorshim_pod_security_exemptions_total",
 			Help: "Sandboxes and containers passed without Pod Security evaluation, by reason (namespace, runtimeClass).",
 		}, []string{"reason"}),
+		auditDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "armorshim_pod_security_audit_records_dropped_total",
+			Help: "Pod Security audit records not written: the audit log could not be written (disk full, I/O error).",
+		}),
 	}
-	reg.MustRegister(m.evaluations, m.exemptions)
+	reg.MustRegister(m.evaluations, m.exemptions, m.auditDropped)
 	return m
 }
 
@@ -229,4 +244,11 @@ func (m *Metrics) observeExemption(reason string) {
 		return
 	}
 	m.pss.exemptions.WithLabelValues(reason).Inc()
+}
+
+func (m *Metrics) observeAuditDropped() {
+	if m == nil {
+		return
+	}
+	m.pss.auditDropped.Inc()
 }

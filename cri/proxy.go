@@ -42,6 +42,8 @@ type Proxy struct {
 	// podSecurity is nil while Pod Security is off.
 	podSecurity atomic.Pointer[pss.Evaluator]
 	audit       io.Writer
+	// auditFailing: the last audit record could not be written.
+	auditFailing atomic.Bool
 	// logs bounds the lines logged for refusals and warnings.
 	logs *repeatLog
 }
@@ -52,8 +54,10 @@ type Option func(*Proxy)
 // WithMetrics counts calls and decisions in m.
 func WithMetrics(m *Metrics) Option { return func(p *Proxy) { p.metrics = m } }
 
-// WithDenials tells d which profile each created container runs under, for
-// attributing denials of processes that are already gone.
+// WithDenials keeps d's index of containers current: the proxy then also
+// holds StartContainer, StopContainer, RemoveContainer, StopPodSandbox and
+// RemovePodSandbox, and tells d what each created container is and runs
+// under.
 func WithDenials(d *Denials) Option { return func(p *Proxy) { p.denials = d } }
 
 // New returns a Proxy relaying CRI v1's RuntimeService to the runtime
@@ -92,8 +96,13 @@ func (p *Proxy) Route(method string) (*h2relay.Backend, h2relay.Inspector) {
 			return p.backends.Runtime, p.inspectSandbox
 		}
 	case StartContainerMethod:
-		if p.attest != nil {
+		if p.attest != nil || p.denials != nil {
 			return p.backends.Runtime, p.inspectStart
+		}
+	case stopContainerMethod, removeContainerMethod, stopPodSandboxMethod, removePodSandboxMethod:
+		// Held only while denials are attributed: they keep its index current.
+		if p.denials != nil {
+			return p.backends.Runtime, p.inspectLifecycle(method)
 		}
 	}
 	if p.backends.Local != nil && isLocalMethod(method) {

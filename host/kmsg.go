@@ -13,6 +13,10 @@ import (
 
 // Denial is one AppArmor denial from the kernel's audit log.
 type Denial struct {
+	// Record is the audit record's ID, "<time>:<serial>" from
+	// audit(<time>:<serial>), the same in /dev/kmsg and auditd's log; ""
+	// if the line has none.
+	Record     string
 	Operation  string // e.g. "open", "mkdir", "exec"
 	Profile    string // the profile that denied
 	Name       string // the object, e.g. "/tmp/test"
@@ -43,19 +47,38 @@ func ParseDenial(line string) (Denial, bool) {
 		return Denial{}, false
 	}
 	d.Pid = pid
+	d.Record = recordID(line[:i])
 	return d, true
+}
+
+// recordID returns the <time>:<serial> of the last audit(...) in s.
+func recordID(s string) string {
+	i := strings.LastIndex(s, "audit(")
+	if i < 0 {
+		return ""
+	}
+	s = s[i+len("audit("):]
+	end := strings.IndexByte(s, ')')
+	if end < 0 || end > 40 {
+		return ""
+	}
+	return s[:end]
 }
 
 // untrusted are the fields the kernel hex-encodes (unquoted) when they
 // hold spaces, quotes or control characters.
 var untrusted = map[string]bool{"profile": true, "name": true, "comm": true, "target": true, "peer": true, "name2": true}
 
+// fieldSeparators end a bare value: auditd's enriched format puts a GS
+// (0x1d) before the fields it adds (FSUID="root" ...).
+const fieldSeparators = " \n\x1d"
+
 // auditFields splits key=value pairs; values are "quoted", hex (for
 // untrusted strings) or bare.
 func auditFields(s string) map[string]string {
 	out := map[string]string{}
 	for len(s) > 0 {
-		s = strings.TrimLeft(s, " \n")
+		s = strings.TrimLeft(s, fieldSeparators)
 		eq := strings.IndexByte(s, '=')
 		if eq < 0 {
 			break
@@ -74,7 +97,7 @@ func auditFields(s string) map[string]string {
 				val, s = s[1:end+1], s[end+2:]
 			}
 		} else {
-			end := strings.IndexAny(s, " \n")
+			end := strings.IndexAny(s, fieldSeparators)
 			if end < 0 {
 				end = len(s)
 			}

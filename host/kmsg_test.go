@@ -17,6 +17,9 @@ const (
 	complainAllow = `5,1902,58400000,-;audit: type=1400 audit(1764121003.000:101): apparmor="ALLOWED" operation="open" class="file" profile="k8s-nginx" name="/tmp/x" pid=99 comm="nginx" requested_mask="w" denied_mask="w" fsuid=0 ouid=0`
 	profileLoad   = `5,1903,58500000,-;audit: type=1400 audit(1764121004.000:102): apparmor="STATUS" operation="profile_load" profile="unconfined" name="k8s-apparmor-example-deny-write" pid=1000 comm="apparmor_parser"`
 	notAudit      = `6,1904,58600000,-;eth0: link up`
+	// auditd's log, log_format = ENRICHED: a GS (0x1d) before the added fields.
+	auditdDenied  = "type=AVC msg=audit(1764121005.000:103): apparmor=\"DENIED\" operation=\"open\" class=\"file\" profile=\"k8s-nginx\" name=\"/etc/shadow\" pid=4400 comm=\"cat\" requested_mask=\"r\" denied_mask=\"r\" fsuid=0 ouid=0\x1dFSUID=\"root\" OUID=\"root\""
+	auditdSyscall = `type=SYSCALL msg=audit(1764121005.000:103): arch=c000003e syscall=257 success=no exit=-13 pid=4400 comm="cat" exe="/usr/bin/cat" subj=k8s-nginx key=(null)`
 )
 
 func TestParseDenial(t *testing.T) {
@@ -25,14 +28,17 @@ func TestParseDenial(t *testing.T) {
 		ok   bool
 		want Denial
 	}{
-		{touchDenied, true, Denial{Operation: "mknod", Profile: "k8s-apparmor-example-deny-write", Name: "/tmp/test", Class: "file", Comm: "touch", Pid: 4242, DeniedMask: "c"}},
-		{dmesgDenied, true, Denial{Operation: "open", Profile: "k8s-apparmor-example-deny-write", Name: "/etc/shadow", Class: "file", Comm: "cat", Pid: 4300, DeniedMask: "r"}},
-		{hexDenied, true, Denial{Operation: "open", Profile: "k8s profile", Name: `/tmp/a b/c"`, Class: "file", Comm: "my comm", Pid: 77, DeniedMask: "w"}},
-		{netDenied, true, Denial{Operation: "create", Profile: "cri-containerd.apparmor.d", Class: "net", Comm: "ping", Pid: 88, DeniedMask: "create"}},
+		{touchDenied, true, Denial{Record: "1764121000.713:97", Operation: "mknod", Profile: "k8s-apparmor-example-deny-write", Name: "/tmp/test", Class: "file", Comm: "touch", Pid: 4242, DeniedMask: "c"}},
+		{dmesgDenied, true, Denial{Record: "1764121000.713:98", Operation: "open", Profile: "k8s-apparmor-example-deny-write", Name: "/etc/shadow", Class: "file", Comm: "cat", Pid: 4300, DeniedMask: "r"}},
+		{hexDenied, true, Denial{Record: "1764121001.000:99", Operation: "open", Profile: "k8s profile", Name: `/tmp/a b/c"`, Class: "file", Comm: "my comm", Pid: 77, DeniedMask: "w"}},
+		{netDenied, true, Denial{Record: "1764121002.000:100", Operation: "create", Profile: "cri-containerd.apparmor.d", Class: "net", Comm: "ping", Pid: 88, DeniedMask: "create"}},
+		{auditdDenied, true, Denial{Record: "1764121005.000:103", Operation: "open", Profile: "k8s-nginx", Name: "/etc/shadow", Class: "file", Comm: "cat", Pid: 4400, DeniedMask: "r"}},
+		{auditdSyscall, false, Denial{}},
 		{complainAllow, false, Denial{}},
 		{profileLoad, false, Denial{}},
 		{notAudit, false, Denial{}},
 		{`apparmor="DENIED" operation="open" profile="p" pid=notanumber`, false, Denial{}},
+		{`apparmor="DENIED" operation="open" profile="p" pid=5`, true, Denial{Operation: "open", Profile: "p", Pid: 5}},
 		{`apparmor="DENIED" operation="open" pid=5`, false, Denial{}},
 		{``, false, Denial{}},
 	} {
@@ -98,7 +104,7 @@ func TestFollowDenials(t *testing.T) {
 }
 
 func FuzzParseDenial(f *testing.F) {
-	for _, s := range []string{touchDenied, dmesgDenied, hexDenied, netDenied, complainAllow, profileLoad, notAudit} {
+	for _, s := range []string{touchDenied, dmesgDenied, hexDenied, netDenied, complainAllow, profileLoad, notAudit, auditdDenied} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, line string) {

@@ -2,21 +2,32 @@ package shim
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
 )
 
+// logFile is the part of *os.File a rotatingFile writes through.
+type logFile interface {
+	io.Writer
+	Truncate(size int64) error
+	Close() error
+}
+
 // rotatingFile is an append-only log rotated by size: when a write would
 // take it past maxSize, path.1 ... path.N shift up (the oldest is removed)
-// and path becomes path.1. Each Write lands whole in one file.
+// and path becomes path.1. Each Write lands whole in one file, or not at
+// all: a write that fails part way (disk full) is cut off again, and
+// nothing more is written after a part that could not be cut off.
 type rotatingFile struct {
 	mu      sync.Mutex
 	path    string
 	maxSize int64
 	keep    int
-	f       *os.File
-	size    int64
+	f       logFile
+	size    int64 // of the whole records in f
+	torn    bool  // f holds a part of a record past size
 }
 
 func openRotating(path string, maxSize int64, keep int) (*rotatingFile, error) {
@@ -40,7 +51,7 @@ func (r *rotatingFile) open() error {
 		f.Close()
 		return err
 	}
-	r.f, r.size = f, st.Size()
+	r.f, r.size, r.torn = f, st.Size(), false
 	return nil
 }
 
@@ -49,6 +60,12 @@ func (r *rotatingFile) Write(b []byte) (int, error) {
 	defer r.mu.Unlock()
 	if r.f == nil {
 		return 0, os.ErrClosed
+	}
+	if r.torn {
+		if err := r.f.Truncate(r.size); err != nil {
+			return 0, fmt.Errorf("%s ends with a partial record that cannot be cut off: %w", r.path, err)
+		}
+		r.torn = false
 	}
 	if r.size > 0 && r.size+int64(len(b)) > r.maxSize {
 		if err := r.rotate(); err != nil {
@@ -59,8 +76,17 @@ func (r *rotatingFile) Write(b []byte) (int, error) {
 		}
 	}
 	n, err := r.f.Write(b)
+	if err == nil && n < len(b) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		if n > 0 {
+			r.torn = r.f.Truncate(r.size) != nil
+		}
+		return 0, err
+	}
 	r.size += int64(n)
-	return n, err
+	return n, nil
 }
 
 func (r *rotatingFile) rotate() error {

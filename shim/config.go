@@ -48,8 +48,9 @@ type Config struct {
 	// the kubelet's and the runtime's own limits once decompressed.
 	MaxMessageSize int `json:"maxMessageSize,omitempty"`
 	// MaxHeldRequestBytes bounds the bytes of the requests armorshim holds
-	// whole to decide them (CreateContainer, and StartContainer and
-	// RunPodSandbox when attestation and Pod Security need them), across
+	// whole to decide them (CreateContainer; StartContainer, RunPodSandbox
+	// and the container and sandbox stop and remove calls when
+	// attestation, Pod Security or denial attribution need them), across
 	// all connections: past it, a new held call fails with
 	// ResourceExhausted and the kubelet retries it.
 	MaxHeldRequestBytes int64 `json:"maxHeldRequestBytes,omitempty"`
@@ -111,12 +112,20 @@ type BackendProbeConfig struct {
 	Timeout Duration `json:"timeout,omitempty"`
 }
 
-// DenialsConfig is the attribution of AppArmor denials to pods.
+// DenialsConfig is the attribution of AppArmor denials to pods. The kernel
+// sends its audit records to auditd's log while auditd runs and to the
+// kernel log otherwise; both are followed, and a record read from both
+// counts once. With both empty, attribution is off.
 type DenialsConfig struct {
-	// KernelLog is followed for AppArmor audit records; empty turns
-	// attribution off.
+	// KernelLog is followed for AppArmor audit records.
 	KernelLog string `json:"kernelLog,omitempty"`
+	// AuditLog is auditd's log (auditd.conf log_file), followed across
+	// rotations.
+	AuditLog string `json:"auditLog,omitempty"`
 }
+
+// Enabled says whether denials are attributed.
+func (c DenialsConfig) Enabled() bool { return c.KernelLog != "" || c.AuditLog != "" }
 
 // AttestationConfig is the check, after StartContainer, that a container's
 // process runs under the confinement decided at CreateContainer.
@@ -198,7 +207,7 @@ func DefaultConfig() *Config {
 			Mode:                  "enforce",
 			RuntimeDefaultProfile: "cri-containerd.apparmor.d",
 		},
-		Denials: DenialsConfig{KernelLog: "/dev/kmsg"},
+		Denials: DenialsConfig{KernelLog: "/dev/kmsg", AuditLog: "/var/log/audit/audit.log"},
 		PodSecurity: PodSecurityConfig{
 			KubeletRootDir: "/var/lib/kubelet",
 			AuditLog:       AuditLogConfig{MaxSizeMiB: 100, MaxFiles: 5},

@@ -71,6 +71,7 @@ type featureWriter struct {
 	last    string // the content last written
 	written time.Time
 	missing bool // the directory was missing at the last try
+	failing bool // the last write failed
 }
 
 // refresh writes the file if its content changed or half its expiry passed.
@@ -90,10 +91,17 @@ func (w *featureWriter) refresh(now time.Time) {
 		return
 	}
 	if err := host.WriteFeatures(w.cfg.Directory, host.Features(w.host.Snapshot(), now.Add(expiry))); err != nil {
-		klog.ErrorS(err, "Writing node features failed", "directory", w.cfg.Directory)
+		// Logged once per change: a full disk fails every refresh.
+		if !w.failing {
+			klog.ErrorS(err, "Writing node features failed; retrying at each refresh", "directory", w.cfg.Directory)
+		}
+		w.failing = true
 		return
 	}
-	if body != w.last {
+	if w.failing {
+		klog.InfoS("Node features written again", "file", w.cfg.Directory+"/"+host.FeatureFileName)
+		w.failing = false
+	} else if body != w.last {
 		klog.InfoS("Node features written", "file", w.cfg.Directory+"/"+host.FeatureFileName)
 	}
 	w.last, w.written = body, now

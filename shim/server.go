@@ -80,8 +80,8 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 		registerLoaderMetrics(s.obs.reg, s.loader)
 	}
 	opts := []cri.Option{cri.WithMetrics(cri.NewMetrics(s.obs.reg))}
-	if cfg.Denials.KernelLog != "" {
-		s.denials = cri.NewDenials(s.runtime, s.host, s.obs.reg)
+	if cfg.Denials.Enabled() {
+		s.denials = cri.NewDenials(s.runtime, s.host, s.obs.reg, cfg.Attestation.RuntimeDefaultProfile)
 		opts = append(opts, cri.WithDenials(s.denials))
 	}
 	if cfg.Attestation.Mode != "off" {
@@ -178,7 +178,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		go w.run(watchCtx, 2*time.Second)
 	}
 	if s.denials != nil {
-		go s.followKernelLog(watchCtx)
+		s.followDenials(watchCtx)
 	}
 	if s.cfg.MetricsAddress != "" {
 		if err := s.obs.serveMetrics(watchCtx, s.cfg.MetricsAddress); err != nil {
@@ -276,6 +276,9 @@ func (c *Config) restartFields(n *Config) []string {
 }
 
 func (s *Server) closeBackends() {
+	if s.denials != nil {
+		s.denials.Close()
+	}
 	s.runtime.Close()
 	if s.image != s.runtime {
 		s.image.Close()
@@ -322,19 +325,25 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.Serve(ctx, l)
 }
 
-// followKernelLog attributes AppArmor denials until ctx ends.
-func (s *Server) followKernelLog(ctx context.Context) {
-	f, err := host.OpenKmsg(s.cfg.Denials.KernelLog)
-	if err != nil {
-		klog.InfoS("Not attributing AppArmor denials: cannot read the kernel log", "path", s.cfg.Denials.KernelLog, "err", err)
-		return
+// followDenials follows the logs configured for AppArmor denials until ctx
+// ends, and says whether denials can be seen in them.
+func (s *Server) followDenials(ctx context.Context) {
+	d := s.cfg.Denials
+	if d.KernelLog != "" {
+		go s.denials.Follow(ctx, "kmsg", d.KernelLog, openKernelLog(d.KernelLog), nil)
 	}
-	go func() {
-		<-ctx.Done()
-		f.Close()
-	}()
-	if err := s.denials.Run(ctx, f); err != nil {
-		klog.ErrorS(err, "Stopped following the kernel log", "path", s.cfg.Denials.KernelLog)
+	if d.AuditLog != "" {
+		go s.denials.Follow(ctx, "audit", d.AuditLog, openAuditLog(d.AuditLog), nil)
+	}
+	kmsg, audit := host.ProbeDenialLogs(d.KernelLog, d.AuditLog)
+	auditd, err := s.host.AuditdPid()
+	if err != nil {
+		klog.InfoS("Cannot tell whether auditd runs", "err", err)
+	}
+	if v := host.DenialsVisible(auditd, kmsg, audit); v.Visible {
+		klog.InfoS("Attributing AppArmor denials", "log", v.Log, "because", v.Reason)
+	} else {
+		klog.ErrorS(nil, "AppArmor denials are NOT VISIBLE to armorshim: armorshim_apparmor_denials_total stays 0", "because", v.Reason)
 	}
 }
 
@@ -354,5 +363,25 @@ func (s *Server) logAbsentEndpoints() {
 		if _, err := os.Stat(path); err != nil {
 			klog.InfoS("Backend socket does not exist yet; CRI calls fail with Unavailable until it does", "endpoint", ep, "err", err)
 		}
+	}
+}
+
+// openKernelLog opens the kernel log for Denials.Follow; the file is
+// closed when the follower's context ends, which ends a blocked read.
+func openKernelLog(path string) func(context.Context) (io.ReadCloser, error) {
+	return func(ctx context.Context) (io.ReadCloser, error) {
+		f, err := host.OpenKmsg(path)
+		if err != nil {
+			return nil, err
+		}
+		context.AfterFunc(ctx, func() { f.Close() })
+		return f, nil
+	}
+}
+
+// openAuditLog opens auditd's log for Denials.Follow, from its end.
+func openAuditLog(path string) func(context.Context) (io.ReadCloser, error) {
+	return func(ctx context.Context) (io.ReadCloser, error) {
+		return host.OpenTail(ctx, path, nil)
 	}
 }

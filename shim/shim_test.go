@@ -248,7 +248,7 @@ func testConfig(t *testing.T, backendSock string) *shim.Config {
 	// Never touch the host's profile directory or NFD's features.d.
 	cfg.Profiles.Directory = ""
 	cfg.NodeFeatures.Directory = ""
-	cfg.Denials.KernelLog = ""
+	cfg.Denials.KernelLog, cfg.Denials.AuditLog = "", ""
 	return cfg
 }
 

@@ -64,13 +64,13 @@ func writeProcfs(dir string, containers int) (string, error) {
 }
 
 // writeShimConfig writes an armorshim configuration file that keeps the
-// process off the host: no kernel log following, and the given attestation
-// mode. (The profile loader and the NFD file are turned off by flags.) The
+// process off the host: no kernel or audit log following, and the given
+// attestation mode. (The profile loader and the NFD file are turned off by flags.) The
 // mode is quoted: unquoted, YAML 1.1 reads off as the boolean false.
 func writeShimConfig(path, attestation string) error {
 	cfg := "apiVersion: armorshim.io/v1alpha1\n" +
 		"kind: ArmorshimConfiguration\n" +
-		"denials:\n  kernelLog: \"\"\n" +
+		"denials:\n  kernelLog: \"\"\n  auditLog: \"\"\n" +
 		"attestation:\n  mode: \"" + attestation + "\"\n  runtimeDefaultProfile: " + runtimeDefaultProfile + "\n"
 	return os.WriteFile(path, []byte(cfg), 0o644)
 }

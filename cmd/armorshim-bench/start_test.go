@@ -40,8 +40,8 @@ func TestShimConfig(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cfg.Attestation.Mode != mode || cfg.Denials.KernelLog != "" || cfg.Attestation.RuntimeDefaultProfile != runtimeDefaultProfile {
-			t.Errorf("mode %s: attestation %+v, kernel log %q", mode, cfg.Attestation, cfg.Denials.KernelLog)
+		if cfg.Attestation.Mode != mode || cfg.Denials.Enabled() || cfg.Attestation.RuntimeDefaultProfile != runtimeDefaultProfile {
+			t.Errorf("mode %s: attestation %+v, denials %+v", mode, cfg.Attestation, cfg.Denials)
 		}
 	}
 }

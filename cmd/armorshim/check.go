@@ -35,9 +35,17 @@ type checkReport struct {
 	Profiles         []profileState `json:"profiles"`
 	Policy           policyReport   `json:"policy"`
 	ProfileDirectory *dirReport     `json:"profileDirectory,omitempty"`
+	Denials          denialsReport  `json:"denials"`
 	Wanted           []wantState    `json:"wanted"`
 	Missing          []string       `json:"missing"`
 	OK               bool           `json:"ok"`
+}
+
+// denialsReport says whether armorshim can see AppArmor denials.
+type denialsReport struct {
+	Visible bool   `json:"visible"`
+	Log     string `json:"log,omitempty"`
+	Reason  string `json:"reason"`
 }
 
 type profileState struct {
@@ -96,7 +104,7 @@ func check(args []string) int {
 	fs := flag.NewFlagSet("armorshim check", flag.ContinueOnError)
 	sysfs := fs.String("sysfs", "/sys", "root of sysfs")
 	procfs := fs.String("procfs", "/proc", "root of procfs")
-	configPath := fs.String("config", defaultConfigPath, "armorshim's configuration, for the policy and the profile directory (defaults are used if the default file does not exist)")
+	configPath := fs.String("config", defaultConfigPath, "armorshim's configuration, for the policy, the profile directory and the denial logs (defaults are used if the default file does not exist)")
 	output := fs.String("output", "text", "text or json")
 	var wanted listFlag
 	fs.Var(&wanted, "profile", "a profile that must be loaded (NAME or localhost/NAME); repeatable")
@@ -113,8 +121,10 @@ func check(args []string) int {
 		return 1
 	}
 	pol, _ := cfg.Validate()
-	r := buildReport(host.NewReader(*sysfs, *procfs).Snapshot(), pol, wanted)
+	h := host.NewReader(*sysfs, *procfs)
+	r := buildReport(h.Snapshot(), pol, wanted)
 	r.Policy.Config = usedPath
+	r.addDenials(h, cfg.Denials)
 	if cfg.Profiles.Directory != "" {
 		r.addDirectory(&host.Loader{Dir: cfg.Profiles.Directory, Parser: cfg.Profiles.Parser, TrustedUID: trustedUID})
 		r.addLoadStatus(cfg.Profiles.StatusFile)
@@ -256,6 +266,17 @@ func (r *checkReport) addLoadStatus(path string) {
 	}
 }
 
+// addDenials says whether the denials reach a log armorshim follows.
+func (r *checkReport) addDenials(h *host.Reader, d shim.DenialsConfig) {
+	auditd, err := h.AuditdPid()
+	kmsg, audit := host.ProbeDenialLogs(d.KernelLog, d.AuditLog)
+	v := host.DenialsVisible(auditd, kmsg, audit)
+	r.Denials = denialsReport{Visible: v.Visible, Log: v.Log, Reason: v.Reason}
+	if err != nil {
+		r.Denials.Reason += " (cannot tell whether auditd runs: " + err.Error() + ")"
+	}
+}
+
 func (r *checkReport) finish() {
 	for _, w := range r.Wanted {
 		if !w.Loaded {
@@ -316,6 +337,11 @@ func (r *checkReport) print(w io.Writer) {
 				fmt.Fprintf(w, "  %s: %s\n", f.File, strings.Join(f.Profiles, ", "))
 			}
 		}
+	}
+	if r.Denials.Visible {
+		fmt.Fprintf(w, "Denials: visible in %s (%s)\n", r.Denials.Log, r.Denials.Reason)
+	} else {
+		fmt.Fprintf(w, "Denials: NOT VISIBLE: %s\n", r.Denials.Reason)
 	}
 	for _, p := range r.Wanted {
 		if p.Loaded {

@@ -126,6 +126,43 @@ func TestCheckReport(t *testing.T) {
 	}
 }
 
+// With auditd running, denials reach only its log: check says whether
+// armorshim can read it, instead of reporting none.
+func TestCheckReportDenials(t *testing.T) {
+	procfs := t.TempDir()
+	os.MkdirAll(filepath.Join(procfs, "712"), 0o755)
+	os.WriteFile(filepath.Join(procfs, "712", "comm"), []byte("auditd\n"), 0o644)
+	kmsg := filepath.Join(t.TempDir(), "kmsg")
+	os.WriteFile(kmsg, nil, 0o644)
+	audit := filepath.Join(t.TempDir(), "audit.log")
+	report := func(procfs string, d shim.DenialsConfig) string {
+		r := buildReport(&apparmor.Snapshot{Enabled: true}, &apparmor.Policy{}, nil)
+		r.addDenials(host.NewReader(t.TempDir(), procfs), d)
+		var text bytes.Buffer
+		r.print(&text)
+		return text.String()
+	}
+	for _, c := range []struct {
+		name   string
+		procfs string
+		d      shim.DenialsConfig
+		want   string
+	}{
+		{"auditd, its log missing", procfs, shim.DenialsConfig{KernelLog: kmsg, AuditLog: audit}, "Denials: NOT VISIBLE: auditd (pid 712) receives the kernel's audit records and its log cannot be read"},
+		{"auditd, no audit log configured", procfs, shim.DenialsConfig{KernelLog: kmsg}, "Denials: NOT VISIBLE: auditd (pid 712) receives the kernel's audit records and denials.auditLog is empty"},
+		{"no auditd", t.TempDir(), shim.DenialsConfig{KernelLog: kmsg, AuditLog: audit}, "Denials: visible in " + kmsg},
+		{"off", t.TempDir(), shim.DenialsConfig{}, "Denials: NOT VISIBLE: attribution is off"},
+	} {
+		if got := report(c.procfs, c.d); !strings.Contains(got, c.want) {
+			t.Errorf("%s: report lacks %q:\n%s", c.name, c.want, got)
+		}
+	}
+	os.WriteFile(audit, nil, 0o600)
+	if got, want := report(procfs, shim.DenialsConfig{KernelLog: kmsg, AuditLog: audit}), "Denials: visible in "+audit; !strings.Contains(got, want) {
+		t.Errorf("auditd, its log readable: report lacks %q:\n%s", want, got)
+	}
+}
+
 // TestCheckCommand runs check against fake sysfs trees: exit codes follow
 // the host state and the wanted profiles.
 func TestCheckCommand(t *testing.T) {
