@@ -7,7 +7,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 FUZZTIME ?= 10s
 FUZZ_PKGS := ./apparmor ./host ./cri/h2relay
 
-.PHONY: all build demo test unit fuzz conformance integration record-kubelet bench install uninstall install-socket-activation clean FORCE
+.PHONY: all build demo test unit monitoring fuzz conformance integration record-kubelet bench install uninstall install-socket-activation clean FORCE
 
 all: build
 
@@ -22,11 +22,19 @@ demo: build
 	$(GO) run ./cmd/armorshim-demo --armorshim bin/armorshim
 
 # Everything CI runs.
-test: unit fuzz conformance integration
+test: unit monitoring fuzz conformance integration
 
 unit:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
+
+# promtool checks deploy/monitoring's alert rules, runs their unit tests and
+# parses the dashboard's queries; it is built from
+# deploy/monitoring/tools/go.mod and cached (ARMORSHIM_CACHE). That the rules
+# and the dashboard name only exported metrics and labels is a Go test
+# (shim/monitoring_test.go, in `unit`).
+monitoring:
+	GO=$(GO) sh deploy/monitoring/promtool.sh
 
 # Each fuzz target for FUZZTIME, after its seed corpus ran in `unit`. Go
 # 1.26's coordinator can fail a target with a bare "context deadline
