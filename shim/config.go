@@ -267,8 +267,9 @@ func (c *Config) Validate() (*apparmor.Policy, error) {
 	if c.MaxMessageSize < 4<<20 {
 		return nil, fmt.Errorf("maxMessageSize: %d is below 4 MiB", c.MaxMessageSize)
 	}
-	if c.MaxHeldRequestBytes < int64(c.MaxMessageSize) {
-		return nil, fmt.Errorf("maxHeldRequestBytes: %d is below maxMessageSize (%d): the largest request could never be held", c.MaxHeldRequestBytes, c.MaxMessageSize)
+	// A held request is its message and gRPC's 5-byte length prefix.
+	if c.MaxHeldRequestBytes < int64(c.MaxMessageSize)+5 {
+		return nil, fmt.Errorf("maxHeldRequestBytes: %d is below maxMessageSize + 5 (%d): the largest request, with its 5-byte gRPC prefix, could never be held", c.MaxHeldRequestBytes, int64(c.MaxMessageSize)+5)
 	}
 	if c.MetricsAddress != "" {
 		if err := checkLoopback(c.MetricsAddress); err != nil {

@@ -569,6 +569,7 @@ policy:
 		}},
 		{name: "small maxMessageSize", body: header + "maxMessageSize: 1024\n", wantErr: []string{"maxMessageSize"}},
 		{name: "small maxHeldRequestBytes", body: header + "maxHeldRequestBytes: 1048576\n", wantErr: []string{"maxHeldRequestBytes"}},
+		{name: "maxHeldRequestBytes without room for the prefix", body: header + "maxMessageSize: 16777216\nmaxHeldRequestBytes: 16777220\n", wantErr: []string{"maxHeldRequestBytes: 16777220 is below maxMessageSize + 5 (16777221)"}},
 		{name: "not yaml", body: header + "policy: [\n", wantErr: []string{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -113,7 +113,7 @@ func newServeFlags() *serveFlags {
 	fs.StringVar(&d.Sysfs, "sysfs", d.Sysfs, "root of sysfs: AppArmor state is read below it")
 	fs.StringVar(&d.Procfs, "procfs", d.Procfs, "root of procfs")
 	fs.IntVar(&d.MaxMessageSize, "max-message-size", d.MaxMessageSize, "largest CRI message in bytes, both ways (the kubelet's limit is 16 MiB)")
-	fs.Int64Var(&d.MaxHeldRequestBytes, "max-held-request-bytes", d.MaxHeldRequestBytes, "most bytes of requests held whole to decide them (CreateContainer...), all connections together; past it a new held call fails with ResourceExhausted")
+	fs.Int64Var(&d.MaxHeldRequestBytes, "max-held-request-bytes", d.MaxHeldRequestBytes, "most bytes of requests held whole to decide them (CreateContainer...), all connections together; past it a new held call fails with ResourceExhausted; at least --max-message-size + 5")
 	fs.Var(durationFlag{&d.ShutdownTimeout}, "shutdown-timeout", "how long in-flight calls may finish on SIGTERM/SIGINT")
 	fs.StringVar(&d.Profiles.Directory, "profiles-dir", d.Profiles.Directory, "directory of AppArmor profile files to keep loaded with apparmor_parser (empty: off)")
 	fs.StringVar(&d.NodeFeatures.Directory, "node-features-dir", d.NodeFeatures.Directory, "node-feature-discovery features.d directory to write AppArmor labels to (empty: off)")
