@@ -118,9 +118,10 @@ install-socket-activation: install
 	  systemctl daemon-reload; \
 	fi
 
-# dist/armorshim_<version>_amd64.deb (packaging/nfpm.yaml, README "Debian
+# dist/armorshim_<version>_<arch>.deb (packaging/nfpm.yaml, README "Debian
 # package"), built with nfpm from the module proxy (packaging/tools/go.mod,
-# cached like the other suites' tools), then checked by lintian if installed.
+# cached like the other suites' tools), then checked by lintian (installed
+# with apt-get when missing and run as root; skipped, and said so, otherwise).
 deb: bin/armorshim-static
 	@deb=$$(ARMORSHIM_BIN=bin/armorshim-static VERSION=$(VERSION) GO=$(GO) sh packaging/deb.sh build dist) && \
 	echo "wrote $$deb" && sh packaging/deb.sh lintian "$$deb"

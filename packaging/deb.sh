@@ -2,12 +2,14 @@
 # Builds armorshim's Debian package with nfpm (nfpm.yaml), and checks it
 # with lintian.
 #
-#   deb.sh build OUTDIR     writes OUTDIR/armorshim_<version>_amd64.deb and
+#   deb.sh build OUTDIR     writes OUTDIR/armorshim_<version>_<arch>.deb and
 #                           prints its path. ARMORSHIM_BIN names the binary
-#                           to ship (required); VERSION the `git describe`
-#                           it was built from (default: asked from git).
-#   deb.sh lintian DEB      lintian, failing on errors and warnings; says
-#                           SKIPPED, and succeeds, when lintian is missing.
+#                           to ship (required; its ELF header gives the
+#                           architecture); VERSION the `git describe` it was
+#                           built from (default: asked from git).
+#   deb.sh lintian DEB      lintian, failing on errors and warnings. Missing,
+#                           it is installed with apt-get when run as root;
+#                           otherwise the check says SKIPPED and succeeds.
 #   deb.sh version DESCRIBE COUNT
 #                           the Debian version of a `git describe` output and
 #                           the number of commits behind it.
@@ -104,6 +106,22 @@ packaged_unit() {
 	fi
 }
 
+# debarch BINARY: the Debian architecture of an ELF binary (e_machine).
+debarch() {
+	[ "$(od -An -c -N4 "$1" | tr -d ' ')" = '177ELF' ] || die "$1 is not an ELF binary"
+	machine=$(od -An -tu2 -j18 -N2 "$1" | tr -d ' ')
+	case $machine in
+	62) echo amd64 ;;
+	183) echo arm64 ;;
+	3) echo i386 ;;
+	40) echo armhf ;;
+	243) echo riscv64 ;;
+	21) echo ppc64el ;;
+	22) echo s390x ;;
+	*) die "$1: no Debian architecture for ELF machine $machine" ;;
+	esac
+}
+
 build() {
 	out=$1
 	bin=${ARMORSHIM_BIN:?ARMORSHIM_BIN must name the armorshim binary to package}
@@ -115,6 +133,7 @@ build() {
 	describe=${VERSION:-$(git -C "$REPO" describe --tags --always --dirty 2>/dev/null || echo dev)}
 	count=$(git -C "$REPO" rev-list --count HEAD 2>/dev/null || echo 0)
 	upstream=$(debversion "$describe" "$count")
+	arch=$(debarch "$bin")
 	# Reproducible: file times are the commit's.
 	SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 0)}
 	export SOURCE_DATE_EPOCH
@@ -144,9 +163,9 @@ build() {
 EOF
 	mkdir -p "$out"
 	out=$(cd "$out" && pwd)
-	deb=$out/armorshim_${upstream}-1_amd64.deb
+	deb=$out/armorshim_${upstream}-1_$arch.deb
 	rm -f "$deb"
-	(cd "$stage" && DEB_VERSION=$upstream \
+	(cd "$stage" && DEB_VERSION=$upstream DEB_ARCH=$arch \
 		DEB_MAINTAINER=${DEB_MAINTAINER:-armorshim maintainers <maintainers@armorshim.invalid>} \
 		"$nfpm" package --config packaging/nfpm.yaml --packager deb --target "$deb" >&2)
 	[ -f "$deb" ] || die "nfpm wrote no $deb"
@@ -155,6 +174,11 @@ EOF
 
 lintian_check() {
 	deb=$1
+	if ! command -v lintian >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+		echo "lintian: not installed: apt-get install lintian"
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian; } >&2 ||
+			echo "lintian: apt-get could not install it" >&2
+	fi
 	if ! command -v lintian >/dev/null 2>&1; then
 		echo "lintian: SKIPPED, not installed: $deb was not checked (apt-get install lintian)"
 		return 0
