@@ -7,7 +7,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 FUZZTIME ?= 10s
 FUZZ_PKGS := ./apparmor ./host ./cri/h2relay
 
-.PHONY: all build demo test unit monitoring fuzz conformance integration record-kubelet bench install uninstall install-socket-activation clean FORCE
+.PHONY: all build demo test unit monitoring fuzz conformance integration record-kubelet bench install uninstall install-socket-activation deb clean FORCE
 
 all: build
 
@@ -15,6 +15,10 @@ build: bin/armorshim
 
 bin/armorshim: FORCE
 	$(GO) build -ldflags "$(LDFLAGS)" -o $@ ./cmd/armorshim
+
+# The binary the Debian package ships: static (no libc dependency), stripped.
+bin/armorshim-static: FORCE
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w" -o $@ ./cmd/armorshim
 
 # A fake CRI runtime, a fake securityfs and the real armorshim in between:
 # one container forwarded, one blocked, then allowed once its profile loads.
@@ -122,5 +126,13 @@ install-socket-activation: install
 	  systemctl daemon-reload; \
 	fi
 
+# dist/armorshim_<version>_<arch>.deb (packaging/nfpm.yaml, README "Debian
+# package"), built with nfpm from the module proxy (packaging/tools/go.mod,
+# cached like the other suites' tools), then checked by lintian (installed
+# with apt-get when missing and run as root; skipped, and said so, otherwise).
+deb: bin/armorshim-static
+	@deb=$$(ARMORSHIM_BIN=bin/armorshim-static VERSION=$(VERSION) GO=$(GO) sh packaging/deb.sh build dist) && \
+	echo "wrote $$deb" && sh packaging/deb.sh lintian "$$deb"
+
 clean:
-	rm -rf bin
+	rm -rf bin dist

@@ -10,7 +10,8 @@
 #     from the Go module proxy,
 #   * container images built locally from busybox-static (no registry),
 #   * an initramfs holding busybox, the modules needed to mount the root disk,
-#     the guest scripts and the armorshim binary built from this checkout.
+#     the guest scripts, the armorshim binary built from this checkout and
+#     its Debian package (packaging/deb.sh, with nfpm built and cached).
 #
 # Everything expensive lives in ${ARMORSHIM_CACHE:-/var/cache/armorshim-integration}/<key>,
 # where the key holds the versions and a hash of the recipe that made it.
@@ -372,6 +373,25 @@ fi
 phase_end
 # <<< rootfs
 
+# >>> nfpm
+# nfpm, which builds the Debian package the main boot installs: built by
+# packaging/deb.sh from packaging/tools/go.mod into the cache, once per
+# version (as make deb does).
+phase_start nfpm
+NFPM_BEFORE=$(ls -d "$CACHE"/nfpm-* 2>/dev/null || true)
+if NFPM=$(ARMORSHIM_CACHE=$CACHE GO=go sh "$REPO/packaging/deb.sh" nfpm); then
+	case " $(echo $NFPM_BEFORE) " in
+	*" ${NFPM%/nfpm} "*) ;;
+	*) PHASE_CACHED=false ;;
+	esac
+else
+	PHASE_CACHED=false
+	NFPM=
+	log "nfpm does not build: the main boot reports the Debian package's steps as failed"
+fi
+phase_end
+# <<< nfpm
+
 # Per run (not cached): armorshim from this checkout, the initramfs that
 # carries it with the guest scripts, and an empty disk for the artefacts the
 # guest hands back (a tar archive written straight onto the device).
@@ -391,6 +411,19 @@ else
 	log "armorshim does not build from this checkout: the guest reports every step through it as not run"
 	emit armorshim missing
 fi
+# the Debian package, built as make deb builds it (a stripped static
+# binary with the version, packaging/deb.sh), which the main boot installs,
+# removes and purges
+DESCRIBE=$(git -C "$REPO" describe --tags --always --dirty 2>/dev/null || echo dev)
+if [ -n "$NFPM" ] &&
+	(cd "$REPO" && CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$DESCRIBE -s -w" -o "$OUT/armorshim-deb" ./cmd/armorshim) >&2 &&
+	DEB=$(ARMORSHIM_CACHE=$CACHE GO=go ARMORSHIM_BIN="$OUT/armorshim-deb" VERSION=$DESCRIBE sh "$REPO/packaging/deb.sh" build "$i/payload"); then
+	emit deb "${DEB##*/}"
+else
+	log "no Debian package: the main boot reports its steps as failed"
+	emit deb missing
+fi
+rm -f "$OUT/armorshim-deb"
 # the kubelet tier's CRI recorder, and what the Go test generated for the
 # guest (the Pod Security Admission fixtures as static pods)
 (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -o "$i/payload/crirecord" ./integration/crirecord) >&2 ||

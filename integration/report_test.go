@@ -49,6 +49,12 @@ var stepTitle = map[string]string{
 	"n7-attested-from-config": "attestation: a container created around armorshim is attested from containerd's copy of its config",
 	"n7-denial-attributed":    "denials: touch /tmp/test gives exactly one denial attributed to the pod",
 
+	"deb-install":           "Debian package: dpkg -i puts binary, units, conffile and profiles.d in place; postinst only reloads systemd",
+	"deb-kubelet-untouched": "Debian package: installing it neither switches the kubelet nor enables armorshim, and says how",
+	"deb-serves":            "Debian package: the packaged unit's command and configuration serve CRI in front of containerd",
+	"deb-remove":            "Debian package: dpkg -r restores a switched kubelet before armorshim stops, keeps the configuration",
+	"deb-purge":             "Debian package: dpkg -P leaves nothing of the package, its configuration or its run time",
+
 	"k-setup":                        "kubelet: a real kubelet (standalone, static pods) serving through armorshim",
 	"k-apparmor-annotation":          "kubelet: the AppArmor tutorial's hello-apparmor (beta annotation) runs confined, write denied",
 	"k-apparmor-field":               "kubelet: the same through securityContext.appArmorProfile",

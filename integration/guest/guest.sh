@@ -257,6 +257,8 @@ confined_run() {
 
 # issues 4, 6 and 7: scenarios_node, against a second, configured armorshim
 . "$RUN/node.sh"
+# the Debian package installed, removed and purged: scenarios_package
+. "$RUN/package.sh"
 
 # ---------------------------------------------------------------- scenarios
 profile_text() { # NAME DENY(yes|no): the documentation's profile, optionally without the deny rule
@@ -458,6 +460,9 @@ main)
 		critest_run full-direct $CTRD_EP -parallel=$PARALLEL
 		phase main-critest-full-direct
 	fi
+	# The Debian package, last: it stops the suite's armorshim first.
+	scenarios_package
+	phase main-package
 	;;
 noaa)
 	if $SHIM_OK; then
