@@ -1,9 +1,6 @@
 package apparmor
 
-import (
-	"fmt"
-	"strings"
-)
+import "fmt"
 
 // Expectation is the confinement a container's first process must run
 // under once started.
@@ -45,23 +42,39 @@ func Expect(p Profile, privileged bool, runtimeDefault string, pol *Policy) (Exp
 	return Expectation{Profile: runtimeDefault}, true
 }
 
-// ParseLabel splits a process label, "name (mode)" or "unconfined".
-func ParseLabel(label string) (name string, mode Mode) {
-	if i := strings.LastIndex(label, " ("); i >= 0 && strings.HasSuffix(label, ")") {
-		return label[:i], Mode(label[i+2 : len(label)-1])
-	}
-	return label, ""
-}
-
 // Check compares a process label with the expectation and says how they
-// differ, or "" when the label satisfies it.
-func (e Expectation) Check(label string) string {
-	name, mode := ParseLabel(label)
-	switch {
-	case name != e.Profile:
+// differ, or "" when the label satisfies it. modes are the loaded
+// profiles' modes (Snapshot.Profiles, may be nil): they tell the mode of a
+// stack member where the label's mode suffix does not ("mixed").
+//
+// The rules are the kernel's. "unconfined" is satisfied by a label that
+// confines nothing (see Label.Unconfined). A profile is satisfied by a
+// label one of whose members is that profile or one of its children or
+// hats (in the same namespace): a process moves into a child profile or
+// hat only where its profile allows it (px/cx rules, change_hat), and
+// every other member of a stack only confines it further. With a required
+// mode, that member must run in it.
+func (e Expectation) Check(label string, modes map[string]Mode) string {
+	l := ParseLabel(label)
+	if e.Profile == UnconfinedRef {
+		if l.Unconfined(modes) {
+			return ""
+		}
 		return fmt.Sprintf("expected %s, the container runs %s", e, label)
-	case e.Mode != "" && mode != e.Mode:
+	}
+	want := parseMember(e.Profile, "")
+	found := false
+	for _, m := range l.Members {
+		if !m.Within(want) {
+			continue
+		}
+		if e.Mode == "" || l.modeOf(m, modes) == e.Mode {
+			return ""
+		}
+		found = true
+	}
+	if found {
 		return fmt.Sprintf("expected %s, the container runs %s: this node requires %s mode", e, label, e.Mode)
 	}
-	return ""
+	return fmt.Sprintf("expected %s, the container runs %s", e, label)
 }

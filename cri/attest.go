@@ -180,12 +180,13 @@ func (p *Proxy) inspectStart(_ context.Context, in []byte) h2relay.Verdict {
 // attestStarted attests a started container; in enforce mode a mismatch
 // stops it and becomes StartContainer's answer.
 func (p *Proxy) attestStarted(ctx context.Context, id string) *status.Status {
-	if snap := p.host.Snapshot(); snap.Err != nil || !snap.Enabled {
+	snap := p.host.Snapshot()
+	if snap.Err != nil || !snap.Enabled {
 		p.attest.take(id)
 		p.metrics.observeAttestation("skipped")
 		return nil
 	}
-	mismatch := p.attestStart(ctx, id)
+	mismatch := p.attestStart(ctx, id, snap)
 	if mismatch == "" {
 		return nil
 	}
@@ -204,7 +205,7 @@ func (p *Proxy) attestStarted(ctx context.Context, id string) *status.Status {
 
 // attestStart compares the started container's confinement with what was
 // decided for it and returns the difference, or "".
-func (p *Proxy) attestStart(ctx context.Context, id string) string {
+func (p *Proxy) attestStart(ctx context.Context, id string, snap *apparmor.Snapshot) string {
 	exp, known := p.attest.take(id)
 	resp, err := runtimeapi.NewRuntimeServiceClient(p.runtime).ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true})
 	if err != nil {
@@ -229,14 +230,21 @@ func (p *Proxy) attestStart(ctx context.Context, id string) string {
 		p.metrics.observeAttestation("unattested")
 		return ""
 	}
-	if mismatch := exp.Check(label); mismatch != "" {
+	if mismatch := exp.Check(label, snap.Profiles); mismatch != "" {
 		return mismatch
 	}
 	p.metrics.observeAttestation("attested")
-	name, _ := apparmor.ParseLabel(label)
-	p.denials.Confined(id, name)
+	p.denials.Confined(id, labelName(label))
 	klog.V(2).InfoS("Container confinement attested", "containerID", id, "confinement", label)
 	return ""
+}
+
+// labelName is a process label without its mode suffix.
+func labelName(label string) string {
+	if l := apparmor.ParseLabel(label); l.Mode != "" {
+		return label[:len(label)-len(l.Mode)-3]
+	}
+	return label
 }
 
 func (p *Proxy) expectFromConfig(cfg *runtimeapi.ContainerConfig) (apparmor.Expectation, bool) {

@@ -3,6 +3,7 @@ package cri_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -70,6 +71,12 @@ func newAttestEnv(t *testing.T, mode string, mutate func(*shim.Config)) *attestE
 // by label; it returns the container ID.
 func (a *attestEnv) run(t *testing.T, pod, ref, label string, pid int) string {
 	t.Helper()
+	return a.runWith(t, pod, ref, label, pid, nil)
+}
+
+// runWith is run with the container config changed by mutate.
+func (a *attestEnv) runWith(t *testing.T, pod, ref, label string, pid int, mutate func(*runtimeapi.ContainerConfig)) string {
+	t.Helper()
 	ctx := ctxTimeout(t, 10*time.Second)
 	sandbox := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: pod, Namespace: "default", Uid: pod}}
 	sb, err := a.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sandbox})
@@ -78,6 +85,9 @@ func (a *attestEnv) run(t *testing.T, pod, ref, label string, pid int) string {
 	}
 	cfg := &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "hello"}, Image: &runtimeapi.ImageSpec{Image: "busybox"},
 		Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{ApparmorProfile: ref}}}
+	if mutate != nil {
+		mutate(cfg)
+	}
 	resp, err := a.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, Config: cfg, SandboxConfig: sandbox})
 	if err != nil {
 		t.Fatal(err)
@@ -143,6 +153,58 @@ func TestAttestationStopsASwappedProfile(t *testing.T) {
 	id = a.run(t, "other", "localhost/"+denyWrite, "k8s-nginx (complain)", 4244)
 	if err := a.start(t, id); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "runs k8s-nginx (complain)") {
 		t.Fatalf("other profile: %v", err)
+	}
+}
+
+// A process that moved into a child profile or hat of its profile, or runs
+// with a stack that has its profile, runs under that profile: attested,
+// not stopped.
+func TestAttestationAcceptsChildrenHatsAndStacks(t *testing.T) {
+	a := newAttestEnv(t, "enforce", nil)
+	for i, label := range []string{
+		denyWrite + "//sleeper (enforce)",
+		denyWrite + "//^worker (enforce)",
+		denyWrite + "//&cri-containerd.apparmor.d (enforce)",
+		"cri-containerd.apparmor.d//&" + denyWrite + "//sleeper (enforce)",
+	} {
+		id := a.run(t, fmt.Sprintf("pod-%d", i), "localhost/"+denyWrite, label, 5000+i)
+		if err := a.start(t, id); err != nil {
+			t.Errorf("%s: start failed: %v", label, err)
+		}
+	}
+	if s := a.stopped(); len(s) != 0 {
+		t.Errorf("containers stopped: %v", s)
+	}
+	// A name that only starts like the profile's is another profile.
+	for i, label := range []string{denyWrite + "x (enforce)", "other//" + denyWrite + " (enforce)"} {
+		id := a.run(t, fmt.Sprintf("other-%d", i), "localhost/"+denyWrite, label, 5100+i)
+		if err := a.start(t, id); status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("%s: start = %v, want FailedPrecondition", label, err)
+		}
+	}
+}
+
+// A privileged container gets no profile for runtime/default; a host
+// profile in unconfined mode that the kernel attached by path to its
+// command confines nothing.
+func TestAttestationUnconfinedModeIsUnconfined(t *testing.T) {
+	a := newAttestEnv(t, "enforce", nil)
+	privileged := func(c *runtimeapi.ContainerConfig) { c.Linux.SecurityContext.Privileged = true }
+	id := a.runWith(t, "buildah", "runtime/default", "buildah (unconfined)", 4242, privileged)
+	if err := a.start(t, id); err != nil {
+		t.Fatalf("privileged container under an unconfined-mode profile: %v", err)
+	}
+	id = a.runWith(t, "debug", "unconfined", "unconfined", 4243, nil)
+	if err := a.start(t, id); err != nil {
+		t.Fatalf("unconfined: %v", err)
+	}
+	// A profile in enforce mode confines: not what was decided.
+	id = a.runWith(t, "tcpdump", "runtime/default", "tcpdump (enforce)", 4244, privileged)
+	if err := a.start(t, id); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "expected unconfined, the container runs tcpdump (enforce)") {
+		t.Fatalf("privileged container under an enforce-mode profile: %v", err)
+	}
+	if s := a.stopped(); len(s) != 1 || s[0] != id {
+		t.Errorf("stopped %v, want [%s]", s, id)
 	}
 }
 

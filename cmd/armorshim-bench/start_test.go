@@ -76,7 +76,7 @@ func TestVerboseInfo(t *testing.T) {
 		t.Fatal(err)
 	}
 	exp, ok := apparmor.Expect(prof, false, runtimeDefaultProfile, nil)
-	if !ok || exp.Check(runtimeDefaultProfile+" (enforce)") != "" {
+	if !ok || exp.Check(runtimeDefaultProfile+" (enforce)", nil) != "" {
 		t.Errorf("expectation %v (%v) does not accept the fake process's label", exp, ok)
 	}
 
