@@ -17,29 +17,32 @@ func (e Expectation) String() string {
 }
 
 // Expect returns what a container created with profile p must run under.
-// runtimeDefault names the runtime's default profile (containerd:
-// cri-containerd.apparmor.d); privileged containers get no default profile.
-// It reports false when there is nothing to expect (no runtime default
-// known).
-func Expect(p Profile, privileged bool, runtimeDefault string, pol *Policy) (Expectation, bool) {
-	switch p.Type {
-	case Localhost:
-		e := Expectation{Profile: p.Name}
-		if pol != nil && pol.RequireEnforce {
-			e.Mode = ModeEnforce
-		}
-		return e, true
-	case Unconfined:
-		return Expectation{Profile: UnconfinedRef}, true
+// The runtime's default profile (pol.RuntimeDefault; containerd:
+// cri-containerd.apparmor.d) applies to runtime/default and to a container
+// asking nothing, but privileged containers get no default profile. With
+// pol.RequireEnforce the profile, localhost or the runtime's default, must
+// run in enforce mode. It reports false when there is nothing to expect
+// (the runtime's default profile is not known).
+func Expect(p Profile, privileged bool, pol *Policy) (Expectation, bool) {
+	if pol == nil {
+		pol = &Policy{}
 	}
-	// runtime/default, or nothing asked: the runtime's default.
-	if privileged {
+	var e Expectation
+	switch {
+	case p.Type == Localhost:
+		e.Profile = p.Name
+	case p.Type == Unconfined || privileged:
 		return Expectation{Profile: UnconfinedRef}, true
-	}
-	if runtimeDefault == "" {
+	case pol.RuntimeDefault == "":
+		// runtime/default, or nothing asked: the runtime's default.
 		return Expectation{}, false
+	default:
+		e.Profile = pol.RuntimeDefault
 	}
-	return Expectation{Profile: runtimeDefault}, true
+	if pol.RequireEnforce {
+		e.Mode = ModeEnforce
+	}
+	return e, true
 }
 
 // Check compares a process label with the expectation and says how they

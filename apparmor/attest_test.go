@@ -12,8 +12,8 @@ const rd = "cri-containerd.apparmor.d"
 
 func TestExpectAndCheck(t *testing.T) {
 	deny := apparmor.Profile{Type: apparmor.Localhost, Name: "k8s-apparmor-example-deny-write"}
-	var withRD *apparmor.Policy
-	enforce := &apparmor.Policy{RequireEnforce: true}
+	withRD := &apparmor.Policy{RuntimeDefault: rd}
+	enforce := &apparmor.Policy{RequireEnforce: true, RuntimeDefault: rd}
 	for _, c := range []struct {
 		name       string
 		p          apparmor.Profile
@@ -31,13 +31,16 @@ func TestExpectAndCheck(t *testing.T) {
 		{"runtime default", apparmor.Profile{Type: apparmor.RuntimeDefault}, false, withRD, rd + " (enforce)", ""},
 		{"nothing asked gets the runtime default", apparmor.Profile{}, false, withRD, rd + " (enforce)", ""},
 		{"runtime default swapped", apparmor.Profile{Type: apparmor.RuntimeDefault}, false, withRD, "unconfined", "expected " + rd},
+		{"runtime default in complain, enforce required", apparmor.Profile{Type: apparmor.RuntimeDefault}, false, enforce, rd + " (complain)", "expected " + rd + " (enforce), the container runs " + rd + " (complain): this node requires enforce mode"},
+		{"nothing asked, enforce required", apparmor.Profile{}, false, enforce, rd + " (complain)", "requires enforce mode"},
+		{"runtime default enforced, enforce required", apparmor.Profile{Type: apparmor.RuntimeDefault}, false, enforce, rd + " (enforce)", ""},
 		{"privileged runtime default is unconfined", apparmor.Profile{Type: apparmor.RuntimeDefault}, true, enforce, "unconfined", ""},
 		{"unconfined", apparmor.Profile{Type: apparmor.Unconfined}, false, withRD, "unconfined", ""},
 		{"unconfined but confined", apparmor.Profile{Type: apparmor.Unconfined}, false, withRD, rd + " (enforce)", "expected unconfined"},
 		{"profile name with spaces and parens", apparmor.Profile{Type: apparmor.Localhost, Name: "a (b) c"}, false, enforce, "a (b) c (enforce)", ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			e, ok := apparmor.Expect(c.p, c.privileged, rd, c.pol)
+			e, ok := apparmor.Expect(c.p, c.privileged, c.pol)
 			if !ok {
 				t.Fatal("nothing expected")
 			}
@@ -47,8 +50,10 @@ func TestExpectAndCheck(t *testing.T) {
 			}
 		})
 	}
-	if _, ok := apparmor.Expect(apparmor.Profile{}, false, "", nil); ok {
-		t.Error("an unknown runtime default gave an expectation")
+	for _, pol := range []*apparmor.Policy{nil, {RequireEnforce: true}} {
+		if _, ok := apparmor.Expect(apparmor.Profile{}, false, pol); ok {
+			t.Errorf("an unknown runtime default gave an expectation (policy %+v)", pol)
+		}
 	}
 }
 
@@ -137,7 +142,7 @@ func TestCheckChildrenHatsAndStacks(t *testing.T) {
 // namespace's unconfined profile, or profiles in unconfined mode, such as
 // a host profile attached by path to what a privileged container runs.
 func TestCheckUnconfined(t *testing.T) {
-	e, ok := apparmor.Expect(apparmor.Profile{Type: apparmor.RuntimeDefault}, true, rd, &apparmor.Policy{RequireEnforce: true})
+	e, ok := apparmor.Expect(apparmor.Profile{Type: apparmor.RuntimeDefault}, true, &apparmor.Policy{RuntimeDefault: rd, RequireEnforce: true})
 	if !ok || e.Profile != apparmor.UnconfinedRef {
 		t.Fatalf("privileged runtime/default: %v %v", e, ok)
 	}

@@ -30,13 +30,11 @@ type Processes interface {
 	SettledConfinement(pid int, wait time.Duration) (string, error)
 }
 
-// Attestation configures start attestation.
+// Attestation configures start attestation. The runtime's default profile
+// is the policy's (apparmor.Policy.RuntimeDefault).
 type Attestation struct {
-	Mode string
-	// RuntimeDefault is the runtime's default profile name
-	// (containerd: cri-containerd.apparmor.d).
-	RuntimeDefault string
-	Processes      Processes
+	Mode      string
+	Processes Processes
 }
 
 // WithAttestation checks, when StartContainer succeeds and before it
@@ -57,7 +55,7 @@ type attestor struct {
 }
 
 func (a *attestor) remember(id string, p apparmor.Profile, req *runtimeapi.CreateContainerRequest, pol *apparmor.Policy) {
-	exp, ok := apparmor.Expect(p, req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged(), a.RuntimeDefault, pol)
+	exp, ok := apparmor.Expect(p, req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged(), pol)
 	if !ok || id == "" {
 		return
 	}
@@ -256,5 +254,5 @@ func (p *Proxy) expectFromConfig(cfg *runtimeapi.ContainerConfig) (apparmor.Expe
 	if err != nil {
 		return apparmor.Expectation{}, false
 	}
-	return apparmor.Expect(prof, cfg.GetLinux().GetSecurityContext().GetPrivileged(), p.attest.RuntimeDefault, p.policy.Load())
+	return apparmor.Expect(prof, cfg.GetLinux().GetSecurityContext().GetPrivileged(), p.policy.Load())
 }

@@ -227,6 +227,41 @@ func TestAttestationRequiresEnforceMode(t *testing.T) {
 	}
 }
 
+// requireEnforce applies to the runtime's default profile too: a container
+// asking nothing or runtime/default is stopped when its process runs that
+// profile in complain mode, and refused at create while the host lists it
+// in complain mode.
+func TestAttestationRequireEnforceRuntimeDefault(t *testing.T) {
+	a := newAttestEnv(t, "enforce", func(c *shim.Config) { c.Policy.RequireEnforce = true })
+	for i, ref := range []string{"", "runtime/default"} {
+		id := a.run(t, fmt.Sprintf("plain-%d", i), ref, "cri-containerd.apparmor.d (complain)", 4242+i)
+		err := a.start(t, id)
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "expected cri-containerd.apparmor.d (enforce), the container runs cri-containerd.apparmor.d (complain): this node requires enforce mode") {
+			t.Errorf("%q in complain mode where enforce is required: %v", ref, err)
+		}
+	}
+	if s := a.stopped(); len(s) != 2 {
+		t.Errorf("stopped %v, want both", s)
+	}
+
+	a.sysfs.setProfiles(denyWrite+" (enforce)", "cri-containerd.apparmor.d (complain)")
+	ctx := ctxTimeout(t, 10*time.Second)
+	sandbox := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "late", Namespace: "default", Uid: "late"}}
+	sb, err := a.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sandbox})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{"", "runtime/default"} {
+		_, err = a.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, SandboxConfig: sandbox,
+			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "hello"}, Image: &runtimeapi.ImageSpec{Image: "busybox"},
+				Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{ApparmorProfile: ref}}}})
+		want := `Blocked: Cannot enforce AppArmor: the runtime's default profile "cri-containerd.apparmor.d" is loaded in complain mode, but this node requires enforce mode`
+		if status.Code(err) != codes.FailedPrecondition || status.Convert(err).Message() != want {
+			t.Errorf("create %q with the runtime's default in complain mode: %v", ref, err)
+		}
+	}
+}
+
 // After a restart armorshim has no memory of the decision: it derives the
 // expectation from the runtime's copy of the container config.
 func TestAttestationAfterRestart(t *testing.T) {

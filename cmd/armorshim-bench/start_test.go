@@ -75,7 +75,7 @@ func TestVerboseInfo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exp, ok := apparmor.Expect(prof, false, runtimeDefaultProfile, nil)
+	exp, ok := apparmor.Expect(prof, false, &apparmor.Policy{RuntimeDefault: runtimeDefaultProfile})
 	if !ok || exp.Check(runtimeDefaultProfile+" (enforce)", nil) != "" {
 		t.Errorf("expectation %v (%v) does not accept the fake process's label", exp, ok)
 	}
