@@ -3,9 +3,12 @@ package cri
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -54,11 +57,13 @@ type attestor struct {
 	expect map[string]apparmor.Expectation
 }
 
+// remember keeps what container id must run under once started; an empty
+// Expectation says there is nothing to expect.
 func (a *attestor) remember(id string, p apparmor.Profile, req *runtimeapi.CreateContainerRequest, pol *apparmor.Policy) {
-	exp, ok := apparmor.Expect(p, req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged(), pol)
-	if !ok || id == "" {
+	if id == "" {
 		return
 	}
+	exp, _ := apparmor.Expect(p, req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged(), pol)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if len(a.expect) >= maxRemembered {
@@ -175,21 +180,46 @@ func (p *Proxy) inspectStart(_ context.Context, in []byte) h2relay.Verdict {
 	}}
 }
 
+// Attestation outcomes, the values of the metric's outcome label.
+const (
+	// outcomeAttested: the process runs under the expected confinement.
+	outcomeAttested = "attested"
+	// outcomeMismatch: it does not; enforce mode stops the container.
+	outcomeMismatch = "mismatch"
+	// outcomeUnverified: attestation applies but the container could not
+	// be read (no status, no process, the process gone, its label
+	// unreadable). The container is never stopped for it.
+	outcomeUnverified = "unverified"
+	// outcomeSkipped: attestation does not apply: AppArmor is off on the
+	// host, or nothing is known to expect.
+	outcomeSkipped = "skipped"
+)
+
+// attestation is what attesting one container found.
+type attestation struct {
+	outcome string
+	// detail is the mismatch, or why the container was unverified or
+	// skipped; label is the process's label when read.
+	detail, label string
+}
+
 // attestStarted attests a started container; in enforce mode a mismatch
 // stops it and becomes StartContainer's answer.
 func (p *Proxy) attestStarted(ctx context.Context, id string) *status.Status {
-	snap := p.host.Snapshot()
-	if snap.Err != nil || !snap.Enabled {
-		p.attest.take(id)
-		p.metrics.observeAttestation("skipped")
+	a := p.attestStart(ctx, id)
+	p.metrics.observeAttestation(a.outcome)
+	switch a.outcome {
+	case outcomeAttested:
+		klog.V(2).InfoS("Container confinement attested", "containerID", id, "confinement", a.label)
+		return nil
+	case outcomeSkipped:
+		klog.V(2).InfoS("Container confinement not attested", "containerID", id, "reason", a.detail)
+		return nil
+	case outcomeUnverified:
+		p.logs.InfoS("Container confinement unverified", "containerID", id, "reason", a.detail)
 		return nil
 	}
-	mismatch := p.attestStart(ctx, id, snap)
-	if mismatch == "" {
-		return nil
-	}
-	p.metrics.observeAttestation("mismatch")
-	p.logs.InfoS("Container confinement mismatch", "containerID", id, "mode", p.attest.Mode, "mismatch", mismatch)
+	p.logs.InfoS("Container confinement mismatch", "containerID", id, "mode", p.attest.Mode, "mismatch", a.detail)
 	if p.attest.Mode != AttestEnforce {
 		return nil
 	}
@@ -198,44 +228,57 @@ func (p *Proxy) attestStarted(ctx context.Context, id string) *status.Status {
 	if _, err := runtimeapi.NewRuntimeServiceClient(p.runtime).StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: id}); err != nil {
 		klog.ErrorS(err, "Stopping the mismatched container failed", "containerID", id)
 	}
-	return status.New(codes.FailedPrecondition, "Blocked: AppArmor confinement mismatch: "+mismatch)
+	return status.New(codes.FailedPrecondition, "Blocked: AppArmor confinement mismatch: "+a.detail)
 }
 
 // attestStart compares the started container's confinement with what was
-// decided for it and returns the difference, or "".
-func (p *Proxy) attestStart(ctx context.Context, id string, snap *apparmor.Snapshot) string {
+// decided for it.
+func (p *Proxy) attestStart(ctx context.Context, id string) attestation {
 	exp, known := p.attest.take(id)
+	snap := p.host.Snapshot()
+	switch {
+	case snap.Err != nil:
+		return attestation{outcome: outcomeUnverified, detail: "cannot read the host's AppArmor state: " + snap.Err.Error()}
+	case !snap.Enabled:
+		return attestation{outcome: outcomeSkipped, detail: "AppArmor is not enabled on the host"}
+	case known && exp.Profile == "":
+		return attestation{outcome: outcomeSkipped, detail: noRuntimeDefault}
+	}
 	resp, err := runtimeapi.NewRuntimeServiceClient(p.runtime).ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true})
 	if err != nil {
-		klog.V(2).InfoS("Cannot attest: no container status", "containerID", id, "err", err)
-		p.metrics.observeAttestation("unattested")
-		return ""
+		return attestation{outcome: outcomeUnverified, detail: "no container status: " + err.Error()}
 	}
 	// Created before armorshim started (not known): derive the expectation
 	// from the runtime's copy of the container config.
 	pid, cfg, err := parseInfo(resp.GetInfo()["info"], !known)
-	if err == nil && !known {
-		exp, known = p.expectFromConfig(cfg)
+	if err != nil {
+		return attestation{outcome: outcomeUnverified, detail: "cannot read the runtime's container info: " + err.Error()}
 	}
-	if pid <= 0 || !known {
-		klog.V(2).InfoS("Cannot attest: the runtime reports no process or config", "containerID", id, "err", err)
-		p.metrics.observeAttestation("unattested")
-		return ""
+	if !known {
+		if a, ok := p.expectFromConfig(cfg, &exp); !ok {
+			return a
+		}
+	}
+	if pid <= 0 {
+		return attestation{outcome: outcomeUnverified, detail: "the runtime reports no process: the container has already exited"}
 	}
 	label, err := p.attest.Processes.SettledConfinement(pid, time.Second)
-	if err != nil {
-		klog.V(2).InfoS("Cannot attest: the process is gone or has not executed yet", "containerID", id, "pid", pid, "err", err)
-		p.metrics.observeAttestation("unattested")
-		return ""
+	switch {
+	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH):
+		return attestation{outcome: outcomeUnverified, detail: fmt.Sprintf("process %d is gone: the container has already exited", pid)}
+	case err != nil:
+		return attestation{outcome: outcomeUnverified, detail: fmt.Sprintf("cannot read the AppArmor label of process %d: %v", pid, err)}
 	}
 	if mismatch := exp.Check(label, snap.Profiles); mismatch != "" {
-		return mismatch
+		return attestation{outcome: outcomeMismatch, detail: mismatch, label: label}
 	}
-	p.metrics.observeAttestation("attested")
 	p.denials.Confined(id, labelName(label))
-	klog.V(2).InfoS("Container confinement attested", "containerID", id, "confinement", label)
-	return ""
+	return attestation{outcome: outcomeAttested, label: label}
 }
+
+// noRuntimeDefault says why a container on the runtime's default profile is
+// not attested.
+const noRuntimeDefault = "the runtime's default profile is not known (attestation.runtimeDefaultProfile is empty)"
 
 // labelName is a process label without its mode suffix.
 func labelName(label string) string {
@@ -245,14 +288,20 @@ func labelName(label string) string {
 	return label
 }
 
-func (p *Proxy) expectFromConfig(cfg *runtimeapi.ContainerConfig) (apparmor.Expectation, bool) {
+// expectFromConfig sets *exp from the runtime's copy of the container
+// config; when it cannot, it returns the outcome instead and false.
+func (p *Proxy) expectFromConfig(cfg *runtimeapi.ContainerConfig, exp *apparmor.Expectation) (attestation, bool) {
 	if cfg == nil {
-		return apparmor.Expectation{}, false
+		return attestation{outcome: outcomeUnverified, detail: "the runtime's container info has no config"}, false
 	}
-	req := &runtimeapi.CreateContainerRequest{Config: cfg}
-	prof, _, err := apparmor.Resolve(req)
+	prof, _, err := apparmor.Resolve(&runtimeapi.CreateContainerRequest{Config: cfg})
 	if err != nil {
-		return apparmor.Expectation{}, false
+		return attestation{outcome: outcomeUnverified, detail: "the runtime's copy of the container config: " + err.Error()}, false
 	}
-	return apparmor.Expect(prof, cfg.GetLinux().GetSecurityContext().GetPrivileged(), p.policy.Load())
+	e, ok := apparmor.Expect(prof, cfg.GetLinux().GetSecurityContext().GetPrivileged(), p.policy.Load())
+	if !ok {
+		return attestation{outcome: outcomeSkipped, detail: noRuntimeDefault}, false
+	}
+	*exp = e
+	return attestation{}, true
 }

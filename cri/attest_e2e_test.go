@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/klog/v2"
 
 	"github.com/armorshim/armorshim/shim"
 )
@@ -25,22 +28,28 @@ import (
 // confined.
 type attestEnv struct {
 	*env
-	procfs string
-	mu     sync.Mutex
-	pids   map[string]int                         // container ID -> pid
-	config map[string]*runtimeapi.ContainerConfig // what verbose info reports
-	stops  []string
+	procfs     string
+	mu         sync.Mutex
+	pids       map[string]int                         // container ID -> pid
+	config     map[string]*runtimeapi.ContainerConfig // what verbose info reports
+	failStatus map[string]bool                        // ContainerStatus fails for these
+	stops      []string
+	metrics    string // armorshim's metrics address
 }
 
 func newAttestEnv(t *testing.T, mode string, mutate func(*shim.Config)) *attestEnv {
 	t.Helper()
-	a := &attestEnv{env: &env{backend: startBackend(t)}, procfs: t.TempDir(), pids: map[string]int{}, config: map[string]*runtimeapi.ContainerConfig{}}
+	a := &attestEnv{env: &env{backend: startBackend(t)}, procfs: t.TempDir(), pids: map[string]int{}, config: map[string]*runtimeapi.ContainerConfig{},
+		failStatus: map[string]bool{}, metrics: freeAddr(t)}
 	a.sysfs = newFakeSysfs(t, "Y", denyWrite+" (enforce)", "k8s-nginx (complain)", "cri-containerd.apparmor.d (enforce)")
 	a.backend.onUnary("/runtime.v1.RuntimeService/ContainerStatus", func(ctx context.Context, req any, handler grpc.UnaryHandler) (any, error) {
 		r := req.(*runtimeapi.ContainerStatusRequest)
 		a.mu.Lock()
-		pid, cfg := a.pids[r.ContainerId], a.config[r.ContainerId]
+		pid, cfg, fail := a.pids[r.ContainerId], a.config[r.ContainerId], a.failStatus[r.ContainerId]
 		a.mu.Unlock()
+		if fail {
+			return nil, status.Error(codes.NotFound, "container not found")
+		}
 		resp := &runtimeapi.ContainerStatusResponse{Status: &runtimeapi.ContainerStatus{Id: r.ContainerId}}
 		if r.Verbose {
 			// The shape of containerd's verbose info.
@@ -58,6 +67,7 @@ func newAttestEnv(t *testing.T, mode string, mutate func(*shim.Config)) *attestE
 	a.shim = startArmorshim(t, a.backend.sock, a.sysfs, func(c *shim.Config) {
 		c.Procfs = a.procfs
 		c.Attestation.Mode = mode
+		c.MetricsAddress = a.metrics
 		if mutate != nil {
 			mutate(c)
 		}
@@ -113,6 +123,25 @@ func (a *attestEnv) start(t *testing.T, id string) error {
 	t.Helper()
 	_, err := a.runtime.StartContainer(ctxTimeout(t, 10*time.Second), &runtimeapi.StartContainerRequest{ContainerId: id})
 	return err
+}
+
+// outcomes returns armorshim_start_attestations_total by outcome.
+func (a *attestEnv) outcomes(t *testing.T) map[string]string {
+	t.Helper()
+	resp, err := http.Get("http://" + a.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	out := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, `armorshim_start_attestations_total{outcome="`); ok {
+			outcome, n, _ := strings.Cut(rest, `"} `)
+			out[outcome] = n
+		}
+	}
+	return out
 }
 
 func (a *attestEnv) stopped() []string {
@@ -275,6 +304,58 @@ func TestAttestationAfterRestart(t *testing.T) {
 	}
 }
 
+// A container that cannot be read is unverified: counted and logged with
+// its ID and the reason, never passed as attested, and never stopped, in
+// enforce mode too.
+func TestAttestationUnverifiedIsCountedNotStopped(t *testing.T) {
+	logs := captureKlog(t)
+	a := newAttestEnv(t, "enforce", nil)
+	const label = denyWrite + " (enforce)"
+	ids := map[string]string{} // container ID -> reason logged
+	id := a.run(t, "no-status", "localhost/"+denyWrite, label, 4242)
+	a.mu.Lock()
+	a.failStatus[id] = true
+	a.mu.Unlock()
+	ids[id] = "no container status"
+	id = a.run(t, "exited", "localhost/"+denyWrite, label, 4243)
+	a.mu.Lock()
+	a.pids[id] = 0
+	a.mu.Unlock()
+	ids[id] = "the runtime reports no process"
+	id = a.run(t, "gone", "localhost/"+denyWrite, label, 4244)
+	if err := os.RemoveAll(filepath.Join(a.procfs, "4244")); err != nil {
+		t.Fatal(err)
+	}
+	ids[id] = "process 4244 is gone"
+	id = a.run(t, "unreadable", "localhost/"+denyWrite, label, 4245)
+	cur := filepath.Join(a.procfs, "4245", "attr", "current")
+	if err := os.Remove(cur); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(cur, 0o755); err != nil { // reading it fails
+		t.Fatal(err)
+	}
+	ids[id] = "cannot read the AppArmor label of process 4245"
+	for id := range ids {
+		if err := a.start(t, id); err != nil {
+			t.Errorf("%s: start failed: %v", id, err)
+		}
+	}
+	if s := a.stopped(); len(s) != 0 {
+		t.Errorf("unverified containers stopped: %v", s)
+	}
+	if got := a.outcomes(t); got["unverified"] != "4" || got["attested"] != "" || got["mismatch"] != "" {
+		t.Errorf("outcomes %v, want 4 unverified and nothing else", got)
+	}
+	klog.Flush()
+	for id, reason := range ids {
+		want := `"Container confinement unverified" containerID="` + id + `" reason="` + reason
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("no log line %s...:\n%s", want, logs.String())
+		}
+	}
+}
+
 func TestAttestationSkippedWithoutAppArmor(t *testing.T) {
 	a := newAttestEnv(t, "enforce", nil)
 	id := a.run(t, "plain", "unconfined", "whatever", 4242)
@@ -288,5 +369,8 @@ func TestAttestationSkippedWithoutAppArmor(t *testing.T) {
 		if c.Method == "/runtime.v1.RuntimeService/ContainerStatus" {
 			t.Error("attestation ran on a host without AppArmor")
 		}
+	}
+	if got := a.outcomes(t); got["skipped"] != "1" || len(got) != 1 {
+		t.Errorf("outcomes %v, want 1 skipped", got)
 	}
 }
