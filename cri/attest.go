@@ -27,10 +27,10 @@ const (
 	AttestReport  = "report"  // a mismatch is logged and counted only
 )
 
-// Processes reads a process's confinement once it runs the container's
-// command (host.Reader).
+// Processes reads the confinement of a started container's process
+// (host.Reader).
 type Processes interface {
-	SettledConfinement(pid int, wait time.Duration) (string, error)
+	StartedConfinement(pid int) (string, error)
 }
 
 // Attestation configures start attestation. The runtime's default profile
@@ -262,7 +262,7 @@ func (p *Proxy) attestStart(ctx context.Context, id string) attestation {
 	if pid <= 0 {
 		return attestation{outcome: outcomeUnverified, detail: "the runtime reports no process: the container has already exited"}
 	}
-	label, err := p.attest.Processes.SettledConfinement(pid, time.Second)
+	label, err := p.attest.Processes.StartedConfinement(pid)
 	switch {
 	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH):
 		return attestation{outcome: outcomeUnverified, detail: fmt.Sprintf("process %d is gone: the container has already exited", pid)}

@@ -237,6 +237,41 @@ func TestAttestationUnconfinedModeIsUnconfined(t *testing.T) {
 	}
 }
 
+// StartContainer may return while the process is still runc's init, just
+// before it executes the container's command: it is judged at once by the
+// label runc set for that exec, or without one by its current label.
+func TestAttestationOfRuncInit(t *testing.T) {
+	a := newAttestEnv(t, "enforce", nil)
+	init := func(pid int, current, exec string) {
+		t.Helper()
+		dir := filepath.Join(a.procfs, strconv.Itoa(pid))
+		for name, data := range map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": current + "\n", "attr/exec": exec} {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	id := a.run(t, "confined", "localhost/"+denyWrite, "unconfined", 4242)
+	init(4242, "unconfined", denyWrite+" (enforce)\n")
+	if err := a.start(t, id); err != nil {
+		t.Errorf("runc's init with the exec label set: %v", err)
+	}
+	privileged := func(c *runtimeapi.ContainerConfig) { c.Linux.SecurityContext.Privileged = true }
+	id = a.runWith(t, "privileged", "runtime/default", "unconfined", 4243, privileged)
+	init(4243, "unconfined", "")
+	if err := a.start(t, id); err != nil {
+		t.Errorf("runc's init without an exec label: %v", err)
+	}
+	id = a.run(t, "swapped", "localhost/"+denyWrite, "unconfined", 4244)
+	init(4244, "unconfined", "")
+	if err := a.start(t, id); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("runc's init without the decided exec label: %v, want FailedPrecondition", err)
+	}
+	if got := a.outcomes(t); got["attested"] != "2" || got["mismatch"] != "1" || len(got) != 2 {
+		t.Errorf("outcomes %v, want 2 attested, 1 mismatch", got)
+	}
+}
+
 func TestAttestationReportModeOnlyCounts(t *testing.T) {
 	a := newAttestEnv(t, "report", nil)
 	id := a.run(t, "hello-apparmor", "localhost/"+denyWrite, "unconfined", 4242)

@@ -2,11 +2,12 @@ package host
 
 import (
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
-	"time"
 )
 
 func procTree(t *testing.T, pid int, files map[string]string) string {
@@ -42,32 +43,62 @@ func TestConfinement(t *testing.T) {
 	}
 }
 
-func TestSettledConfinementWaitsForExec(t *testing.T) {
-	root := procTree(t, 7, map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "unconfined\n"})
+// A started container's process is read at once, never waited for: still
+// in runc's init, it is judged by the label runc set for its exec.
+func TestStartedConfinement(t *testing.T) {
+	const deny = "k8s-apparmor-example-deny-write (enforce)"
+	for _, c := range []struct {
+		name  string
+		files map[string]string
+		want  string
+	}{
+		{"executed", map[string]string{"comm": "sh\n", "attr/current": deny + "\n", "attr/exec": ""}, deny},
+		{"still in runc's init, exec label set", map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "unconfined\n", "attr/exec": deny + "\n"}, deny},
+		{"still in runc's init, no exec label", map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "runc (unconfined)\n", "attr/exec": ""}, "runc (unconfined)"},
+		{"stacking kernel", map[string]string{"comm": "runc:[2:INIT]\n", "attr/apparmor/current": "unconfined\n", "attr/apparmor/exec": deny + "\n",
+			"attr/current": "selinux_t\n", "attr/exec": "other_t\n"}, deny},
+	} {
+		got, err := NewReader("", procTree(t, 7, c.files)).StartedConfinement(7)
+		if err != nil || got != c.want {
+			t.Errorf("%s: %q %v, want %q", c.name, got, err, c.want)
+		}
+	}
+	if _, err := NewReader("", t.TempDir()).StartedConfinement(7); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a process that is gone: %v, want ErrNotExist", err)
+	}
+}
+
+// A label longer than the read buffer is read whole.
+func TestLongLabel(t *testing.T) {
+	long := strings.Repeat("p", 3000) + " (enforce)"
+	r := NewReader("", procTree(t, 7, map[string]string{"comm": "sh\n", "attr/current": long + "\n"}))
+	if got, err := r.StartedConfinement(7); err != nil || got != long {
+		t.Errorf("long label: %d bytes, %v", len(got), err)
+	}
+}
+
+// Whether the kernel has attr/apparmor is learned from the first process
+// read, and not asked again.
+func TestAttrLayoutLearnedOnce(t *testing.T) {
+	root := procTree(t, 7, map[string]string{"attr/current": "a (enforce)\n"})
 	r := NewReader("", root)
-	go func() {
-		time.Sleep(30 * time.Millisecond)
-		os.WriteFile(filepath.Join(root, "7", "attr", "current"), []byte("k8s-apparmor-example-deny-write (enforce)\n"), 0o644)
-		os.WriteFile(filepath.Join(root, "7", "comm"), []byte("sh\n"), 0o644)
-	}()
-	got, err := r.SettledConfinement(7, 5*time.Second)
-	if err != nil || got != "k8s-apparmor-example-deny-write (enforce)" {
-		t.Errorf("settled = %q %v", got, err)
+	if got, err := r.Confinement(7); err != nil || got != "a (enforce)" {
+		t.Fatalf("flat: %q %v", got, err)
 	}
-	// Still in runc's init after the wait (a loaded node): the label runc
-	// set for the exec is the one the process gets, never runc's own.
-	root = procTree(t, 8, map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "unconfined\n",
-		"attr/exec": "k8s-apparmor-example-deny-write (enforce)\n"})
-	start := time.Now()
-	got, err = NewReader("", root).SettledConfinement(8, 20*time.Millisecond)
-	if err != nil || got != "k8s-apparmor-example-deny-write (enforce)" || time.Since(start) > 2*time.Second {
-		t.Errorf("bounded wait: %q %v after %v", got, err, time.Since(start))
+	// A directory now there is not looked at: the kernel's layout is known.
+	if err := os.MkdirAll(filepath.Join(root, "7", "attr", "apparmor", "current"), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	// No exec label either: not settled, not unconfined.
-	root = procTree(t, 9, map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "unconfined\n"})
-	got, err = NewReader("", root).SettledConfinement(9, 20*time.Millisecond)
-	if !errors.Is(err, ErrNotSettled) {
-		t.Errorf("no exec label: %q %v, want ErrNotSettled", got, err)
+	if got, err := r.Confinement(7); err != nil || got != "a (enforce)" {
+		t.Errorf("after learning the layout: %q %v", got, err)
+	}
+	// A process gone before the layout is known teaches nothing.
+	r = NewReader("", root)
+	if _, err := r.Confinement(8); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("gone: %v", err)
+	}
+	if got, err := r.Confinement(7); err == nil {
+		t.Errorf("the layout was learned from a missing process: read %q", got)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -24,6 +25,8 @@ type Reader struct {
 	mu     sync.Mutex
 	rev    *os.File // revision file, opened O_NONBLOCK; nil when unavailable
 	cached *apparmor.Snapshot
+
+	attrLayout atomic.Int32 // see attrUnknown
 }
 
 // NewReader returns a Reader for the trees rooted at sysfs and procfs

@@ -130,7 +130,7 @@ func parseAttestations(r io.Reader) (map[string]float64, error) {
 }
 
 // readTimes times the attestation's own file reads in process, as armorshim
-// makes them (host.Reader.SettledConfinement on the fake procfs), n times
+// makes them (host.Reader.StartedConfinement on the fake procfs), n times
 // over the first containers' processes; microseconds.
 func readTimes(procfs string, containers, n int) ([]float64, error) {
 	r := host.NewReader("/nonexistent", procfs)
@@ -138,7 +138,7 @@ func readTimes(procfs string, containers, n int) ([]float64, error) {
 	out := make([]float64, 0, n)
 	for i := 0; i < n; i++ {
 		t0 := time.Now()
-		label, err := r.SettledConfinement(fakePid(i%containers), time.Second)
+		label, err := r.StartedConfinement(fakePid(i % containers))
 		out = append(out, float64(time.Since(t0))/float64(time.Microsecond))
 		if err != nil {
 			return nil, err
