@@ -2,11 +2,9 @@ package cri
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -81,88 +79,6 @@ func (a *attestor) take(id string) (apparmor.Expectation, bool) {
 	exp, ok := a.expect[id]
 	delete(a.expect, id)
 	return exp, ok
-}
-
-// containerInfo is the part of containerd's verbose ContainerStatus info
-// armorshim reads after a restart: of the container config (which
-// containerd writes with encoding/json, so with the generated JSON names),
-// only what the AppArmor expectation depends on. Decoding the whole
-// ContainerConfig cost a third of an attestation.
-type containerInfo struct {
-	Config *struct {
-		Metadata *runtimeapi.ContainerMetadata `json:"metadata"`
-		Linux    *struct {
-			SecurityContext *struct {
-				Privileged      bool                        `json:"privileged"`
-				Apparmor        *runtimeapi.SecurityProfile `json:"apparmor"`
-				ApparmorProfile string                      `json:"apparmor_profile"`
-			} `json:"security_context"`
-		} `json:"linux"`
-	} `json:"config"`
-}
-
-// ParseContainerInfo reads, from containerd's verbose ContainerStatus info,
-// the container's pid and the config's fields that the AppArmor expectation
-// depends on: metadata and the AppArmor and privileged settings. pid is 0
-// and the config nil if the info has none. It reads the document only up
-// to them (see parseInfo): what follows is not checked.
-func ParseContainerInfo(info string) (pid int, cfg *runtimeapi.ContainerConfig, err error) {
-	return parseInfo(info, true)
-}
-
-// parseInfo reads "pid" and, with withConfig, the config's decoded part
-// from containerd's verbose info, stopping as soon as it has them:
-// containerd writes the pid second and the config before the OCI spec,
-// which makes up most of the document. pid is 0 if there is none.
-func parseInfo(info string, withConfig bool) (pid int, cfg *runtimeapi.ContainerConfig, err error) {
-	dec := json.NewDecoder(strings.NewReader(info))
-	if t, err := dec.Token(); err != nil {
-		return 0, nil, err
-	} else if t != json.Delim('{') {
-		return 0, nil, fmt.Errorf("container info: not a JSON object")
-	}
-	var i containerInfo
-	havePid, haveConfig := false, !withConfig
-	for dec.More() && !(havePid && haveConfig) {
-		key, err := dec.Token()
-		if err != nil {
-			return 0, nil, err
-		}
-		switch {
-		case key == "pid" && !havePid:
-			if err := dec.Decode(&pid); err != nil {
-				return 0, nil, fmt.Errorf("container info: pid: %w", err)
-			}
-			havePid = true
-		case key == "config" && !haveConfig:
-			if err := dec.Decode(&i.Config); err != nil {
-				return 0, nil, fmt.Errorf("container info: config: %w", err)
-			}
-			haveConfig = true
-		default:
-			var skip json.RawMessage
-			if err := dec.Decode(&skip); err != nil {
-				return 0, nil, err
-			}
-		}
-	}
-	return pid, i.config(), nil
-}
-
-// config returns the decoded part as a ContainerConfig, nil if absent.
-func (i *containerInfo) config() *runtimeapi.ContainerConfig {
-	c := i.Config
-	if c == nil {
-		return nil
-	}
-	cfg := &runtimeapi.ContainerConfig{Metadata: c.Metadata}
-	if c.Linux != nil && c.Linux.SecurityContext != nil {
-		sc := c.Linux.SecurityContext
-		cfg.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
-			Privileged: sc.Privileged, Apparmor: sc.Apparmor, ApparmorProfile: sc.ApparmorProfile,
-		}}
-	}
-	return cfg
 }
 
 // inspectStart holds StartContainer's answer: once the runtime started the
@@ -244,13 +160,16 @@ func (p *Proxy) attestStart(ctx context.Context, id string) attestation {
 	case known && exp.Profile == "":
 		return attestation{outcome: outcomeSkipped, detail: noRuntimeDefault}
 	}
-	resp, err := runtimeapi.NewRuntimeServiceClient(p.runtime).ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true})
+	info, err := containerInfoJSON(ctx, p.runtime, id)
 	if err != nil {
 		return attestation{outcome: outcomeUnverified, detail: "no container status: " + err.Error()}
 	}
+	if info == nil {
+		return attestation{outcome: outcomeUnverified, detail: "the runtime's verbose container status has no info (it is not containerd's)"}
+	}
 	// Created before armorshim started (not known): derive the expectation
 	// from the runtime's copy of the container config.
-	pid, cfg, err := parseInfo(resp.GetInfo()["info"], !known)
+	pid, cfg, err := parseInfo(info, !known)
 	if err != nil {
 		return attestation{outcome: outcomeUnverified, detail: "cannot read the runtime's container info: " + err.Error()}
 	}

@@ -156,9 +156,10 @@ func readTimes(procfs string, containers, n int) ([]float64, error) {
 // after a restart), n times; microseconds.
 func decodeTimes(info string, n int) ([]float64, error) {
 	out := make([]float64, 0, n)
+	b := []byte(info) // as armorshim has it
 	for i := 0; i < n; i++ {
 		t0 := time.Now()
-		pid, cfg, err := cri.ParseContainerInfo(info)
+		pid, cfg, err := cri.ParseContainerInfo(b)
 		out = append(out, float64(time.Since(t0))/float64(time.Microsecond))
 		if err != nil {
 			return nil, err
