@@ -238,24 +238,39 @@ func TestAttestationUnconfinedModeIsUnconfined(t *testing.T) {
 }
 
 // StartContainer may return while the process is still runc's init, just
-// before it executes the container's command: it is judged at once by the
-// label runc set for that exec, or without one by its current label.
+// before it executes the container's command. With an exec label set, the
+// exec is waited for and the label it gave is judged; a process that stays
+// "runc's init" (a name any process can take) is unverified, never judged
+// by the exec label it may have set itself. Without one, the current label
+// is judged at once.
 func TestAttestationOfRuncInit(t *testing.T) {
 	a := newAttestEnv(t, "enforce", nil)
+	write := func(pid int, name, data string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(a.procfs, strconv.Itoa(pid), name), []byte(data), 0o644); err != nil {
+			t.Error(err)
+		}
+	}
 	init := func(pid int, current, exec string) {
 		t.Helper()
-		dir := filepath.Join(a.procfs, strconv.Itoa(pid))
-		for name, data := range map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": current + "\n", "attr/exec": exec} {
-			if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
+		write(pid, "attr/current", current+"\n")
+		write(pid, "attr/exec", exec)
+		write(pid, "comm", "runc:[2:INIT]\n")
 	}
 	id := a.run(t, "confined", "localhost/"+denyWrite, "unconfined", 4242)
 	init(4242, "unconfined", denyWrite+" (enforce)\n")
+	execd := make(chan struct{})
+	go func() { // runc's init executes the command 50 ms into the attestation
+		defer close(execd)
+		time.Sleep(50 * time.Millisecond)
+		write(4242, "attr/current", denyWrite+" (enforce)\n")
+		write(4242, "attr/exec", "")
+		write(4242, "comm", "sh\n")
+	}()
 	if err := a.start(t, id); err != nil {
 		t.Errorf("runc's init with the exec label set: %v", err)
 	}
+	<-execd
 	privileged := func(c *runtimeapi.ContainerConfig) { c.Linux.SecurityContext.Privileged = true }
 	id = a.runWith(t, "privileged", "runtime/default", "unconfined", 4243, privileged)
 	init(4243, "unconfined", "")
@@ -267,8 +282,18 @@ func TestAttestationOfRuncInit(t *testing.T) {
 	if err := a.start(t, id); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("runc's init without the decided exec label: %v, want FailedPrecondition", err)
 	}
-	if got := a.outcomes(t); got["attested"] != "2" || got["mismatch"] != "1" || len(got) != 2 {
-		t.Errorf("outcomes %v, want 2 attested, 1 mismatch", got)
+	// Left unconfined, the process names itself runc's init and sets the
+	// decided profile for an exec it never makes.
+	forged := a.run(t, "forged", "localhost/"+denyWrite, "unconfined", 4245)
+	init(4245, "unconfined", denyWrite+" (enforce)\n")
+	if err := a.start(t, forged); err != nil {
+		t.Errorf("a forged runc init: %v, want a start (unverified)", err)
+	}
+	if got := a.outcomes(t); got["attested"] != "2" || got["mismatch"] != "1" || got["unverified"] != "1" || len(got) != 3 {
+		t.Errorf("outcomes %v, want 2 attested, 1 mismatch, 1 unverified", got)
+	}
+	if s := a.stopped(); len(s) != 1 || s[0] == forged {
+		t.Errorf("stopped %v, want the swapped one only", s)
 	}
 }
 

@@ -3,12 +3,14 @@ package host
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -81,17 +83,32 @@ func readAttr(path string) (string, error) {
 // container's process; its confinement is not yet the container's.
 const runcInit = "runc:[2:INIT]"
 
+// ErrStillInInit says a process still looked like runc's init, with a
+// label set for its exec, when the wait for that exec ran out.
+var ErrStillInInit = errors.New("the process is still runc's init")
+
+// initWait bounds how long StartedConfinement waits for runc's init to
+// execute the container's command.
+const initWait = time.Second
+
 // StartedConfinement returns the label of a container's first process
-// once its runtime's StartContainer returned, without waiting. The process
-// may still be runc's init, about to execute the container's command: runc
-// sets the label for that exec (attr/exec) before it waits to be started,
-// and the kernel applies it at the exec, so that label is the process's.
-// With no exec label (no profile asked), the process keeps its current
-// label at the exec, unless a host profile attached by path applies; it is
-// judged by its current label.
+// once its runtime's StartContainer returned. The process may still be
+// runc's init, about to execute the container's command under the label
+// runc set for that exec (attr/exec). That label is not taken on trust:
+// the command name is the process's to set (PR_SET_NAME), and a process
+// left unconfined can set any exec label for itself. So the exec is
+// waited for (up to initWait) and the label the kernel gave the process
+// is read; still in runc's init then, it is ErrStillInInit. With no exec
+// label the process keeps its current label at the exec (unless a host
+// profile attached by path applies): that is read at once.
 func (r *Reader) StartedConfinement(pid int) (string, error) {
 	commPath := r.procfs + "/" + strconv.Itoa(pid) + "/comm"
-	for range 2 {
+	wait := r.initWait
+	if wait == 0 {
+		wait = initWait
+	}
+	deadline := time.Now().Add(wait)
+	for pause := 100 * time.Microsecond; ; pause = min(2*pause, 5*time.Millisecond) {
 		comm, err := readAttr(commPath)
 		if err != nil {
 			return "", err
@@ -103,13 +120,16 @@ func (r *Reader) StartedConfinement(pid int) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		if exec != "" {
-			return exec, nil
+		if exec == "" {
+			// No exec label, or the exec cleared it since comm was
+			// read: either way the current label is the one to judge.
+			return r.attr(pid, "current")
 		}
-		// The exec may have happened since comm was read (it clears
-		// attr/exec): read comm again.
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("%w after %v (with %q set for its exec)", ErrStillInInit, wait, exec)
+		}
+		time.Sleep(pause)
 	}
-	return r.attr(pid, "current")
 }
 
 // containerIDPattern finds a 64-hex container ID in a cgroup path, as

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func procTree(t *testing.T, pid int, files map[string]string) string {
@@ -53,10 +54,7 @@ func TestStartedConfinement(t *testing.T) {
 		want  string
 	}{
 		{"executed", map[string]string{"comm": "sh\n", "attr/current": deny + "\n", "attr/exec": ""}, deny},
-		{"still in runc's init, exec label set", map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "unconfined\n", "attr/exec": deny + "\n"}, deny},
 		{"still in runc's init, no exec label", map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "runc (unconfined)\n", "attr/exec": ""}, "runc (unconfined)"},
-		{"stacking kernel", map[string]string{"comm": "runc:[2:INIT]\n", "attr/apparmor/current": "unconfined\n", "attr/apparmor/exec": deny + "\n",
-			"attr/current": "selinux_t\n", "attr/exec": "other_t\n"}, deny},
 	} {
 		got, err := NewReader("", procTree(t, 7, c.files)).StartedConfinement(7)
 		if err != nil || got != c.want {
@@ -65,6 +63,49 @@ func TestStartedConfinement(t *testing.T) {
 	}
 	if _, err := NewReader("", t.TempDir()).StartedConfinement(7); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("a process that is gone: %v, want ErrNotExist", err)
+	}
+}
+
+// runc's init with an exec label is judged once the exec has applied it,
+// by the label the process then has, on either attr layout.
+func TestStartedConfinementWaitsForTheExec(t *testing.T) {
+	const deny = "k8s-apparmor-example-deny-write (enforce)"
+	for _, dir := range []string{"attr/", "attr/apparmor/"} {
+		root := procTree(t, 7, map[string]string{"comm": "runc:[2:INIT]\n", dir + "current": "unconfined\n", dir + "exec": deny + "\n"})
+		r := NewReader("", root)
+		r.initWait = 10 * time.Second
+		done := make(chan struct{})
+		go func() { // the exec, 30 ms later: label first, as the kernel's lock orders them for a reader
+			defer close(done)
+			time.Sleep(30 * time.Millisecond)
+			for _, f := range []struct{ name, data string }{{dir + "current", deny + "\n"}, {dir + "exec", ""}, {"comm", "sleep\n"}} {
+				if err := os.WriteFile(filepath.Join(root, "7", f.name), []byte(f.data), 0o644); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+		got, err := r.StartedConfinement(7)
+		<-done
+		if err != nil || got != deny {
+			t.Errorf("%s: %q %v, want %q", dir, got, err, deny)
+		}
+	}
+}
+
+// A process that only looks like runc's init (its name is its own to set)
+// with an exec label it set itself is not judged by that label: once the
+// wait runs out it is ErrStillInInit.
+func TestStartedConfinementDoesNotTrustTheExecLabel(t *testing.T) {
+	const deny = "k8s-apparmor-example-deny-write (enforce)"
+	r := NewReader("", procTree(t, 7, map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "unconfined\n", "attr/exec": deny + "\n"}))
+	r.initWait = 50 * time.Millisecond
+	t0 := time.Now()
+	got, err := r.StartedConfinement(7)
+	if !errors.Is(err, ErrStillInInit) || got != "" {
+		t.Errorf("forged runc init: %q %v, want ErrStillInInit", got, err)
+	}
+	if d := time.Since(t0); d < r.initWait {
+		t.Errorf("gave up after %v, before the wait of %v", d, r.initWait)
 	}
 }
 

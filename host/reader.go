@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -26,7 +27,8 @@ type Reader struct {
 	rev    *os.File // revision file, opened O_NONBLOCK; nil when unavailable
 	cached *apparmor.Snapshot
 
-	attrLayout atomic.Int32 // see attrUnknown
+	attrLayout atomic.Int32  // see attrUnknown
+	initWait   time.Duration // StartedConfinement's wait; 0: initWait
 }
 
 // NewReader returns a Reader for the trees rooted at sysfs and procfs
