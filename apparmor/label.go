@@ -9,10 +9,12 @@ import "strings"
 // modes differ, and so on. The namespace's unconfined profile alone is
 // printed "unconfined", without a mode. A member in another policy
 // namespace than the reader's is prefixed ":ns:"; members after it without
-// a prefix are in that namespace too (the kernel prints the prefix only
-// when the namespace changes, and parses a stack the same way). A child
-// profile or hat is part of its parent's name: "k8s-web//nginx",
-// "k8s-web//^worker".
+// a prefix are in that namespace too (the kernel sorts the members by
+// namespace, the root's first, and prints the prefix only when the
+// namespace changes). A child profile or hat is part of its parent's name:
+// "k8s-web//nginx", and "k8s-web//worker" for the hat "^worker" (the caret
+// is policy syntax, never part of a name the kernel prints; a label
+// "k8s-web^worker" is a top-level profile of that name).
 
 // Mode names the kernel prints besides enforce and complain.
 const (
@@ -20,8 +22,9 @@ const (
 	ModeUnconfined Mode = "unconfined"
 	// ModeMixed: the members of a stack run in different modes.
 	ModeMixed Mode = "mixed"
-	// modeNone is what recent kernels print when every member of a label
-	// is a profile in unconfined mode (label_modename skips them).
+	// modeNone is what kernels without upstream commit dd2569fbb053 (5.8,
+	// backported to stable) print when every member of a label is a
+	// profile in unconfined mode (label_modename skipped them).
 	modeNone Mode = "-"
 )
 

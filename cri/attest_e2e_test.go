@@ -192,7 +192,7 @@ func TestAttestationAcceptsChildrenHatsAndStacks(t *testing.T) {
 	a := newAttestEnv(t, "enforce", nil)
 	for i, label := range []string{
 		denyWrite + "//sleeper (enforce)",
-		denyWrite + "//^worker (enforce)",
+		denyWrite + "//worker (enforce)", // a hat
 		denyWrite + "//&cri-containerd.apparmor.d (enforce)",
 		"cri-containerd.apparmor.d//&" + denyWrite + "//sleeper (enforce)",
 	} {
@@ -205,7 +205,7 @@ func TestAttestationAcceptsChildrenHatsAndStacks(t *testing.T) {
 		t.Errorf("containers stopped: %v", s)
 	}
 	// A name that only starts like the profile's is another profile.
-	for i, label := range []string{denyWrite + "x (enforce)", "other//" + denyWrite + " (enforce)"} {
+	for i, label := range []string{denyWrite + "x (enforce)", "other//" + denyWrite + " (enforce)", denyWrite + "^worker (enforce)"} {
 		id := a.run(t, fmt.Sprintf("other-%d", i), "localhost/"+denyWrite, label, 5100+i)
 		if err := a.start(t, id); status.Code(err) != codes.FailedPrecondition {
 			t.Errorf("%s: start = %v, want FailedPrecondition", label, err)
