@@ -26,7 +26,9 @@ var (
 		"n4-default-profile", "n7-attested", "n7-denial-attributed", "n4-allowed-refused", "n4-profile-directory",
 		"n4-nfd-labels", "n4-check", "n4-complain-refused", "n7-swap-detected", "n7-attested-from-config",
 		"n4-disabled",
-		"n6-hostnetwork-refused", "n6-privileged-refused", "n6-exempt-namespace", "n6-nginx-warned"}
+		"n6-hostnetwork-refused", "n6-privileged-refused", "n6-exempt-namespace", "n6-nginx-warned",
+		// attestation against the kernel's labels (guest.sh, scenarios_attest)
+		"n7-attest-child", "n7-attest-hat", "n7-attest-stack", "n7-attest-complain"}
 	noaaSteps = []string{"setup-containerd", "setup-armorshim", "s5-refused", "s5-no-profile"}
 	// the kubelet boot (guest/kubelet.sh); its Pod Security Admission
 	// fixtures are judged by psa_test.go
