@@ -748,7 +748,7 @@ func TestAttestationModeOff(t *testing.T) {
 	for body, wantErr := range map[string]string{
 		"attestation:\n  mode: on\n":   "attestation.mode: true",
 		"attestation:\n  mode: 3\n":    "attestation.mode: 3",
-		"attestation:\n  bogus: x\n":   `unknown field "bogus"`,
+		"attestation:\n  bogus: x\n":   "attestation.bogus: unknown field",
 		"attestation:\n  mode: loud\n": `"loud" is not enforce, report or off`,
 	} {
 		path := filepath.Join(dir, "c.yaml")
