@@ -75,7 +75,7 @@ func TestStartedConfinementWaitsForTheExec(t *testing.T) {
 		r := NewReader("", root)
 		r.initWait = 10 * time.Second
 		done := make(chan struct{})
-		go func() { // the exec, 30 ms later: label first, as the kernel's lock orders them for a reader
+		go func() { // the exec, 30 ms later; the label first, so a reader that sees the new comm sees it
 			defer close(done)
 			time.Sleep(30 * time.Millisecond)
 			for _, f := range []struct{ name, data string }{{dir + "current", deny + "\n"}, {dir + "exec", ""}, {"comm", "sleep\n"}} {
