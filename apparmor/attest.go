@@ -1,9 +1,6 @@
 package apparmor
 
-import (
-	"fmt"
-	"strings"
-)
+import "fmt"
 
 // Expectation is the confinement a container's first process must run
 // under once started.
@@ -20,48 +17,67 @@ func (e Expectation) String() string {
 }
 
 // Expect returns what a container created with profile p must run under.
-// runtimeDefault names the runtime's default profile (containerd:
-// cri-containerd.apparmor.d); privileged containers get no default profile.
-// It reports false when there is nothing to expect (no runtime default
-// known).
-func Expect(p Profile, privileged bool, runtimeDefault string, pol *Policy) (Expectation, bool) {
-	switch p.Type {
-	case Localhost:
-		e := Expectation{Profile: p.Name}
-		if pol != nil && pol.RequireEnforce {
-			e.Mode = ModeEnforce
-		}
-		return e, true
-	case Unconfined:
-		return Expectation{Profile: UnconfinedRef}, true
+// The runtime's default profile (pol.RuntimeDefault; containerd:
+// cri-containerd.apparmor.d) applies to runtime/default and to a container
+// asking nothing, but privileged containers get no default profile. With
+// pol.RequireEnforce the profile, localhost or the runtime's default, must
+// run in enforce mode. It reports false when there is nothing to expect
+// (the runtime's default profile is not known).
+func Expect(p Profile, privileged bool, pol *Policy) (Expectation, bool) {
+	if pol == nil {
+		pol = &Policy{}
 	}
-	// runtime/default, or nothing asked: the runtime's default.
-	if privileged {
+	var e Expectation
+	switch {
+	case p.Type == Localhost:
+		e.Profile = p.Name
+	case p.Type == Unconfined || privileged:
 		return Expectation{Profile: UnconfinedRef}, true
-	}
-	if runtimeDefault == "" {
+	case pol.RuntimeDefault == "":
+		// runtime/default, or nothing asked: the runtime's default.
 		return Expectation{}, false
+	default:
+		e.Profile = pol.RuntimeDefault
 	}
-	return Expectation{Profile: runtimeDefault}, true
-}
-
-// ParseLabel splits a process label, "name (mode)" or "unconfined".
-func ParseLabel(label string) (name string, mode Mode) {
-	if i := strings.LastIndex(label, " ("); i >= 0 && strings.HasSuffix(label, ")") {
-		return label[:i], Mode(label[i+2 : len(label)-1])
+	if pol.RequireEnforce {
+		e.Mode = ModeEnforce
 	}
-	return label, ""
+	return e, true
 }
 
 // Check compares a process label with the expectation and says how they
-// differ, or "" when the label satisfies it.
-func (e Expectation) Check(label string) string {
-	name, mode := ParseLabel(label)
-	switch {
-	case name != e.Profile:
+// differ, or "" when the label satisfies it. modes are the loaded
+// profiles' modes (Snapshot.Profiles, may be nil): they tell the mode of a
+// stack member where the label's mode suffix does not ("mixed").
+//
+// The rules are the kernel's. "unconfined" is satisfied by a label that
+// confines nothing (see Label.Unconfined). A profile is satisfied by a
+// label one of whose members is that profile or one of its children or
+// hats (in the same namespace): a process moves into a child profile or
+// hat only where its profile allows it (px/cx rules, change_hat), and
+// every other member of a stack only confines it further. With a required
+// mode, that member must run in it.
+func (e Expectation) Check(label string, modes map[string]Mode) string {
+	l := ParseLabel(label)
+	if e.Profile == UnconfinedRef {
+		if l.Unconfined(modes) {
+			return ""
+		}
 		return fmt.Sprintf("expected %s, the container runs %s", e, label)
-	case e.Mode != "" && mode != e.Mode:
+	}
+	want := parseMember(e.Profile, "")
+	found := false
+	for _, m := range l.Members {
+		if !m.Within(want) {
+			continue
+		}
+		if e.Mode == "" || l.modeOf(m, modes) == e.Mode {
+			return ""
+		}
+		found = true
+	}
+	if found {
 		return fmt.Sprintf("expected %s, the container runs %s: this node requires %s mode", e, label, e.Mode)
 	}
-	return ""
+	return fmt.Sprintf("expected %s, the container runs %s", e, label)
 }

@@ -174,7 +174,8 @@ func Decide(req *runtimeapi.CreateContainerRequest, host Host, pol *Policy) (Dec
 		r.Target = TargetOf(req)
 		return Decision{}, r
 	}
-	if r := checkHost(p, host, pol); r != nil {
+	privileged := req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged()
+	if r := checkHost(p, privileged, host, pol); r != nil {
 		r.Target = TargetOf(req)
 		return Decision{}, r
 	}
@@ -188,9 +189,9 @@ func blocked(cause string, p Profile, format string, args ...any) *Refusal {
 	}
 }
 
-func checkHost(p Profile, host Host, pol *Policy) *Refusal {
+func checkHost(p Profile, privileged bool, host Host, pol *Policy) *Refusal {
 	if p.Type != Localhost && p.Type != RuntimeDefault {
-		return nil
+		return checkRuntimeDefaultMode(p, privileged, host, pol)
 	}
 	var snap *Snapshot
 	if host != nil {
@@ -205,7 +206,7 @@ func checkHost(p Profile, host Host, pol *Policy) *Refusal {
 		return blocked("not-enabled", p, "AppArmor is not enabled on the host")
 	}
 	if p.Type != Localhost {
-		return nil
+		return checkRuntimeDefaultMode(p, privileged, snap, pol)
 	}
 	mode, loaded := snap.Profiles[p.Name]
 	if !loaded {
@@ -213,6 +214,26 @@ func checkHost(p Profile, host Host, pol *Policy) *Refusal {
 	}
 	if pol.RequireEnforce && mode != ModeEnforce {
 		return blocked("not-enforce", p, "profile %s is loaded in %s mode, but this node requires enforce mode", quoted(p.Name), mode)
+	}
+	return nil
+}
+
+// checkRuntimeDefaultMode applies RequireEnforce to the runtime's default
+// profile, which a container gets for runtime/default or asking nothing
+// (never when privileged): refused when the host lists it in another mode
+// than enforce. A default profile not loaded yet is the runtime's to load
+// (containerd loads its own in enforce mode); a host that cannot be read
+// is left to the checks that need it.
+func checkRuntimeDefaultMode(p Profile, privileged bool, host Host, pol *Policy) *Refusal {
+	if !pol.RequireEnforce || pol.RuntimeDefault == "" || privileged || (p.Type != RuntimeDefault && p.Type != None) || host == nil {
+		return nil
+	}
+	snap := host.Snapshot()
+	if snap == nil || snap.Err != nil || !snap.Enabled {
+		return nil
+	}
+	if mode, loaded := snap.Profiles[pol.RuntimeDefault]; loaded && mode != ModeEnforce {
+		return blocked("not-enforce", p, "the runtime's default profile %s is loaded in %s mode, but this node requires enforce mode", quoted(pol.RuntimeDefault), mode)
 	}
 	return nil
 }

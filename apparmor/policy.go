@@ -19,8 +19,14 @@ type Policy struct {
 	// Allowed, when non-nil, lists the only profiles a container may run
 	// with (the PodSecurityPolicy allowedProfileNames).
 	Allowed []Profile
-	// RequireEnforce refuses localhost profiles not loaded in enforce mode.
+	// RequireEnforce refuses localhost profiles not loaded in enforce mode,
+	// and the runtime's default profile when it is loaded in another mode;
+	// attestation then requires enforce mode of the running process too.
 	RequireEnforce bool
+	// RuntimeDefault is the profile the runtime applies for runtime/default
+	// and to containers asking nothing, unless privileged (containerd:
+	// cri-containerd.apparmor.d); "" if not known.
+	RuntimeDefault string
 }
 
 // Validate reports a policy that contradicts itself.

@@ -15,6 +15,12 @@ func TestDecidePolicy(t *testing.T) {
 	allowed := &apparmor.Policy{Allowed: []apparmor.Profile{runtimeDefault, localhost(denyWrite), localhost(allowWrite)}}
 	const allowedSet = "[runtime/default, localhost/k8s-apparmor-example-deny-write, localhost/k8s-apparmor-example-allow-write]"
 	enforce := &apparmor.Policy{RequireEnforce: true}
+	// The runtime's default profile loaded in complain mode, in enforce
+	// mode, and not loaded yet.
+	rdComplain := &apparmor.Policy{RequireEnforce: true, RuntimeDefault: complainPrf}
+	rdEnforce := &apparmor.Policy{RequireEnforce: true, RuntimeDefault: denyWrite}
+	rdAbsent := &apparmor.Policy{RequireEnforce: true, RuntimeDefault: allowWrite}
+	const rdComplainMsg = `Blocked: Cannot enforce AppArmor: the runtime's default profile "k8s-apparmor-example-complain" is loaded in complain mode, but this node requires enforce mode`
 
 	tests := []decideCase{
 		// Disabled: any explicit profile is Forbidden, before the host is asked.
@@ -152,8 +158,37 @@ func TestDecidePolicy(t *testing.T) {
 			wantCode: codes.FailedPrecondition, wantMsg: notLoadedMsg, wantHostCalls: 1,
 		},
 		{
-			name: "require enforce: runtime/default has no mode to check", req: newRequest(field(typeRuntimeDefault, "")), snap: loadedHost(), pol: enforce,
+			name: "require enforce: runtime/default, its profile not known", req: newRequest(field(typeRuntimeDefault, "")), snap: loadedHost(), pol: enforce,
 			wantProfile: runtimeDefault, wantSource: apparmor.SourceField, wantModified: true, wantHostCalls: 1,
+		},
+		{
+			name: "require enforce: runtime/default in complain mode is Blocked", req: newRequest(field(typeRuntimeDefault, "")), snap: loadedHost(), pol: rdComplain,
+			wantCode: codes.FailedPrecondition, wantHostCalls: 1, wantMsg: rdComplainMsg,
+		},
+		{
+			name: "require enforce: nothing asked gets runtime/default, in complain mode", req: newRequest(), snap: loadedHost(), pol: rdComplain,
+			wantCode: codes.FailedPrecondition, wantHostCalls: 1, wantMsg: rdComplainMsg,
+		},
+		{
+			name: "require enforce: default runtime/default in complain mode", req: newRequest(), snap: loadedHost(),
+			pol:      &apparmor.Policy{RequireEnforce: true, RuntimeDefault: complainPrf, Default: runtimeDefault},
+			wantCode: codes.FailedPrecondition, wantHostCalls: 1, wantMsg: rdComplainMsg,
+		},
+		{
+			name: "require enforce: runtime/default in enforce mode", req: newRequest(field(typeRuntimeDefault, "")), snap: loadedHost(), pol: rdEnforce,
+			wantProfile: runtimeDefault, wantSource: apparmor.SourceField, wantModified: true, wantHostCalls: 1,
+		},
+		{
+			name: "require enforce: runtime/default not loaded yet is the runtime's to load", req: newRequest(field(typeRuntimeDefault, "")), snap: loadedHost(), pol: rdAbsent,
+			wantProfile: runtimeDefault, wantSource: apparmor.SourceField, wantModified: true, wantHostCalls: 1,
+		},
+		{
+			name: "require enforce: privileged runtime/default gets no profile", req: newRequest(field(typeRuntimeDefault, ""), privileged()), snap: loadedHost(), pol: rdComplain,
+			wantProfile: runtimeDefault, wantSource: apparmor.SourceField, wantModified: true, wantHostCalls: 1,
+		},
+		{
+			name: "require enforce: nothing asked on a host without AppArmor", req: newRequest(), snap: disabledHost(), pol: rdComplain,
+			wantProfile: apparmor.Profile{}, wantSource: apparmor.SourceNone, wantHostCalls: 1,
 		},
 		{
 			name: "require enforce: unconfined is not checked", req: newRequest(field(typeUnconfined, "")), snap: brokenHost(), pol: enforce,

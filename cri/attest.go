@@ -2,10 +2,11 @@ package cri
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"strings"
+	"io/fs"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -24,19 +25,17 @@ const (
 	AttestReport  = "report"  // a mismatch is logged and counted only
 )
 
-// Processes reads a process's confinement once it runs the container's
-// command (host.Reader).
+// Processes reads the confinement of a started container's process
+// (host.Reader).
 type Processes interface {
-	SettledConfinement(pid int, wait time.Duration) (string, error)
+	StartedConfinement(pid int) (string, error)
 }
 
-// Attestation configures start attestation.
+// Attestation configures start attestation. The runtime's default profile
+// is the policy's (apparmor.Policy.RuntimeDefault).
 type Attestation struct {
-	Mode string
-	// RuntimeDefault is the runtime's default profile name
-	// (containerd: cri-containerd.apparmor.d).
-	RuntimeDefault string
-	Processes      Processes
+	Mode      string
+	Processes Processes
 }
 
 // WithAttestation checks, when StartContainer succeeds and before it
@@ -56,11 +55,13 @@ type attestor struct {
 	expect map[string]apparmor.Expectation
 }
 
+// remember keeps what container id must run under once started; an empty
+// Expectation says there is nothing to expect.
 func (a *attestor) remember(id string, p apparmor.Profile, req *runtimeapi.CreateContainerRequest, pol *apparmor.Policy) {
-	exp, ok := apparmor.Expect(p, req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged(), a.RuntimeDefault, pol)
-	if !ok || id == "" {
+	if id == "" {
 		return
 	}
+	exp, _ := apparmor.Expect(p, req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged(), pol)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if len(a.expect) >= maxRemembered {
@@ -78,88 +79,6 @@ func (a *attestor) take(id string) (apparmor.Expectation, bool) {
 	exp, ok := a.expect[id]
 	delete(a.expect, id)
 	return exp, ok
-}
-
-// containerInfo is the part of containerd's verbose ContainerStatus info
-// armorshim reads after a restart: of the container config (which
-// containerd writes with encoding/json, so with the generated JSON names),
-// only what the AppArmor expectation depends on. Decoding the whole
-// ContainerConfig cost a third of an attestation.
-type containerInfo struct {
-	Config *struct {
-		Metadata *runtimeapi.ContainerMetadata `json:"metadata"`
-		Linux    *struct {
-			SecurityContext *struct {
-				Privileged      bool                        `json:"privileged"`
-				Apparmor        *runtimeapi.SecurityProfile `json:"apparmor"`
-				ApparmorProfile string                      `json:"apparmor_profile"`
-			} `json:"security_context"`
-		} `json:"linux"`
-	} `json:"config"`
-}
-
-// ParseContainerInfo reads, from containerd's verbose ContainerStatus info,
-// the container's pid and the config's fields that the AppArmor expectation
-// depends on: metadata and the AppArmor and privileged settings. pid is 0
-// and the config nil if the info has none. It reads the document only up
-// to them (see parseInfo): what follows is not checked.
-func ParseContainerInfo(info string) (pid int, cfg *runtimeapi.ContainerConfig, err error) {
-	return parseInfo(info, true)
-}
-
-// parseInfo reads "pid" and, with withConfig, the config's decoded part
-// from containerd's verbose info, stopping as soon as it has them:
-// containerd writes the pid second and the config before the OCI spec,
-// which makes up most of the document. pid is 0 if there is none.
-func parseInfo(info string, withConfig bool) (pid int, cfg *runtimeapi.ContainerConfig, err error) {
-	dec := json.NewDecoder(strings.NewReader(info))
-	if t, err := dec.Token(); err != nil {
-		return 0, nil, err
-	} else if t != json.Delim('{') {
-		return 0, nil, fmt.Errorf("container info: not a JSON object")
-	}
-	var i containerInfo
-	havePid, haveConfig := false, !withConfig
-	for dec.More() && !(havePid && haveConfig) {
-		key, err := dec.Token()
-		if err != nil {
-			return 0, nil, err
-		}
-		switch {
-		case key == "pid" && !havePid:
-			if err := dec.Decode(&pid); err != nil {
-				return 0, nil, fmt.Errorf("container info: pid: %w", err)
-			}
-			havePid = true
-		case key == "config" && !haveConfig:
-			if err := dec.Decode(&i.Config); err != nil {
-				return 0, nil, fmt.Errorf("container info: config: %w", err)
-			}
-			haveConfig = true
-		default:
-			var skip json.RawMessage
-			if err := dec.Decode(&skip); err != nil {
-				return 0, nil, err
-			}
-		}
-	}
-	return pid, i.config(), nil
-}
-
-// config returns the decoded part as a ContainerConfig, nil if absent.
-func (i *containerInfo) config() *runtimeapi.ContainerConfig {
-	c := i.Config
-	if c == nil {
-		return nil
-	}
-	cfg := &runtimeapi.ContainerConfig{Metadata: c.Metadata}
-	if c.Linux != nil && c.Linux.SecurityContext != nil {
-		sc := c.Linux.SecurityContext
-		cfg.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
-			Privileged: sc.Privileged, Apparmor: sc.Apparmor, ApparmorProfile: sc.ApparmorProfile,
-		}}
-	}
-	return cfg
 }
 
 // inspectStart holds StartContainer's answer: once the runtime started the
@@ -186,20 +105,46 @@ func (p *Proxy) inspectStart(_ context.Context, in []byte) h2relay.Verdict {
 	}}
 }
 
+// Attestation outcomes, the values of the metric's outcome label.
+const (
+	// outcomeAttested: the process runs under the expected confinement.
+	outcomeAttested = "attested"
+	// outcomeMismatch: it does not; enforce mode stops the container.
+	outcomeMismatch = "mismatch"
+	// outcomeUnverified: attestation applies but the container could not
+	// be read (no status, no process, the process gone, its label
+	// unreadable). The container is never stopped for it.
+	outcomeUnverified = "unverified"
+	// outcomeSkipped: attestation does not apply: AppArmor is off on the
+	// host, or nothing is known to expect.
+	outcomeSkipped = "skipped"
+)
+
+// attestation is what attesting one container found.
+type attestation struct {
+	outcome string
+	// detail is the mismatch, or why the container was unverified or
+	// skipped; label is the process's label when read.
+	detail, label string
+}
+
 // attestStarted attests a started container; in enforce mode a mismatch
 // stops it and becomes StartContainer's answer.
 func (p *Proxy) attestStarted(ctx context.Context, id string) *status.Status {
-	if snap := p.host.Snapshot(); snap.Err != nil || !snap.Enabled {
-		p.attest.take(id)
-		p.metrics.observeAttestation("skipped")
+	a := p.attestStart(ctx, id)
+	p.metrics.observeAttestation(a.outcome)
+	switch a.outcome {
+	case outcomeAttested:
+		klog.V(2).InfoS("Container confinement attested", "containerID", id, "confinement", a.label)
+		return nil
+	case outcomeSkipped:
+		klog.V(2).InfoS("Container confinement not attested", "containerID", id, "reason", a.detail)
+		return nil
+	case outcomeUnverified:
+		p.logs.InfoS("Container confinement unverified", "containerID", id, "reason", a.detail)
 		return nil
 	}
-	mismatch := p.attestStart(ctx, id)
-	if mismatch == "" {
-		return nil
-	}
-	p.metrics.observeAttestation("mismatch")
-	p.logs.InfoS("Container confinement mismatch", "containerID", id, "mode", p.attest.Mode, "mismatch", mismatch)
+	p.logs.InfoS("Container confinement mismatch", "containerID", id, "mode", p.attest.Mode, "mismatch", a.detail)
 	if p.attest.Mode != AttestEnforce {
 		return nil
 	}
@@ -208,54 +153,83 @@ func (p *Proxy) attestStarted(ctx context.Context, id string) *status.Status {
 	if _, err := runtimeapi.NewRuntimeServiceClient(p.runtime).StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: id}); err != nil {
 		klog.ErrorS(err, "Stopping the mismatched container failed", "containerID", id)
 	}
-	return status.New(codes.FailedPrecondition, "Blocked: AppArmor confinement mismatch: "+mismatch)
+	return status.New(codes.FailedPrecondition, "Blocked: AppArmor confinement mismatch: "+a.detail)
 }
 
 // attestStart compares the started container's confinement with what was
-// decided for it and returns the difference, or "".
-func (p *Proxy) attestStart(ctx context.Context, id string) string {
+// decided for it.
+func (p *Proxy) attestStart(ctx context.Context, id string) attestation {
 	exp, known := p.attest.take(id)
-	resp, err := runtimeapi.NewRuntimeServiceClient(p.runtime).ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true})
+	snap := p.host.Snapshot()
+	switch {
+	case snap.Err != nil:
+		return attestation{outcome: outcomeUnverified, detail: "cannot read the host's AppArmor state: " + snap.Err.Error()}
+	case !snap.Enabled:
+		return attestation{outcome: outcomeSkipped, detail: "AppArmor is not enabled on the host"}
+	case known && exp.Profile == "":
+		return attestation{outcome: outcomeSkipped, detail: noRuntimeDefault}
+	}
+	info, err := containerInfoJSON(ctx, p.runtime, id)
 	if err != nil {
-		klog.V(2).InfoS("Cannot attest: no container status", "containerID", id, "err", err)
-		p.metrics.observeAttestation("unattested")
-		return ""
+		return attestation{outcome: outcomeUnverified, detail: "no container status: " + err.Error()}
+	}
+	if info == nil {
+		return attestation{outcome: outcomeUnverified, detail: "the runtime's verbose container status has no info (it is not containerd's)"}
 	}
 	// Created before armorshim started (not known): derive the expectation
 	// from the runtime's copy of the container config.
-	pid, cfg, err := parseInfo(resp.GetInfo()["info"], !known)
-	if err == nil && !known {
-		exp, known = p.expectFromConfig(cfg)
-	}
-	if pid <= 0 || !known {
-		klog.V(2).InfoS("Cannot attest: the runtime reports no process or config", "containerID", id, "err", err)
-		p.metrics.observeAttestation("unattested")
-		return ""
-	}
-	label, err := p.attest.Processes.SettledConfinement(pid, time.Second)
+	pid, cfg, err := parseInfo(info, !known)
 	if err != nil {
-		klog.V(2).InfoS("Cannot attest: the process is gone or has not executed yet", "containerID", id, "pid", pid, "err", err)
-		p.metrics.observeAttestation("unattested")
-		return ""
+		return attestation{outcome: outcomeUnverified, detail: "cannot read the runtime's container info: " + err.Error()}
 	}
-	if mismatch := exp.Check(label); mismatch != "" {
-		return mismatch
+	if !known {
+		if a, ok := p.expectFromConfig(cfg, &exp); !ok {
+			return a
+		}
 	}
-	p.metrics.observeAttestation("attested")
-	name, _ := apparmor.ParseLabel(label)
-	p.denials.attested(id, resp.GetStatus(), name)
-	klog.V(2).InfoS("Container confinement attested", "containerID", id, "confinement", label)
-	return ""
+	if pid <= 0 {
+		return attestation{outcome: outcomeUnverified, detail: "the runtime reports no process: the container has already exited"}
+	}
+	label, err := p.attest.Processes.StartedConfinement(pid)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH):
+		return attestation{outcome: outcomeUnverified, detail: fmt.Sprintf("process %d is gone: the container has already exited", pid)}
+	case err != nil:
+		return attestation{outcome: outcomeUnverified, detail: fmt.Sprintf("cannot read the AppArmor label of process %d: %v", pid, err)}
+	}
+	if mismatch := exp.Check(label, snap.Profiles); mismatch != "" {
+		return attestation{outcome: outcomeMismatch, detail: mismatch, label: label}
+	}
+	p.denials.attested(id, targetOfConfig(cfg), labelName(label))
+	return attestation{outcome: outcomeAttested, label: label}
 }
 
-func (p *Proxy) expectFromConfig(cfg *runtimeapi.ContainerConfig) (apparmor.Expectation, bool) {
+// noRuntimeDefault says why a container on the runtime's default profile is
+// not attested.
+const noRuntimeDefault = "the runtime's default profile is not known (attestation.runtimeDefaultProfile is empty)"
+
+// labelName is a process label without its mode suffix.
+func labelName(label string) string {
+	if l := apparmor.ParseLabel(label); l.Mode != "" {
+		return label[:len(label)-len(l.Mode)-3]
+	}
+	return label
+}
+
+// expectFromConfig sets *exp from the runtime's copy of the container
+// config; when it cannot, it returns the outcome instead and false.
+func (p *Proxy) expectFromConfig(cfg *runtimeapi.ContainerConfig, exp *apparmor.Expectation) (attestation, bool) {
 	if cfg == nil {
-		return apparmor.Expectation{}, false
+		return attestation{outcome: outcomeUnverified, detail: "the runtime's container info has no config"}, false
 	}
-	req := &runtimeapi.CreateContainerRequest{Config: cfg}
-	prof, _, err := apparmor.Resolve(req)
+	prof, _, err := apparmor.Resolve(&runtimeapi.CreateContainerRequest{Config: cfg})
 	if err != nil {
-		return apparmor.Expectation{}, false
+		return attestation{outcome: outcomeUnverified, detail: "the runtime's copy of the container config: " + err.Error()}, false
 	}
-	return apparmor.Expect(prof, cfg.GetLinux().GetSecurityContext().GetPrivileged(), p.attest.RuntimeDefault, p.policy.Load())
+	e, ok := apparmor.Expect(prof, cfg.GetLinux().GetSecurityContext().GetPrivileged(), p.policy.Load())
+	if !ok {
+		return attestation{outcome: outcomeSkipped, detail: noRuntimeDefault}, false
+	}
+	*exp = e
+	return attestation{}, true
 }

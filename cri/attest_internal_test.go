@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -23,8 +24,18 @@ func TestParseInfoPid(t *testing.T) {
 		{``, 0, true},
 		{`[1,2]`, 0, true},
 		{`{"sandboxID":"sb",`, 0, true},
+		// Values before the pid are skipped whole, whatever they hold.
+		{`{"a":"}\"pid\":1,{","b":[{"pid":2},"]"],"c":-1.5e3,"d":null,"e":true,"pid":3}`, 3, false},
+		{" {\n \"a\" : [ ] ,\n \"pid\" : 4 \n}", 4, false},
+		{`{"pid":5}`, 5, false},
+		{`{"pid":6`, 6, false},
+		{`{"a":[1,2}`, 0, true},
+		{`{"a":"unterminated}`, 0, true},
+		{`{"a" 1}`, 0, true},
+		{`{"a":1 "pid":2}`, 0, true},
+		{`{pid:1}`, 0, true},
 	} {
-		pid, _, err := parseInfo(c.info, false)
+		pid, _, err := parseInfo([]byte(c.info), false)
 		if pid != c.want || (err != nil) != c.err {
 			t.Errorf("parseInfo(%q) = %d, %v; want %d, error %v", c.info, pid, err, c.want, c.err)
 		}
@@ -35,14 +46,14 @@ func TestParseInfoPid(t *testing.T) {
 // spec, most of the document) is not read, so not even checked.
 func TestParseInfoStopsEarly(t *testing.T) {
 	const head = `{"sandboxID":"sb","pid":7,"config":{"metadata":{"name":"hello"}},`
-	pid, cfg, err := parseInfo(head+`"runtimeSpec":{not json`, true)
+	pid, cfg, err := parseInfo([]byte(head+`"runtimeSpec":{not json`), true)
 	if err != nil || pid != 7 || cfg.GetMetadata().GetName() != "hello" {
 		t.Errorf("pid and config: %d %v %v", pid, cfg, err)
 	}
-	if pid, cfg, err := parseInfo(`{"sandboxID":"sb","pid":7,"config":{not json`, false); err != nil || pid != 7 || cfg != nil {
+	if pid, cfg, err := parseInfo([]byte(`{"sandboxID":"sb","pid":7,"config":{not json`), false); err != nil || pid != 7 || cfg != nil {
 		t.Errorf("pid only: %d %v %v", pid, cfg, err)
 	}
-	if _, _, err := parseInfo(`{"sandboxID":"sb","pid":7,"config":{not json`, true); err == nil {
+	if _, _, err := parseInfo([]byte(`{"sandboxID":"sb","pid":7,"config":{not json`), true); err == nil {
 		t.Error("a broken config decoded without an error")
 	}
 }
@@ -73,7 +84,7 @@ func BenchmarkParseInfo(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	info := string(raw)
+	info := raw
 	b.ReportAllocs()
 	for b.Loop() {
 		if pid, cfg, err := parseInfo(info, true); err != nil || pid != 4242 || cfg.GetMetadata().GetName() != "hello" {
@@ -102,7 +113,7 @@ func TestContainerInfoConfig(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pid, got, err := ParseContainerInfo(string(raw))
+		pid, got, err := ParseContainerInfo(raw)
 		if err != nil || pid != 1 {
 			t.Fatalf("%s: pid %d, %v", name, pid, err)
 		}
@@ -113,6 +124,76 @@ func TestContainerInfoConfig(t *testing.T) {
 		}
 		if !proto.Equal(got, want) {
 			t.Errorf("%s: decoded %v, want %v", name, got, want)
+		}
+	}
+}
+
+// Of a ContainerStatusResponse only the info map's "info" entry is read,
+// as a full decode would find it.
+func TestInfoEntry(t *testing.T) {
+	st := &runtimeapi.ContainerStatus{Id: "c1", Metadata: &runtimeapi.ContainerMetadata{Name: "hello"},
+		Labels: map[string]string{"info": "not this"}, Mounts: []*runtimeapi.Mount{{ContainerPath: "/data", HostPath: "/var/data"}}}
+	for _, c := range []struct {
+		info map[string]string
+		want string
+		none bool
+	}{
+		{map[string]string{"info": `{"pid":7}`, "other": "x"}, `{"pid":7}`, false},
+		{map[string]string{"other": "x"}, "", true},
+		{nil, "", true},
+		{map[string]string{"info": ""}, "", false},
+	} {
+		raw, err := proto.Marshal(&runtimeapi.ContainerStatusResponse{Status: st, Info: c.info})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := infoEntry(raw)
+		if err != nil || string(got) != c.want || (got == nil) != c.none {
+			t.Errorf("info %v: %q (nil %v) %v, want %q", c.info, got, got == nil, err, c.want)
+		}
+	}
+	if _, err := infoEntry([]byte{0x12, 0x05, 0x0a}); err == nil {
+		t.Error("a truncated answer read without an error")
+	}
+}
+
+// The codec copies the entry out of the transport's buffers, split or not,
+// and tells an empty entry from none.
+func TestInfoCodecUnmarshal(t *testing.T) {
+	for _, c := range []struct {
+		info map[string]string
+		want []byte
+	}{
+		{map[string]string{"info": `{"pid":7}`}, []byte(`{"pid":7}`)},
+		{map[string]string{"info": ""}, []byte{}},
+		{nil, nil},
+	} {
+		raw, err := proto.Marshal(&runtimeapi.ContainerStatusResponse{Status: &runtimeapi.ContainerStatus{Id: "c1"}, Info: c.info})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, data := range []mem.BufferSlice{
+			{mem.SliceBuffer(raw)},
+			{mem.SliceBuffer(raw[:3]), mem.SliceBuffer(raw[3:])},
+		} {
+			var got []byte
+			if err := (infoCodec{}).Unmarshal(data, &got); err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != string(c.want) || (got == nil) != (c.want == nil) {
+				t.Errorf("info %v in %d buffers: %q (nil %v), want %q (nil %v)", c.info, len(data), got, got == nil, c.want, c.want == nil)
+			}
+			if len(got) > 0 {
+				for _, b := range data {
+					b.ReadOnlyData()[len(b.ReadOnlyData())-1] ^= 0xff // the transport reuses its buffers
+				}
+				if string(got) != string(c.want) {
+					t.Errorf("info %v: the entry shares the transport's buffer", c.info)
+				}
+				for _, b := range data {
+					b.ReadOnlyData()[len(b.ReadOnlyData())-1] ^= 0xff
+				}
+			}
 		}
 	}
 }

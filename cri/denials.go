@@ -148,9 +148,10 @@ func (d *Denials) lifecycle(method, id string) {
 	}
 }
 
-// attested records what attestation read of a started container: its
-// names from the runtime and the profile its process runs under.
-func (d *Denials) attested(id string, st *runtimeapi.ContainerStatus, profile string) {
+// attested records what attestation read of a started container: the
+// profile its process runs under and, for a container created before
+// armorshim started, its names from the runtime's copy of its config.
+func (d *Denials) attested(id string, t apparmor.Target, profile string) {
 	if d == nil {
 		return
 	}
@@ -160,7 +161,7 @@ func (d *Denials) attested(id string, st *runtimeapi.ContainerStatus, profile st
 		d.index.put(id, c.sandbox, c.target, profile, true, true)
 		return
 	}
-	d.index.put(id, "", targetOfStatus(st), profile, true, true) // created before armorshim started
+	d.index.put(id, "", t, profile, true, true) // created before armorshim started
 }
 
 // Run follows r (the kernel log, or auditd's) until ctx ends or r fails
@@ -370,6 +371,17 @@ func (d *Denials) lookup(ctx context.Context, id string) (apparmor.Target, bool)
 	return targetOfStatus(resp.GetStatus()), true
 }
 
+// targetOfConfig reads the kubelet's labels of a container's config (nil:
+// no names).
+func targetOfConfig(cfg *runtimeapi.ContainerConfig) apparmor.Target {
+	l := cfg.GetLabels()
+	t := apparmor.Target{Namespace: l["io.kubernetes.pod.namespace"], Pod: l["io.kubernetes.pod.name"], Container: l["io.kubernetes.container.name"]}
+	if t.Container == "" {
+		t.Container = cfg.GetMetadata().GetName()
+	}
+	return t
+}
+
 // targetOfStatus reads the kubelet's labels of a container's status.
 func targetOfStatus(st *runtimeapi.ContainerStatus) apparmor.Target {
 	l := st.GetLabels()
@@ -431,7 +443,15 @@ func (r *recentRecords) add(id string) bool {
 // profileOf returns the profile a container created by req with profile
 // prof runs under, as the kernel names it in a denial; "" for none.
 func (d *Denials) profileOf(prof apparmor.Profile, req *runtimeapi.CreateContainerRequest, pol *apparmor.Policy) string {
-	exp, ok := apparmor.Expect(prof, req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged(), d.runtimeDefault, pol)
+	if pol == nil || pol.RuntimeDefault == "" {
+		p := apparmor.Policy{}
+		if pol != nil {
+			p = *pol
+		}
+		p.RuntimeDefault = d.runtimeDefault
+		pol = &p
+	}
+	exp, ok := apparmor.Expect(prof, req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged(), pol)
 	if !ok || exp.Profile == apparmor.UnconfinedRef {
 		return ""
 	}

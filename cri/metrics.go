@@ -35,7 +35,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"outcome", "reason", "cause"}),
 		attests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "armorshim_start_attestations_total",
-			Help: "StartContainer confinement attestations, by outcome (attested, mismatch, unattested, skipped).",
+			Help: "StartContainer confinement attestations, by outcome: attested, mismatch, unverified (the container could not be read; never stopped), skipped (AppArmor off, nothing to expect).",
 		}, []string{"outcome"}),
 	}
 	reg.MustRegister(m.calls, m.latency, m.decisions, m.attests)

@@ -2,9 +2,11 @@ package host
 
 import (
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -42,32 +44,102 @@ func TestConfinement(t *testing.T) {
 	}
 }
 
-func TestSettledConfinementWaitsForExec(t *testing.T) {
-	root := procTree(t, 7, map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "unconfined\n"})
+// A started container's process is read at once, never waited for: still
+// in runc's init, it is judged by the label runc set for its exec.
+func TestStartedConfinement(t *testing.T) {
+	const deny = "k8s-apparmor-example-deny-write (enforce)"
+	for _, c := range []struct {
+		name  string
+		files map[string]string
+		want  string
+	}{
+		{"executed", map[string]string{"comm": "sh\n", "attr/current": deny + "\n", "attr/exec": ""}, deny},
+		{"still in runc's init, no exec label", map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "runc (unconfined)\n", "attr/exec": ""}, "runc (unconfined)"},
+	} {
+		got, err := NewReader("", procTree(t, 7, c.files)).StartedConfinement(7)
+		if err != nil || got != c.want {
+			t.Errorf("%s: %q %v, want %q", c.name, got, err, c.want)
+		}
+	}
+	if _, err := NewReader("", t.TempDir()).StartedConfinement(7); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a process that is gone: %v, want ErrNotExist", err)
+	}
+}
+
+// runc's init with an exec label is judged once the exec has applied it,
+// by the label the process then has, on either attr layout.
+func TestStartedConfinementWaitsForTheExec(t *testing.T) {
+	const deny = "k8s-apparmor-example-deny-write (enforce)"
+	for _, dir := range []string{"attr/", "attr/apparmor/"} {
+		root := procTree(t, 7, map[string]string{"comm": "runc:[2:INIT]\n", dir + "current": "unconfined\n", dir + "exec": deny + "\n"})
+		r := NewReader("", root)
+		r.initWait = 10 * time.Second
+		done := make(chan struct{})
+		go func() { // the exec, 30 ms later; the label first, so a reader that sees the new comm sees it
+			defer close(done)
+			time.Sleep(30 * time.Millisecond)
+			for _, f := range []struct{ name, data string }{{dir + "current", deny + "\n"}, {dir + "exec", ""}, {"comm", "sleep\n"}} {
+				if err := os.WriteFile(filepath.Join(root, "7", f.name), []byte(f.data), 0o644); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+		got, err := r.StartedConfinement(7)
+		<-done
+		if err != nil || got != deny {
+			t.Errorf("%s: %q %v, want %q", dir, got, err, deny)
+		}
+	}
+}
+
+// A process that only looks like runc's init (its name is its own to set)
+// with an exec label it set itself is not judged by that label: once the
+// wait runs out it is ErrStillInInit.
+func TestStartedConfinementDoesNotTrustTheExecLabel(t *testing.T) {
+	const deny = "k8s-apparmor-example-deny-write (enforce)"
+	r := NewReader("", procTree(t, 7, map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "unconfined\n", "attr/exec": deny + "\n"}))
+	r.initWait = 50 * time.Millisecond
+	t0 := time.Now()
+	got, err := r.StartedConfinement(7)
+	if !errors.Is(err, ErrStillInInit) || got != "" {
+		t.Errorf("forged runc init: %q %v, want ErrStillInInit", got, err)
+	}
+	if d := time.Since(t0); d < r.initWait {
+		t.Errorf("gave up after %v, before the wait of %v", d, r.initWait)
+	}
+}
+
+// A label longer than the read buffer is read whole.
+func TestLongLabel(t *testing.T) {
+	long := strings.Repeat("p", 3000) + " (enforce)"
+	r := NewReader("", procTree(t, 7, map[string]string{"comm": "sh\n", "attr/current": long + "\n"}))
+	if got, err := r.StartedConfinement(7); err != nil || got != long {
+		t.Errorf("long label: %d bytes, %v", len(got), err)
+	}
+}
+
+// Whether the kernel has attr/apparmor is learned from the first process
+// read, and not asked again.
+func TestAttrLayoutLearnedOnce(t *testing.T) {
+	root := procTree(t, 7, map[string]string{"attr/current": "a (enforce)\n"})
 	r := NewReader("", root)
-	go func() {
-		time.Sleep(30 * time.Millisecond)
-		os.WriteFile(filepath.Join(root, "7", "attr", "current"), []byte("k8s-apparmor-example-deny-write (enforce)\n"), 0o644)
-		os.WriteFile(filepath.Join(root, "7", "comm"), []byte("sh\n"), 0o644)
-	}()
-	got, err := r.SettledConfinement(7, 5*time.Second)
-	if err != nil || got != "k8s-apparmor-example-deny-write (enforce)" {
-		t.Errorf("settled = %q %v", got, err)
+	if got, err := r.Confinement(7); err != nil || got != "a (enforce)" {
+		t.Fatalf("flat: %q %v", got, err)
 	}
-	// Still in runc's init after the wait (a loaded node): the label runc
-	// set for the exec is the one the process gets, never runc's own.
-	root = procTree(t, 8, map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "unconfined\n",
-		"attr/exec": "k8s-apparmor-example-deny-write (enforce)\n"})
-	start := time.Now()
-	got, err = NewReader("", root).SettledConfinement(8, 20*time.Millisecond)
-	if err != nil || got != "k8s-apparmor-example-deny-write (enforce)" || time.Since(start) > 2*time.Second {
-		t.Errorf("bounded wait: %q %v after %v", got, err, time.Since(start))
+	// A directory now there is not looked at: the kernel's layout is known.
+	if err := os.MkdirAll(filepath.Join(root, "7", "attr", "apparmor", "current"), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	// No exec label either: not settled, not unconfined.
-	root = procTree(t, 9, map[string]string{"comm": "runc:[2:INIT]\n", "attr/current": "unconfined\n"})
-	got, err = NewReader("", root).SettledConfinement(9, 20*time.Millisecond)
-	if !errors.Is(err, ErrNotSettled) {
-		t.Errorf("no exec label: %q %v, want ErrNotSettled", got, err)
+	if got, err := r.Confinement(7); err != nil || got != "a (enforce)" {
+		t.Errorf("after learning the layout: %q %v", got, err)
+	}
+	// A process gone before the layout is known teaches nothing.
+	r = NewReader("", root)
+	if _, err := r.Confinement(8); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("gone: %v", err)
+	}
+	if got, err := r.Confinement(7); err == nil {
+		t.Errorf("the layout was learned from a missing process: read %q", got)
 	}
 }
 

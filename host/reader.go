@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -24,6 +26,9 @@ type Reader struct {
 	mu     sync.Mutex
 	rev    *os.File // revision file, opened O_NONBLOCK; nil when unavailable
 	cached *apparmor.Snapshot
+
+	attrLayout atomic.Int32  // see attrUnknown
+	initWait   time.Duration // StartedConfinement's wait; 0: initWait
 }
 
 // NewReader returns a Reader for the trees rooted at sysfs and procfs

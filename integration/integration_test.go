@@ -27,6 +27,8 @@ var (
 		"n4-nfd-labels", "n4-check", "n13-refused-owner", "n13-refused-symlink", "n13-reloaded", "n4-complain-refused", "n7-swap-detected", "n7-attested-from-config",
 		"n4-disabled",
 		"n6-hostnetwork-refused", "n6-privileged-refused", "n6-exempt-namespace", "n6-nginx-warned",
+		// attestation against the kernel's labels (guest.sh, scenarios_attest)
+		"n7-attest-child", "n7-attest-hat", "n7-attest-stack", "n7-attest-complain",
 		// the Debian package (guest/package.sh)
 		"deb-install", "deb-kubelet-untouched", "deb-serves", "deb-remove", "deb-purge"}
 	noaaSteps = []string{"setup-containerd", "setup-armorshim", "s5-refused", "s5-no-profile"}

@@ -48,6 +48,10 @@ var stepTitle = map[string]string{
 	"n7-swap-detected":        "attestation: a profile swapped under a created container stops it at start",
 	"n7-attested-from-config": "attestation: a container created around armorshim is attested from containerd's copy of its config",
 	"n7-denial-attributed":    "denials: touch /tmp/test gives exactly one denial attributed to the pod",
+	"n7-attest-child":         "attestation: a process moved into a child profile (cx) is attested under its profile",
+	"n7-attest-hat":           "attestation: a process moved into a hat (change_hat) is attested under its profile",
+	"n7-attest-stack":         "attestation: a process that stacked a second profile is attested under its profile",
+	"n7-attest-complain":      "attestation: its profiles reloaded in complain mode under requireEnforce: stopped at start, refused at create",
 
 	"deb-install":           "Debian package: dpkg -i puts binary, units, conffile and profiles.d in place; postinst only reloads systemd",
 	"deb-kubelet-untouched": "Debian package: installing it neither switches the kubelet nor enables armorshim, and says how",

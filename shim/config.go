@@ -134,7 +134,11 @@ type AttestationConfig struct {
 	// report only logs and counts; off skips the check.
 	Mode string `json:"mode,omitempty"`
 	// RuntimeDefaultProfile is the profile the runtime applies for
-	// runtime/default (containerd: cri-containerd.apparmor.d).
+	// runtime/default and to containers asking nothing, unless privileged
+	// (containerd: cri-containerd.apparmor.d). Attestation expects it, and
+	// policy.requireEnforce refuses such containers while it is loaded in
+	// another mode than enforce. Empty: not known (neither is checked). It
+	// reloads with the policy.
 	RuntimeDefaultProfile string `json:"runtimeDefaultProfile,omitempty"`
 }
 
@@ -173,7 +177,10 @@ type PolicyConfig struct {
 	// AllowedProfiles, when set, lists the only profiles containers may use:
 	// a YAML list, a comma-separated string, or both mixed.
 	AllowedProfiles *StringList `json:"allowedProfiles,omitempty"`
-	// RequireEnforce refuses localhost profiles not loaded in enforce mode.
+	// RequireEnforce refuses localhost profiles not loaded in enforce mode
+	// and, for runtime/default and containers asking nothing, the
+	// runtime's default profile (attestation.runtimeDefaultProfile) loaded
+	// in another mode; attestation then requires enforce mode.
 	RequireEnforce bool `json:"requireEnforce,omitempty"`
 }
 
@@ -299,7 +306,12 @@ func (c *Config) Validate() (*apparmor.Policy, error) {
 	if err := c.PodSecurity.validate(); err != nil {
 		return nil, err
 	}
-	return c.Policy.Build()
+	pol, err := c.Policy.Build()
+	if err != nil {
+		return nil, err
+	}
+	pol.RuntimeDefault = c.Attestation.RuntimeDefaultProfile
+	return pol, nil
 }
 
 // Build turns the policy section into an apparmor.Policy.

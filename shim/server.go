@@ -86,7 +86,7 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 	}
 	if cfg.Attestation.Mode != "off" {
 		opts = append(opts, cri.WithAttestation(cri.Attestation{
-			Mode: cfg.Attestation.Mode, RuntimeDefault: cfg.Attestation.RuntimeDefaultProfile, Processes: s.host,
+			Mode: cfg.Attestation.Mode, Processes: s.host,
 		}))
 	}
 	if ev != nil {
@@ -214,8 +214,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	return nil
 }
 
-// Reload applies a new configuration's policy. A configuration that fails to
-// load keeps the one in force. Fields other than the policy need a restart.
+// Reload applies a new configuration's policy (with the runtime's default
+// profile, attestation.runtimeDefaultProfile) and Pod Security settings. A
+// configuration that fails to load keeps the one in force. Other fields
+// need a restart.
 func (s *Server) Reload() error {
 	if s.reload == nil {
 		return errors.New("no configuration file to reload")
@@ -237,6 +239,7 @@ func (s *Server) Reload() error {
 	}
 	s.proxy.SetPolicy(pol)
 	s.cfg.Policy = cfg.Policy
+	s.cfg.Attestation.RuntimeDefaultProfile = cfg.Attestation.RuntimeDefaultProfile
 	// Pod Security levels, namespaces and exemptions reload; the audit log
 	// file needs a restart.
 	s.proxy.SetPodSecurity(ev)
@@ -262,7 +265,7 @@ func (c *Config) restartFields(n *Config) []string {
 		"backendProbe":        c.BackendProbe != n.BackendProbe,
 		"profiles":            c.Profiles != n.Profiles,
 		"nodeFeatures":        c.NodeFeatures != n.NodeFeatures,
-		"attestation":         c.Attestation != n.Attestation,
+		"attestation.mode":    c.Attestation.Mode != n.Attestation.Mode,
 		"denials":             c.Denials != n.Denials,
 	} {
 		if changed {

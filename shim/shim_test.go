@@ -508,7 +508,13 @@ func TestLoadConfig(t *testing.T) {
 				cfg.MaxMessageSize != 16<<20 || cfg.Sysfs != "/sys" || cfg.Procfs != "/proc" || time.Duration(cfg.ShutdownTimeout) <= 0 {
 				t.Errorf("defaults not kept: %+v", cfg)
 			}
-			if pol.Disabled || pol.Allowed != nil || pol.Default.Type != apparmor.None {
+			if pol.Disabled || pol.Allowed != nil || pol.Default.Type != apparmor.None || pol.RuntimeDefault != "cri-containerd.apparmor.d" {
+				t.Errorf("policy %+v", pol)
+			}
+		}},
+		// The policy knows the runtime's default profile, for requireEnforce.
+		{name: "runtime default profile", body: header + "attestation:\n  mode: report\n  runtimeDefaultProfile: crio-default\n", check: func(t *testing.T, cfg *shim.Config, pol *apparmor.Policy) {
+			if pol.RuntimeDefault != "crio-default" {
 				t.Errorf("policy %+v", pol)
 			}
 		}},

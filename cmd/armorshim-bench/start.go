@@ -133,7 +133,7 @@ func parseAttestations(r io.Reader) (map[string]float64, error) {
 }
 
 // readTimes times the attestation's own file reads in process, as armorshim
-// makes them (host.Reader.SettledConfinement on the fake procfs), n times
+// makes them (host.Reader.StartedConfinement on the fake procfs), n times
 // over the first containers' processes; microseconds.
 func readTimes(procfs string, containers, n int) ([]float64, error) {
 	r := host.NewReader("/nonexistent", procfs)
@@ -141,7 +141,7 @@ func readTimes(procfs string, containers, n int) ([]float64, error) {
 	out := make([]float64, 0, n)
 	for i := 0; i < n; i++ {
 		t0 := time.Now()
-		label, err := r.SettledConfinement(fakePid(i%containers), time.Second)
+		label, err := r.StartedConfinement(fakePid(i % containers))
 		out = append(out, float64(time.Since(t0))/float64(time.Microsecond))
 		if err != nil {
 			return nil, err
@@ -159,9 +159,10 @@ func readTimes(procfs string, containers, n int) ([]float64, error) {
 // after a restart), n times; microseconds.
 func decodeTimes(info string, n int) ([]float64, error) {
 	out := make([]float64, 0, n)
+	b := []byte(info) // as armorshim has it
 	for i := 0; i < n; i++ {
 		t0 := time.Now()
-		pid, cfg, err := cri.ParseContainerInfo(info)
+		pid, cfg, err := cri.ParseContainerInfo(b)
 		out = append(out, float64(time.Since(t0))/float64(time.Microsecond))
 		if err != nil {
 			return nil, err

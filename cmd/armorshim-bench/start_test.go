@@ -16,14 +16,14 @@ func TestParseAttestations(t *testing.T) {
 	text := `# HELP armorshim_start_attestations_total StartContainer confinement attestations.
 # TYPE armorshim_start_attestations_total counter
 armorshim_start_attestations_total{outcome="attested"} 1520
-armorshim_start_attestations_total{outcome="unattested"} 3
+armorshim_start_attestations_total{outcome="unverified"} 3
 armorshim_cri_requests_total{code="OK",method="/runtime.v1.RuntimeService/Version"} 12
 `
 	got, err := parseAttestations(strings.NewReader(text))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || got["attested"] != 1520 || got["unattested"] != 3 {
+	if len(got) != 2 || got["attested"] != 1520 || got["unverified"] != 3 {
 		t.Errorf("parseAttestations = %v", got)
 	}
 }
@@ -75,8 +75,8 @@ func TestVerboseInfo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exp, ok := apparmor.Expect(prof, false, runtimeDefaultProfile, nil)
-	if !ok || exp.Check(runtimeDefaultProfile+" (enforce)") != "" {
+	exp, ok := apparmor.Expect(prof, false, &apparmor.Policy{RuntimeDefault: runtimeDefaultProfile})
+	if !ok || exp.Check(runtimeDefaultProfile+" (enforce)", nil) != "" {
 		t.Errorf("expectation %v (%v) does not accept the fake process's label", exp, ok)
 	}
 

@@ -6,7 +6,8 @@
 # per step on the serial console and writes its artefacts (logs, critest JUnit
 # reports) as a tar archive onto the second disk. Then powers off.
 #
-# Kernel command line: armorshim.mode=main (AppArmor on: scenarios 1-4, 6-8),
+# Kernel command line: armorshim.mode=main (AppArmor on: scenarios 1-4, 6-8,
+# the node scenarios and attestation against kernel labels),
 # armorshim.mode=noaa (booted with apparmor=0: scenario 5) or
 # armorshim.mode=kubelet (a real kubelet in front of armorshim: kubelet.sh).
 #
@@ -361,6 +362,155 @@ scenarios_main() {
 	phase main-scenario-6
 }
 
+# ---- attestation against the kernel's own labels (main boot, after
+# scenarios_node): a profile with a child profile, a hat and a change_profile
+# to a second profile. A container that moves into any of them still runs
+# under its profile and is attested; in complain mode, where requireEnforce
+# holds, it is stopped at start and refused at create.
+ATT=k8s-attest-child
+ATT_EXTRA=k8s-attest-extra
+ATT_STEPS="n7-attest-child n7-attest-hat n7-attest-stack n7-attest-complain"
+
+attest_profiles() {
+	cat <<EOF
+#include <tunables/global>
+
+profile $ATT flags=(attach_disconnected) {
+  #include <abstractions/base>
+  file,
+  signal,
+  # an exact rule overrides the x permission of file,
+  /bin/busybox cx -> sleeper,
+  change_profile -> $ATT_EXTRA,
+
+  ^worker flags=(attach_disconnected) {
+    #include <abstractions/base>
+    file,
+    signal,
+  }
+
+  profile sleeper flags=(attach_disconnected) {
+    #include <abstractions/base>
+    file,
+    signal,
+  }
+}
+
+profile $ATT_EXTRA flags=(attach_disconnected) {
+  #include <abstractions/base>
+  file,
+  signal,
+}
+EOF
+}
+
+# the first process's own label change, written where the kernel takes it
+ATT_SELF='f=/proc/self/attr/apparmor/current; [ -e $f ] || f=/proc/self/attr/current'
+ATT_CHILD='exec /bin/busybox sleep 3600'
+# (not the last command: ash would exec it and leave the hat or stack)
+ATT_HAT="$ATT_SELF; echo -n 'changehat 0000000000000001^worker' >\$f; sleep 3600; exit 0"
+ATT_STACK="$ATT_SELF; echo -n 'stack $ATT_EXTRA' >\$f; sleep 3600; exit 0"
+
+# attest_ctr NAME SCRIPT: a container config in the n7-attest pod running sh -c SCRIPT
+attest_ctr() {
+	jq --arg n "$1" --arg s "$2" '.metadata.name = $n | .command = ["sh", "-c", $s] | .log_path = ($n + ".log") |
+		.labels["io.kubernetes.container.name"] = $n' /tmp/cfg/n7-attest-ctr.json >/tmp/cfg/$1-ctr.json
+}
+kernel_label() {
+	local a=/proc/$1/attr/apparmor/current
+	[ -e "$a" ] || a=/proc/$1/attr/current
+	tr -d '\0' <"$a" 2>/dev/null | oneline
+}
+# attest_try STEP SCRIPT WANT...: starts containers running SCRIPT under
+# localhost/$ATT, up to 4, until armorshim attests one already under one of
+# the WANT labels, the kernel's label for it. The process changes its label
+# right after its start, racing armorshim's read: an attempt attested while
+# still under "$ATT (enforce)" is tried again. Anything else (a failed
+# start, a mismatch, unverified) fails the step.
+attest_try() {
+	local step=$1 script=$2 i id out line conf kern state w ok=false
+	shift 2
+	local ev=()
+	for i in 1 2 3 4; do
+		attest_ctr "$step-$i" "$script"
+		id=$(ns_ create "$POD" /tmp/cfg/$step-$i-ctr.json /tmp/cfg/n7-attest-pod.json 2>>"$LOG" | tail -n 1)
+		if [ -z "$id" ]; then
+			ev+=("attempt $i: CreateContainer failed: $(tail -n 2 "$LOG" | oneline)")
+			break
+		fi
+		out=$(ns_ start "$id" 2>&1 | grep -o 'rpc error: .*' | oneline)
+		line=$(grep -F "containerID=\"$id\"" $NODE_LOG | grep 'Container confinement' | tail -n 1)
+		conf=$(sed -n 's/.*"Container confinement attested".* confinement="\([^"]*\)".*/\1/p' <<<"$line")
+		state=$(cd_ inspect -o go-template --template '{{.status.state}}' "$id" 2>>"$LOG")
+		kern=$(kernel_label "$(cd_ inspect -o go-template --template '{{.info.pid}}' "$id" 2>>"$LOG")")
+		ev+=("attempt $i: StartContainer ${out:-ok}, $state; attested: ${conf:-(none: $(echo "${line#*\] }" | oneline | cut -c1-200))}; the kernel's label now: ${kern:-?}; its output: $(cd_ logs "$id" 2>&1 | tail -n 2 | oneline)")
+		[ -z "$out" ] && [ "$state" = CONTAINER_RUNNING ] && [ -n "$conf" ] || break
+		for w in "$@"; do
+			[ "$conf" = "$w" ] && [ "$kern" = "$w" ] && ok=true
+		done
+		$ok && break
+		[ "$conf" = "$ATT (enforce)" ] || break
+	done
+	result "$step" $ok "want attested: $(printf '%s or ' "$@" | sed 's/ or $//')" "${ev[@]}"
+}
+
+scenarios_attest() {
+	local s id out state before after ok parser
+	attest_profiles >/tmp/$ATT.profile
+	parser=$(apparmor_parser -r /tmp/$ATT.profile 2>&1)
+	log "apparmor_parser -r /tmp/$ATT.profile: $parser"
+	node_config "  requireEnforce: true"
+	if ! loaded $ATT || ! loaded $ATT_EXTRA || ! node_start; then
+		for s in $ATT_STEPS; do
+			result "$s" false "apparmor_parser: ${parser:-(no output)}" \
+				"loaded: $(grep "^k8s-attest" /sys/kernel/security/apparmor/profiles | oneline)" \
+				"the node armorshim: $(tail -n 3 $NODE_LOG | oneline)"
+		done
+		return 1
+	fi
+	write_configs n7-attest "{\"apparmor_profile\":\"localhost/$ATT\"}" '{}'
+	POD=$(ns_ runp /tmp/cfg/n7-attest-pod.json 2>>"$LOG")
+	if [ -z "$POD" ]; then
+		for s in $ATT_STEPS; do result "$s" false "RunPodSandbox through the node armorshim failed"; done
+		kill $NODE_PID 2>/dev/null
+		wait $NODE_PID 2>/dev/null
+		return 1
+	fi
+	before=$(metric 'armorshim_start_attestations_total{outcome="attested"}')
+	attest_try n7-attest-child "$ATT_CHILD" "$ATT//sleeper (enforce)"
+	attest_try n7-attest-hat "$ATT_HAT" "$ATT//worker (enforce)"
+	attest_try n7-attest-stack "$ATT_STACK" "$ATT//&$ATT_EXTRA (enforce)" "$ATT_EXTRA//&$ATT (enforce)"
+	after=$(metric 'armorshim_start_attestations_total{outcome="attested"}')
+	log "n7-attest: attested starts $before -> $after; mismatches $(metric 'armorshim_start_attestations_total{outcome="mismatch"}');" \
+		"$(grep "^k8s-attest" /sys/kernel/security/apparmor/profiles | oneline)"
+
+	# the same profiles reloaded in complain mode between create and start
+	ok=false
+	attest_ctr n7-attest-complain "$ATT_CHILD"
+	id=$(ns_ create "$POD" /tmp/cfg/n7-attest-complain-ctr.json /tmp/cfg/n7-attest-pod.json 2>>"$LOG" | tail -n 1)
+	if [ -n "$id" ]; then
+		apparmor_parser -C -r /tmp/$ATT.profile >>"$LOG" 2>&1
+		out=$(ns_ start "$id" 2>&1 | grep -o 'rpc error: .*' | oneline)
+		state=$(cd_ inspect -o go-template --template '{{.status.state}}' "$id" 2>>"$LOG")
+		attest_ctr n7-attest-complain-2 "$ATT_CHILD"
+		CREATE_OUT=$(ns_ create "$POD" /tmp/cfg/n7-attest-complain-2-ctr.json /tmp/cfg/n7-attest-pod.json 2>&1)
+		CREATE_RC=$?
+		[[ $out == *"code = FailedPrecondition desc = Blocked: AppArmor confinement mismatch: expected $ATT (enforce), the container runs $ATT"*" (complain): this node requires enforce mode"* ]] &&
+			[ "$state" = CONTAINER_EXITED ] &&
+			refused FailedPrecondition "profile \"$ATT\" is loaded in complain mode, but this node requires enforce mode" && ok=true
+		result n7-attest-complain $ok "created under $ATT (enforce), then its profiles reloaded in complain mode (requireEnforce)" \
+			"StartContainer: ${out:-ok}; state afterwards: $state (want: CONTAINER_EXITED)" \
+			"$(grep "^k8s-attest" /sys/kernel/security/apparmor/profiles | oneline)" "CreateContainer now: $(create_err)"
+	else
+		result n7-attest-complain false "CreateContainer under $ATT (enforce) failed: $(tail -n 2 "$LOG" | oneline)"
+	fi
+	node_remove
+	kill $NODE_PID 2>/dev/null
+	wait $NODE_PID 2>/dev/null
+	apparmor_parser -R /tmp/$ATT.profile >>"$LOG" 2>&1
+	phase main-attest-kernel-labels
+}
+
 scenarios_noaa() {
 	local ok
 	# 5: AppArmor off: a localhost profile is refused, no profile runs
@@ -452,9 +602,10 @@ main)
 	if $SHIM_OK; then
 		scenarios_main
 		scenarios_node
+		scenarios_attest
 		critest_main
 	else
-		for s in s1-field s8-oci-spec s1-string s1-annotation s2-refused s2-after-load s3-runtime-default s4-unconfined s6-invalid s7-critest-apparmor; do
+		for s in s1-field s8-oci-spec s1-string s1-annotation s2-refused s2-after-load s3-runtime-default s4-unconfined s6-invalid s7-critest-apparmor $ATT_STEPS; do
 			result "$s" false "not run: armorshim is not serving"
 		done
 		critest_run full-direct $CTRD_EP -parallel=$PARALLEL
