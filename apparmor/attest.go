@@ -28,7 +28,7 @@ func Expect(p Profile, privileged bool, runtimeDefault string, pol *Policy) (Exp
 	switch p.Type {
 	case Localhost:
 		e := Expectation{Profile: p.Name}
-		if pol != nil && pol.RequireEnforce {
+		if pol != nil && pol.RequiresEnforceMode() {
 			e.Mode = ModeEnforce
 		}
 		return e, true

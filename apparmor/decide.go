@@ -38,6 +38,32 @@ type Decision struct {
 	// Modified: the request was changed and must be re-encoded; otherwise
 	// the original bytes can be forwarded.
 	Modified bool
+	// DryRun, if not nil, is what enforcing every rule would have done
+	// instead: a rule in warn or audit mode made the difference.
+	DryRun *DryRun
+}
+
+// DryRun is what the policy with every rule enforced would have done to a
+// request that was forwarded because a rule is in warn or audit mode.
+type DryRun struct {
+	// Rule is the rule in warn or audit mode that made the difference, and
+	// Mode its mode.
+	Rule Rule
+	Mode RuleMode
+	// Refusal is the refusal enforcing would have given, word for word;
+	// nil when enforcing would have forwarded the request with Profile (a
+	// default profile the container did not get).
+	Refusal *Refusal
+	Profile Profile
+}
+
+// Message says what enforcing would have done: the refusal's message, or
+// the profile the container would have run with.
+func (d *DryRun) Message() string {
+	if d.Refusal != nil {
+		return d.Refusal.Message
+	}
+	return fmt.Sprintf("AppArmor profile %s would be applied (defaultProfile): the container asks for none", quoted(d.Profile.String()))
 }
 
 // Refusal reasons, the ErrorInfo reason and the message prefix.
@@ -58,6 +84,10 @@ type Refusal struct {
 	Message string // what the kubelet shows the operator
 	Profile string // the reference the refusal is about, if any
 	Target  Target
+	// Rule is the policy rule that refused; "" for the checks that are
+	// always enforced (invalid references, AppArmor disabled on the node,
+	// the host's state).
+	Rule Rule
 }
 
 func (r *Refusal) Error() string { return r.Message }
@@ -156,6 +186,10 @@ func fromSecurityProfile(sp *runtimeapi.SecurityProfile) (Profile, error) {
 // Decide resolves the profile of a CreateContainer request, applies the node
 // policy, checks the host where the profile needs it and, on success, sets
 // both CRI fields of req to the resolved profile. A refusal is a *Refusal.
+//
+// A rule in warn or audit mode is left out of the decision, and when
+// enforcing it would have changed the outcome, Decision.DryRun says how.
+// The host is asked at most once.
 func Decide(req *runtimeapi.CreateContainerRequest, host Host, pol *Policy) (Decision, error) {
 	p, src, err := Resolve(req)
 	if err != nil {
@@ -167,18 +201,74 @@ func Decide(req *runtimeapi.CreateContainerRequest, host Host, pol *Policy) (Dec
 	if pol == nil {
 		pol = &Policy{}
 	}
-	if p.Type == None && pol.Default.Type != None {
+	dryRuns := pol.DryRuns()
+	if dryRuns {
+		host = &onceHost{host: host} // both passes see one snapshot
+	}
+	got, gotSrc, r := pol.decide(p, src, host, !dryRuns)
+	if r != nil {
+		r.Target = TargetOf(req)
+		return Decision{}, r
+	}
+	dec := Decision{Profile: got, Source: gotSrc}
+	if dryRuns {
+		dec.DryRun = pol.dryRun(p, src, host, got)
+		if dec.DryRun != nil && dec.DryRun.Refusal != nil {
+			dec.DryRun.Refusal.Target = TargetOf(req)
+		}
+	}
+	dec.Modified = apply(req, got)
+	return dec, nil
+}
+
+// decide decides the requested profile p: the profile to run, or the
+// refusal. Rules in warn or audit mode are left out unless all is set.
+func (pol *Policy) decide(p Profile, src Source, host Host, all bool) (Profile, Source, *Refusal) {
+	on := func(r Rule) bool { return all || pol.Mode(r).Enforced() }
+	if p.Type == None && pol.Default.Type != None && on(RuleDefaultProfile) {
 		p, src = pol.Default, SourceDefault
 	}
-	if r := pol.check(p); r != nil {
-		r.Target = TargetOf(req)
-		return Decision{}, r
+	if r := pol.check(p, on(RuleAllowedProfiles)); r != nil {
+		return Profile{}, "", r
 	}
-	if r := checkHost(p, host, pol); r != nil {
-		r.Target = TargetOf(req)
-		return Decision{}, r
+	if r := checkHost(p, host, pol.RequireEnforce && on(RuleRequireEnforce)); r != nil {
+		return Profile{}, "", r
 	}
-	return Decision{Profile: p, Source: src, Modified: apply(req, p)}, nil
+	return p, src, nil
+}
+
+// dryRun decides p again with every rule enforced and says what that
+// changes for a request forwarded with profile got, or nil.
+func (pol *Policy) dryRun(p Profile, src Source, host Host, got Profile) *DryRun {
+	want, _, r := pol.decide(p, src, host, true)
+	if r == nil && want == got {
+		return nil
+	}
+	// The rules left out made the difference. A refusal by one of them is
+	// its own; any other (the host's checks, or an enforced rule) was of a
+	// default profile the request did not get.
+	d := &DryRun{Rule: RuleDefaultProfile, Refusal: r}
+	if r == nil {
+		d.Profile = want
+	} else if r.Rule != "" && !pol.Mode(r.Rule).Enforced() {
+		d.Rule = r.Rule
+	}
+	d.Mode = pol.Mode(d.Rule)
+	return d
+}
+
+// onceHost asks its host for one snapshot, the first time it is needed.
+type onceHost struct {
+	host  Host
+	snap  *Snapshot
+	asked bool
+}
+
+func (h *onceHost) Snapshot() *Snapshot {
+	if !h.asked && h.host != nil {
+		h.snap, h.asked = h.host.Snapshot(), true
+	}
+	return h.snap
 }
 
 func blocked(cause string, p Profile, format string, args ...any) *Refusal {
@@ -188,7 +278,9 @@ func blocked(cause string, p Profile, format string, args ...any) *Refusal {
 	}
 }
 
-func checkHost(p Profile, host Host, pol *Policy) *Refusal {
+// checkHost checks that the host can confine p, in enforce mode if
+// requireEnforce.
+func checkHost(p Profile, host Host, requireEnforce bool) *Refusal {
 	if p.Type != Localhost && p.Type != RuntimeDefault {
 		return nil
 	}
@@ -211,8 +303,10 @@ func checkHost(p Profile, host Host, pol *Policy) *Refusal {
 	if !loaded {
 		return blocked("not-loaded", p, "profile %s is not loaded", quoted(p.Name))
 	}
-	if pol.RequireEnforce && mode != ModeEnforce {
-		return blocked("not-enforce", p, "profile %s is loaded in %s mode, but this node requires enforce mode", quoted(p.Name), mode)
+	if requireEnforce && mode != ModeEnforce {
+		r := blocked("not-enforce", p, "profile %s is loaded in %s mode, but this node requires enforce mode", quoted(p.Name), mode)
+		r.Rule = RuleRequireEnforce
+		return r
 	}
 	return nil
 }
