@@ -241,7 +241,7 @@ func TestPodSecurityWarnAndAudit(t *testing.T) {
 		`runAsNonRoot != true (pod or container "nginx" must set securityContext.runAsNonRoot=true)`,
 		`seccompProfile (pod or container "nginx" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")`,
 	}
-	if r.Mode != "audit" || r.Namespace != "example" || r.Pod != "nginx" || r.Container != "nginx" || r.Level != "restricted" || r.Version != "latest" ||
+	if r.Policy != cri.AuditPodSecurity || r.Mode != "audit" || r.Namespace != "example" || r.Pod != "nginx" || r.Container != "nginx" || r.Level != "restricted" || r.Version != "latest" ||
 		r.Request != "CreateContainer" || r.Message != seedRestrictedWarning || !reflect.DeepEqual(r.Violations, wantViolations) || r.Time.IsZero() {
 		t.Errorf("audit record %+v", r)
 	}
