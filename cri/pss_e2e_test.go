@@ -83,7 +83,13 @@ func (pe *pssEnv) scrape(t *testing.T) string {
 
 func (pe *pssEnv) auditRecords(t *testing.T) []cri.AuditRecord {
 	t.Helper()
-	f, err := os.Open(pe.auditLog)
+	return readAuditRecords(t, pe.auditLog)
+}
+
+// readAuditRecords reads every record of the audit log at path.
+func readAuditRecords(t *testing.T, path string) []cri.AuditRecord {
+	t.Helper()
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
