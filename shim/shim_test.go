@@ -3,6 +3,7 @@ package shim_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -585,6 +586,13 @@ podSecurity:
 			want := map[apparmor.Rule]apparmor.RuleMode{apparmor.RuleAllowedProfiles: apparmor.Warn, apparmor.RuleRequireEnforce: apparmor.Warn | apparmor.Audit}
 			if !reflect.DeepEqual(pol.Modes, want) {
 				t.Errorf("modes %v, want %v", pol.Modes, want)
+			}
+			// Written back as read: a word, or a list.
+			b, err := json.Marshal(cfg.Policy)
+			var back shim.PolicyConfig
+			if err != nil || json.Unmarshal(b, &back) != nil || !reflect.DeepEqual(back, cfg.Policy) ||
+				!strings.Contains(string(b), `"mode":"warn"`) || !strings.Contains(string(b), `"requireEnforce":["warn","audit"]`) {
+				t.Errorf("policy as JSON %s (%v) reads back as %+v", b, err, back)
 			}
 		}},
 		{name: "policy mode enforce is no dry run", body: header + "policy:\n  mode: enforce\n  ruleModes: {allowedProfiles: [enforce]}\n", check: func(t *testing.T, cfg *shim.Config, pol *apparmor.Policy) {
