@@ -20,8 +20,8 @@ func (e Expectation) String() string {
 // The runtime's default profile (pol.RuntimeDefault; containerd:
 // cri-containerd.apparmor.d) applies to runtime/default and to a container
 // asking nothing, but privileged containers get no default profile. With
-// pol.RequireEnforce the profile, localhost or the runtime's default, must
-// run in enforce mode. It reports false when there is nothing to expect
+// pol.RequireEnforce enforced (not in warn or audit mode) the profile,
+// localhost or the runtime's default, must run in enforce mode. It reports false when there is nothing to expect
 // (the runtime's default profile is not known).
 func Expect(p Profile, privileged bool, pol *Policy) (Expectation, bool) {
 	if pol == nil {
@@ -39,7 +39,7 @@ func Expect(p Profile, privileged bool, pol *Policy) (Expectation, bool) {
 	default:
 		e.Profile = pol.RuntimeDefault
 	}
-	if pol.RequireEnforce {
+	if pol.RequiresEnforceMode() {
 		e.Mode = ModeEnforce
 	}
 	return e, true

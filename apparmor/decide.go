@@ -38,6 +38,32 @@ type Decision struct {
 	// Modified: the request was changed and must be re-encoded; otherwise
 	// the original bytes can be forwarded.
 	Modified bool
+	// DryRun, if not nil, is what enforcing every rule would have done
+	// instead: a rule in warn or audit mode made the difference.
+	DryRun *DryRun
+}
+
+// DryRun is what the policy with every rule enforced would have done to a
+// request that was forwarded because a rule is in warn or audit mode.
+type DryRun struct {
+	// Rule is the rule in warn or audit mode that made the difference, and
+	// Mode its mode.
+	Rule Rule
+	Mode RuleMode
+	// Refusal is the refusal enforcing would have given, word for word;
+	// nil when enforcing would have forwarded the request with Profile (a
+	// default profile the container did not get).
+	Refusal *Refusal
+	Profile Profile
+}
+
+// Message says what enforcing would have done: the refusal's message, or
+// the profile the container would have run with.
+func (d *DryRun) Message() string {
+	if d.Refusal != nil {
+		return d.Refusal.Message
+	}
+	return fmt.Sprintf("AppArmor profile %s would be applied (defaultProfile): the container asks for none", quoted(d.Profile.String()))
 }
 
 // Refusal reasons, the ErrorInfo reason and the message prefix.
@@ -58,6 +84,10 @@ type Refusal struct {
 	Message string // what the kubelet shows the operator
 	Profile string // the reference the refusal is about, if any
 	Target  Target
+	// Rule is the policy rule that refused; "" for the checks that are
+	// always enforced (invalid references, AppArmor disabled on the node,
+	// the host's state).
+	Rule Rule
 }
 
 func (r *Refusal) Error() string { return r.Message }
@@ -156,6 +186,10 @@ func fromSecurityProfile(sp *runtimeapi.SecurityProfile) (Profile, error) {
 // Decide resolves the profile of a CreateContainer request, applies the node
 // policy, checks the host where the profile needs it and, on success, sets
 // both CRI fields of req to the resolved profile. A refusal is a *Refusal.
+//
+// A rule in warn or audit mode is left out of the decision, and when
+// enforcing it would have changed the outcome, Decision.DryRun says how.
+// The host is asked at most once.
 func Decide(req *runtimeapi.CreateContainerRequest, host Host, pol *Policy) (Decision, error) {
 	p, src, err := Resolve(req)
 	if err != nil {
@@ -167,19 +201,75 @@ func Decide(req *runtimeapi.CreateContainerRequest, host Host, pol *Policy) (Dec
 	if pol == nil {
 		pol = &Policy{}
 	}
-	if p.Type == None && pol.Default.Type != None {
-		p, src = pol.Default, SourceDefault
-	}
-	if r := pol.check(p); r != nil {
-		r.Target = TargetOf(req)
-		return Decision{}, r
+	dryRuns := pol.DryRuns()
+	if dryRuns {
+		host = &onceHost{host: host} // both passes see one snapshot
 	}
 	privileged := req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged()
-	if r := checkHost(p, privileged, host, pol); r != nil {
+	got, gotSrc, r := pol.decide(p, src, privileged, host, !dryRuns)
+	if r != nil {
 		r.Target = TargetOf(req)
 		return Decision{}, r
 	}
-	return Decision{Profile: p, Source: src, Modified: apply(req, p)}, nil
+	dec := Decision{Profile: got, Source: gotSrc}
+	if dryRuns {
+		dec.DryRun = pol.dryRun(p, src, privileged, host, got)
+		if dec.DryRun != nil && dec.DryRun.Refusal != nil {
+			dec.DryRun.Refusal.Target = TargetOf(req)
+		}
+	}
+	dec.Modified = apply(req, got)
+	return dec, nil
+}
+
+// decide decides the requested profile p: the profile to run, or the
+// refusal. Rules in warn or audit mode are left out unless all is set.
+func (pol *Policy) decide(p Profile, src Source, privileged bool, host Host, all bool) (Profile, Source, *Refusal) {
+	on := func(r Rule) bool { return all || pol.Mode(r).Enforced() }
+	if p.Type == None && pol.Default.Type != None && on(RuleDefaultProfile) {
+		p, src = pol.Default, SourceDefault
+	}
+	if r := pol.check(p, on(RuleAllowedProfiles)); r != nil {
+		return Profile{}, "", r
+	}
+	if r := checkHost(p, privileged, host, pol, pol.RequireEnforce && on(RuleRequireEnforce)); r != nil {
+		return Profile{}, "", r
+	}
+	return p, src, nil
+}
+
+// dryRun decides p again with every rule enforced and says what that
+// changes for a request forwarded with profile got, or nil.
+func (pol *Policy) dryRun(p Profile, src Source, privileged bool, host Host, got Profile) *DryRun {
+	want, _, r := pol.decide(p, src, privileged, host, true)
+	if r == nil && want == got {
+		return nil
+	}
+	// The rules left out made the difference. A refusal by one of them is
+	// its own; any other (the host's checks, or an enforced rule) was of a
+	// default profile the request did not get.
+	d := &DryRun{Rule: RuleDefaultProfile, Refusal: r}
+	if r == nil {
+		d.Profile = want
+	} else if r.Rule != "" && !pol.Mode(r.Rule).Enforced() {
+		d.Rule = r.Rule
+	}
+	d.Mode = pol.Mode(d.Rule)
+	return d
+}
+
+// onceHost asks its host for one snapshot, the first time it is needed.
+type onceHost struct {
+	host  Host
+	snap  *Snapshot
+	asked bool
+}
+
+func (h *onceHost) Snapshot() *Snapshot {
+	if !h.asked && h.host != nil {
+		h.snap, h.asked = h.host.Snapshot(), true
+	}
+	return h.snap
 }
 
 func blocked(cause string, p Profile, format string, args ...any) *Refusal {
@@ -189,9 +279,12 @@ func blocked(cause string, p Profile, format string, args ...any) *Refusal {
 	}
 }
 
-func checkHost(p Profile, privileged bool, host Host, pol *Policy) *Refusal {
+// checkHost checks that the host can confine p (the runtime's default
+// profile for a container that is not privileged), in enforce mode if
+// requireEnforce.
+func checkHost(p Profile, privileged bool, host Host, pol *Policy, requireEnforce bool) *Refusal {
 	if p.Type != Localhost && p.Type != RuntimeDefault {
-		return checkRuntimeDefaultMode(p, privileged, host, pol)
+		return checkRuntimeDefaultMode(p, privileged, host, pol, requireEnforce)
 	}
 	var snap *Snapshot
 	if host != nil {
@@ -206,14 +299,16 @@ func checkHost(p Profile, privileged bool, host Host, pol *Policy) *Refusal {
 		return blocked("not-enabled", p, "AppArmor is not enabled on the host")
 	}
 	if p.Type != Localhost {
-		return checkRuntimeDefaultMode(p, privileged, snap, pol)
+		return checkRuntimeDefaultMode(p, privileged, snap, pol, requireEnforce)
 	}
 	mode, loaded := snap.Profiles[p.Name]
 	if !loaded {
 		return blocked("not-loaded", p, "profile %s is not loaded", quoted(p.Name))
 	}
-	if pol.RequireEnforce && mode != ModeEnforce {
-		return blocked("not-enforce", p, "profile %s is loaded in %s mode, but this node requires enforce mode", quoted(p.Name), mode)
+	if requireEnforce && mode != ModeEnforce {
+		r := blocked("not-enforce", p, "profile %s is loaded in %s mode, but this node requires enforce mode", quoted(p.Name), mode)
+		r.Rule = RuleRequireEnforce
+		return r
 	}
 	return nil
 }
@@ -224,8 +319,8 @@ func checkHost(p Profile, privileged bool, host Host, pol *Policy) *Refusal {
 // than enforce. A default profile not loaded yet is the runtime's to load
 // (containerd loads its own in enforce mode); a host that cannot be read
 // is left to the checks that need it.
-func checkRuntimeDefaultMode(p Profile, privileged bool, host Host, pol *Policy) *Refusal {
-	if !pol.RequireEnforce || pol.RuntimeDefault == "" || privileged || (p.Type != RuntimeDefault && p.Type != None) || host == nil {
+func checkRuntimeDefaultMode(p Profile, privileged bool, host Host, pol *Policy, requireEnforce bool) *Refusal {
+	if !requireEnforce || pol.RuntimeDefault == "" || privileged || (p.Type != RuntimeDefault && p.Type != None) || host == nil {
 		return nil
 	}
 	snap := host.Snapshot()
@@ -233,7 +328,9 @@ func checkRuntimeDefaultMode(p Profile, privileged bool, host Host, pol *Policy)
 		return nil
 	}
 	if mode, loaded := snap.Profiles[pol.RuntimeDefault]; loaded && mode != ModeEnforce {
-		return blocked("not-enforce", p, "the runtime's default profile %s is loaded in %s mode, but this node requires enforce mode", quoted(pol.RuntimeDefault), mode)
+		r := blocked("not-enforce", p, "the runtime's default profile %s is loaded in %s mode, but this node requires enforce mode", quoted(pol.RuntimeDefault), mode)
+		r.Rule = RuleRequireEnforce
+		return r
 	}
 	return nil
 }

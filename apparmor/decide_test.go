@@ -169,6 +169,11 @@ type decideCase struct {
 
 	// How often the decision may ask the host for its snapshot.
 	wantHostCalls int32
+
+	// What enforcing every rule would have done instead (accepted
+	// requests); nil: nothing. Its Refusal is checked against the policy
+	// enforced, word for word; only Rule, Mode and Profile are given here.
+	wantDryRun *apparmor.DryRun
 }
 
 // wantFields returns what the two CRI fields must hold after forwarding p.
@@ -237,6 +242,7 @@ func runDecide(t *testing.T, tc decideCase) {
 	if d.Modified != tc.wantModified {
 		t.Errorf("modified = %v, want %v", d.Modified, tc.wantModified)
 	}
+	checkDryRun(t, tc, orig, d.DryRun)
 
 	// The forwarded request: both fields set to the profile when modified,
 	// the original otherwise; nothing else touched.

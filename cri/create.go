@@ -3,6 +3,7 @@ package cri
 import (
 	"context"
 	"errors"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -66,6 +67,9 @@ func (p *Proxy) decideCreate(in []byte) ([]byte, *runtimeapi.CreateContainerRequ
 		return nil, nil, apparmor.Decision{}, err
 	}
 	p.metrics.observeDecision("forwarded", "", dec.Profile.Type.String())
+	if dec.DryRun != nil {
+		p.reportDryRun(dec.DryRun, apparmor.TargetOf(req))
+	}
 	if dec.Profile.Type != apparmor.None {
 		t := apparmor.TargetOf(req)
 		klog.V(2).InfoS("Forwarding CreateContainer", "pod", klog.KRef(t.Namespace, t.Pod),
@@ -79,4 +83,36 @@ func (p *Proxy) decideCreate(in []byte) ([]byte, *runtimeapi.CreateContainerRequ
 		return nil, nil, apparmor.Decision{}, status.Errorf(codes.Internal, "armorshim: cannot encode CreateContainerRequest: %v", err)
 	}
 	return b, req, dec, nil
+}
+
+// reportDryRun counts what enforcing every rule would have done to a
+// forwarded request, logs it for a rule in warn mode and audits it for a
+// rule in audit mode, in the words of the refusal enforcing would give.
+func (p *Proxy) reportDryRun(d *apparmor.DryRun, t apparmor.Target) {
+	reason, cause, profile := "", "default", d.Profile.String()
+	if r := d.Refusal; r != nil {
+		reason, cause, profile = r.Reason, r.Cause, r.Profile
+	}
+	for _, m := range []apparmor.RuleMode{apparmor.Warn, apparmor.Audit} {
+		if d.Mode&m != 0 {
+			p.metrics.observeDryRun(string(d.Rule), m.String(), reason, cause)
+		}
+	}
+	if d.Mode&apparmor.Warn != 0 {
+		pod := klog.KRef(t.Namespace, t.Pod)
+		if d.Refusal != nil {
+			p.logs.InfoS("Would refuse CreateContainer", "pod", pod, "container", t.Container, "profile", profile,
+				"rule", string(d.Rule), "reason", reason, "cause", cause, "message", d.Message())
+		} else {
+			p.logs.InfoS("Would apply the default AppArmor profile", "pod", pod, "container", t.Container, "profile", profile,
+				"rule", string(d.Rule), "message", d.Message())
+		}
+	}
+	if d.Mode&apparmor.Audit != 0 {
+		p.writeRecord(AuditRecord{
+			Time: time.Now().UTC(), Policy: AuditAppArmor, Request: "CreateContainer",
+			Namespace: t.Namespace, Pod: t.Pod, Container: t.Container, Mode: "audit",
+			Rule: string(d.Rule), Profile: profile, Reason: reason, Cause: cause, Message: d.Message(),
+		})
+	}
 }

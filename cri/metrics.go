@@ -14,6 +14,7 @@ type Metrics struct {
 	calls     *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	decisions *prometheus.CounterVec
+	dryRuns   *prometheus.CounterVec
 	attests   *prometheus.CounterVec
 }
 
@@ -33,12 +34,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "armorshim_create_container_decisions_total",
 			Help: "CreateContainer AppArmor decisions, by outcome (forwarded, refused), reason (Blocked, Forbidden, InvalidProfile) and cause (of a refusal; for a forwarded call, the profile type).",
 		}, []string{"outcome", "reason", "cause"}),
+		dryRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "armorshim_apparmor_policy_dry_run_total",
+			Help: "CreateContainer calls forwarded that the AppArmor policy with every rule enforced would have refused, or run with its default profile, by the rule in dry run (allowedProfiles, defaultProfile, requireEnforce), its mode (warn, audit: a rule in both counts in both), and the reason (Blocked, Forbidden) and cause of the refusal (cause default: the default profile would have been applied).",
+		}, []string{"rule", "mode", "reason", "cause"}),
 		attests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "armorshim_start_attestations_total",
 			Help: "StartContainer confinement attestations, by outcome: attested, mismatch, unverified (the container could not be read; never stopped), skipped (AppArmor off, nothing to expect).",
 		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.calls, m.latency, m.decisions, m.attests)
+	reg.MustRegister(m.calls, m.latency, m.decisions, m.dryRuns, m.attests)
 	m.pss = newPodSecurityMetrics(reg)
 	return m
 }
@@ -59,6 +64,13 @@ func (m *Metrics) observeDecision(outcome, reason, cause string) {
 		return
 	}
 	m.decisions.WithLabelValues(outcome, reason, cause).Inc()
+}
+
+func (m *Metrics) observeDryRun(rule, mode, reason, cause string) {
+	if m == nil {
+		return
+	}
+	m.dryRuns.WithLabelValues(rule, mode, reason, cause).Inc()
 }
 
 func (m *Metrics) observeAttestation(outcome string) {

@@ -28,15 +28,21 @@ const (
 )
 
 // WithPodSecurity turns on node-side Pod Security Standards with ev; audit,
-// if not nil, receives one JSON line per audited decision (writes must be
-// safe for concurrent use and write a whole line or, when they fail,
-// nothing).
+// if not nil, is the audit log (see WithAuditLog).
 func WithPodSecurity(ev *pss.Evaluator, audit io.Writer) Option {
 	return func(p *Proxy) {
 		p.podSecurity.Store(ev)
-		p.audit = audit
+		if audit != nil {
+			p.audit = audit
+		}
 	}
 }
+
+// WithAuditLog writes one JSON line (an AuditRecord) per audited decision,
+// of Pod Security and of the AppArmor policy's rules in audit mode, to
+// audit. Writes must be safe for concurrent use and write a whole line or,
+// when they fail, nothing.
+func WithAuditLog(audit io.Writer) Option { return func(p *Proxy) { p.audit = audit } }
 
 // SetPodSecurity replaces the Pod Security evaluator for the calls that
 // start after it; nil turns Pod Security off.
@@ -154,26 +160,44 @@ func (p *Proxy) report(d *pss.Decision, request string) error {
 	return st.Err()
 }
 
-// AuditRecord is one line of the Pod Security audit log.
+// AuditRecord is one line of the audit log: a Pod Security violation or
+// refusal, or what the AppArmor policy's rules in audit mode would have
+// done.
 type AuditRecord struct {
-	Time       time.Time `json:"time"`
-	Request    string    `json:"request"` // RunPodSandbox or CreateContainer
-	Namespace  string    `json:"namespace"`
-	Pod        string    `json:"pod"`
-	Container  string    `json:"container,omitempty"`
-	Mode       string    `json:"mode"` // audit, or enforce for a refusal
-	Level      string    `json:"level"`
-	Version    string    `json:"version"`
-	Violations []string  `json:"violations"`
-	Message    string    `json:"message"`
+	Time time.Time `json:"time"`
+	// Policy says whose record it is: AuditPodSecurity or AuditAppArmor.
+	Policy    string `json:"policy"`
+	Request   string `json:"request"` // RunPodSandbox or CreateContainer
+	Namespace string `json:"namespace"`
+	Pod       string `json:"pod"`
+	Container string `json:"container,omitempty"`
+	Mode      string `json:"mode"` // audit, or enforce for a Pod Security refusal
+	// Pod Security: the level and version violated, and the violations.
+	Level      string   `json:"level,omitempty"`
+	Version    string   `json:"version,omitempty"`
+	Violations []string `json:"violations,omitempty"`
+	// AppArmor: the rule in audit mode, the profile the message is about,
+	// and the reason and cause of the refusal enforcing would have given
+	// (none when it would have applied the default profile).
+	Rule    string `json:"rule,omitempty"`
+	Profile string `json:"profile,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+	Cause   string `json:"cause,omitempty"`
+	Message string `json:"message"`
 }
+
+// AuditRecord.Policy values.
+const (
+	AuditPodSecurity = "PodSecurity"
+	AuditAppArmor    = "AppArmor"
+)
 
 func (p *Proxy) writeAudit(d *pss.Decision, v pss.Verdict, request string) {
 	if p.audit == nil {
 		return
 	}
 	rec := AuditRecord{
-		Time: time.Now().UTC(), Request: request,
+		Time: time.Now().UTC(), Policy: AuditPodSecurity, Request: request,
 		Namespace: d.Pod.Meta.Namespace, Pod: d.Pod.Meta.Name, Container: d.Pod.Container,
 		Mode: string(v.Mode), Level: string(v.Level.Level), Version: v.Level.Version.String(),
 		Message: v.Message(),
@@ -183,6 +207,15 @@ func (p *Proxy) writeAudit(d *pss.Decision, v pss.Verdict, request string) {
 			r += " (" + det + ")"
 		}
 		rec.Violations = append(rec.Violations, r)
+	}
+	p.writeRecord(rec)
+}
+
+// writeRecord writes one line to the audit log, if there is one; a line
+// that cannot be written is counted as dropped.
+func (p *Proxy) writeRecord(rec AuditRecord) {
+	if p.audit == nil {
+		return
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -195,9 +228,9 @@ func (p *Proxy) writeAudit(d *pss.Decision, v pss.Verdict, request string) {
 	// Logged once per change: a full disk fails every record.
 	if failing := err != nil; p.auditFailing.Swap(failing) != failing {
 		if failing {
-			klog.ErrorS(err, "Cannot write the Pod Security audit log: records are dropped (armorshim_pod_security_audit_records_dropped_total) until it can be written again")
+			klog.ErrorS(err, "Cannot write the audit log: records are dropped (armorshim_pod_security_audit_records_dropped_total) until it can be written again")
 		} else {
-			klog.InfoS("Writing the Pod Security audit log again")
+			klog.InfoS("Writing the audit log again")
 		}
 	}
 }
@@ -221,7 +254,7 @@ func newPodSecurityMetrics(reg prometheus.Registerer) *podSecurityMetrics {
 		}, []string{"reason"}),
 		auditDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "armorshim_pod_security_audit_records_dropped_total",
-			Help: "Pod Security audit records not written: the audit log could not be written (disk full, I/O error).",
+			Help: "Audit records, of Pod Security and of the AppArmor policy's rules in audit mode, not written: the audit log could not be written (disk full, I/O error).",
 		}),
 	}
 	reg.MustRegister(m.evaluations, m.exemptions, m.auditDropped)

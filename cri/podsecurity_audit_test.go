@@ -76,10 +76,45 @@ func TestPodSecurityAuditRecordsDroppedOnDiskFault(t *testing.T) {
 	}
 	klog.Flush()
 	out := logs.String()
-	if n := strings.Count(out, "Cannot write the Pod Security audit log"); n != 1 {
+	if n := strings.Count(out, "Cannot write the audit log"); n != 1 {
 		t.Errorf("the write failure was logged %d times, want once:\n%s", n, out)
 	}
-	if n := strings.Count(out, "Writing the Pod Security audit log again"); n != 1 {
+	if n := strings.Count(out, "Writing the audit log again"); n != 1 {
 		t.Errorf("the recovery was logged %d times, want once:\n%s", n, out)
+	}
+}
+
+// The AppArmor policy's audit records share the audit log, and its count
+// of dropped records.
+func TestPolicyAuditRecordsDroppedOnDiskFault(t *testing.T) {
+	captureKlog(t)
+	w := &failingWriter{full: true}
+	reg := prometheus.NewRegistry()
+	pol := &apparmor.Policy{
+		Allowed: []apparmor.Profile{{Type: apparmor.RuntimeDefault}},
+		Modes:   map[apparmor.Rule]apparmor.RuleMode{apparmor.RuleAllowedProfiles: apparmor.Audit},
+	}
+	p := cri.New(cri.Backends{Runtime: &h2relay.Backend{Name: "runtime"}}, &apparmor.Snapshot{Enabled: true}, pol,
+		cri.WithMetrics(cri.NewMetrics(reg)), cri.WithAuditLog(w))
+	pod := kubeletPod("default", "web")
+	cc := kubeletContainer(pod, "nginx")
+	cc.Linux.SecurityContext.Apparmor = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}
+	in, _ := proto.Marshal(&runtimeapi.CreateContainerRequest{PodSandboxId: "sb", Config: cc, SandboxConfig: pod})
+	create := func() {
+		t.Helper()
+		_, inspect := p.Route(cri.CreateContainerMethod)
+		if v := inspect(context.Background(), in); v.Status != nil {
+			t.Fatalf("refused: %v", v.Status.Message())
+		}
+	}
+	create()
+	create()
+	w.full = false
+	create()
+	if got := metricValue(t, reg, "armorshim_pod_security_audit_records_dropped_total", nil); got != 2 || w.lines != 1 {
+		t.Errorf("dropped %v, written %d; want 2 and 1", got, w.lines)
+	}
+	if got := metricValue(t, reg, "armorshim_apparmor_policy_dry_run_total", map[string]string{"rule": "allowedProfiles", "mode": "audit"}); got != 3 {
+		t.Errorf("dry runs counted %v, want 3: a record not written is still counted", got)
 	}
 }

@@ -83,7 +83,13 @@ func (pe *pssEnv) scrape(t *testing.T) string {
 
 func (pe *pssEnv) auditRecords(t *testing.T) []cri.AuditRecord {
 	t.Helper()
-	f, err := os.Open(pe.auditLog)
+	return readAuditRecords(t, pe.auditLog)
+}
+
+// readAuditRecords reads every record of the audit log at path.
+func readAuditRecords(t *testing.T, path string) []cri.AuditRecord {
+	t.Helper()
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +247,7 @@ func TestPodSecurityWarnAndAudit(t *testing.T) {
 		`runAsNonRoot != true (pod or container "nginx" must set securityContext.runAsNonRoot=true)`,
 		`seccompProfile (pod or container "nginx" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")`,
 	}
-	if r.Mode != "audit" || r.Namespace != "example" || r.Pod != "nginx" || r.Container != "nginx" || r.Level != "restricted" || r.Version != "latest" ||
+	if r.Policy != cri.AuditPodSecurity || r.Mode != "audit" || r.Namespace != "example" || r.Pod != "nginx" || r.Container != "nginx" || r.Level != "restricted" || r.Version != "latest" ||
 		r.Request != "CreateContainer" || r.Message != seedRestrictedWarning || !reflect.DeepEqual(r.Violations, wantViolations) || r.Time.IsZero() {
 		t.Errorf("audit record %+v", r)
 	}

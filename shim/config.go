@@ -182,6 +182,83 @@ type PolicyConfig struct {
 	// runtime's default profile (attestation.runtimeDefaultProfile) loaded
 	// in another mode; attestation then requires enforce mode.
 	RequireEnforce bool `json:"requireEnforce,omitempty"`
+	// Mode is how allowedProfiles, defaultProfile and requireEnforce
+	// apply: enforce (the default); warn, to log and count what enforcing
+	// them would do and forward the request as if they did not exist;
+	// audit, the same to the audit log; or [warn, audit]. enabled: false
+	// and the host's checks (a profile not loaded) are always enforced.
+	Mode PolicyMode `json:"mode,omitempty"`
+	// RuleModes sets the mode of single rules, over Mode.
+	RuleModes RuleModesConfig `json:"ruleModes,omitempty"`
+}
+
+// RuleModesConfig sets the mode of single policy rules; a rule not set
+// here takes policy.mode.
+type RuleModesConfig struct {
+	AllowedProfiles *PolicyMode `json:"allowedProfiles,omitempty"`
+	DefaultProfile  *PolicyMode `json:"defaultProfile,omitempty"`
+	RequireEnforce  *PolicyMode `json:"requireEnforce,omitempty"`
+}
+
+// modes returns each rule's mode as written: policy.mode, or its own.
+func (pc *PolicyConfig) modes() map[apparmor.Rule]PolicyMode {
+	out := map[apparmor.Rule]PolicyMode{}
+	for r, own := range map[apparmor.Rule]*PolicyMode{
+		apparmor.RuleAllowedProfiles: pc.RuleModes.AllowedProfiles,
+		apparmor.RuleDefaultProfile:  pc.RuleModes.DefaultProfile,
+		apparmor.RuleRequireEnforce:  pc.RuleModes.RequireEnforce,
+	} {
+		out[r] = pc.Mode
+		if own != nil {
+			out[r] = *own
+		}
+	}
+	return out
+}
+
+// auditField names the field that puts a rule in audit mode, or "".
+func (pc *PolicyConfig) auditField() string {
+	if apparmor.RuleMode(pc.Mode)&apparmor.Audit != 0 {
+		return "policy.mode"
+	}
+	modes := pc.modes()
+	for _, r := range apparmor.Rules {
+		if apparmor.RuleMode(modes[r])&apparmor.Audit != 0 {
+			return "policy.ruleModes." + string(r)
+		}
+	}
+	return ""
+}
+
+// PolicyMode is a policy rule's mode as written: enforce, warn, audit, or
+// a list of warn and audit.
+type PolicyMode apparmor.RuleMode
+
+func (m PolicyMode) MarshalJSON() ([]byte, error) {
+	if w := apparmor.RuleMode(m).Words(); len(w) != 1 {
+		return json.Marshal(w)
+	}
+	return json.Marshal(apparmor.RuleMode(m).String())
+}
+
+func (m *PolicyMode) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
+	var words []string
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		words = []string{one}
+	} else if err := json.Unmarshal(b, &words); err != nil {
+		// A type error lets encoding/json name the field.
+		return &json.UnmarshalTypeError{Value: "is a " + valueKind(b) + ", want enforce, warn, audit or [warn, audit]", Type: reflect.TypeFor[PolicyMode]()}
+	}
+	mode, err := apparmor.ParseRuleMode(words)
+	if err != nil {
+		return &json.UnmarshalTypeError{Value: err.Error(), Type: reflect.TypeFor[PolicyMode]()}
+	}
+	*m = PolicyMode(mode)
+	return nil
 }
 
 // DefaultConfig returns the configuration used when no file is given.
@@ -311,6 +388,9 @@ func (c *Config) Validate() (*apparmor.Policy, error) {
 		return nil, err
 	}
 	pol.RuntimeDefault = c.Attestation.RuntimeDefaultProfile
+	if f := c.Policy.auditField(); f != "" && c.PodSecurity.AuditLog.Path == "" {
+		return nil, fmt.Errorf("%s: audit writes to the audit log, and podSecurity.auditLog.path is not set", f)
+	}
 	return pol, nil
 }
 
@@ -336,6 +416,14 @@ func (pc *PolicyConfig) Build() (*apparmor.Policy, error) {
 			return nil, fmt.Errorf("policy.allowedProfiles: the list is empty; remove the field to allow every profile")
 		}
 		pol.Allowed = allowed
+	}
+	for r, m := range pc.modes() {
+		if !apparmor.RuleMode(m).Enforced() {
+			if pol.Modes == nil {
+				pol.Modes = map[apparmor.Rule]apparmor.RuleMode{}
+			}
+			pol.Modes[r] = apparmor.RuleMode(m)
+		}
 	}
 	if err := pol.Validate(); err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
@@ -377,6 +465,19 @@ func (l *StringList) UnmarshalJSON(b []byte) error {
 	}
 	*l = many
 	return nil
+}
+
+// valueKind names the kind of a value in YAML's words.
+func valueKind(b []byte) string {
+	switch {
+	case bytes.HasPrefix(b, []byte("{")):
+		return "mapping"
+	case bytes.HasPrefix(b, []byte("[")):
+		return "list holding a non-word"
+	case string(b) == "true" || string(b) == "false":
+		return "boolean"
+	}
+	return "number"
 }
 
 // socketPath returns the filesystem path of a unix:// endpoint or bare path.

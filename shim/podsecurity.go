@@ -28,11 +28,14 @@ type PodSecurityConfig struct {
 	// a seccomp profile Unconfined on a request was asked for explicitly.
 	KubeletSeccompDefault bool `json:"kubeletSeccompDefault,omitempty"`
 	// AuditLog receives one JSON line per audit-mode violation and per
-	// enforce refusal.
+	// enforce refusal, and per request the AppArmor policy's rules in audit
+	// mode would have refused (or given the default profile).
 	AuditLog AuditLogConfig `json:"auditLog,omitempty"`
 }
 
-// AuditLogConfig is the Pod Security audit log file and its rotation.
+// AuditLogConfig is the audit log file, of Pod Security and of the AppArmor
+// policy's rules in audit mode, and its rotation. It is opened at start
+// whenever its path is set.
 type AuditLogConfig struct {
 	// Path of the log; empty turns the audit log off.
 	Path string `json:"path,omitempty"`
@@ -47,12 +50,10 @@ type AuditLogConfig struct {
 func (c *PodSecurityConfig) Enabled() bool { return c.ConfigFile != "" || len(c.Namespaces) > 0 }
 
 func (c *PodSecurityConfig) validate() error {
-	if !c.Enabled() {
-		return nil
-	}
-	if !filepath.IsAbs(c.KubeletRootDir) {
+	if c.Enabled() && !filepath.IsAbs(c.KubeletRootDir) {
 		return fmt.Errorf("podSecurity.kubeletRootDir: %q is not an absolute path", c.KubeletRootDir)
 	}
+	// The AppArmor policy audits to it too: checked with Pod Security off.
 	if c.AuditLog.Path != "" {
 		if !filepath.IsAbs(c.AuditLog.Path) {
 			return fmt.Errorf("podSecurity.auditLog.path: %q is not an absolute path", c.AuditLog.Path)

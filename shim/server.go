@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 	"k8s.io/klog/v2"
 
+	"github.com/armorshim/armorshim/apparmor"
 	"github.com/armorshim/armorshim/cri"
 	"github.com/armorshim/armorshim/cri/h2relay"
 	"github.com/armorshim/armorshim/host"
@@ -40,7 +41,8 @@ type Server struct {
 	denials    *cri.Denials
 	runtime    *grpc.ClientConn
 	image      *grpc.ClientConn // the runtime connection when the endpoints are one
-	// auditLog is the Pod Security audit log, if any.
+	// auditLog is the audit log of Pod Security and of the AppArmor
+	// policy, if its path is set.
 	auditLog *rotatingFile
 }
 
@@ -57,7 +59,8 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, reload: reload, host: host.NewReader(cfg.Sysfs, cfg.Procfs)}
-	if ev != nil && cfg.PodSecurity.AuditLog.Path != "" {
+	// Opened whenever set: a reload may turn on Pod Security or audit mode.
+	if cfg.PodSecurity.AuditLog.Path != "" {
 		a := cfg.PodSecurity.AuditLog
 		if s.auditLog, err = openRotating(a.Path, int64(a.MaxSizeMiB)<<20, a.MaxFiles); err != nil {
 			return nil, fmt.Errorf("podSecurity.auditLog.path: %w", err)
@@ -89,14 +92,14 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 			Mode: cfg.Attestation.Mode, Processes: s.host,
 		}))
 	}
+	if s.auditLog != nil {
+		opts = append(opts, cri.WithAuditLog(s.auditLog))
+	}
 	if ev != nil {
-		var audit io.Writer
-		if s.auditLog != nil {
-			audit = s.auditLog
-		}
-		opts = append(opts, cri.WithPodSecurity(ev, audit))
+		opts = append(opts, cri.WithPodSecurity(ev, nil))
 		logPodSecurity(ev)
 	}
+	logPolicyModes(pol)
 	// armorshim's own health service is a gRPC server of its own, reached
 	// through an in-memory connection like any backend.
 	s.local = grpc.NewServer()
@@ -234,12 +237,16 @@ func (s *Server) Reload() error {
 	if err != nil {
 		return err
 	}
+	if f := cfg.Policy.auditField(); f != "" && s.auditLog == nil {
+		return fmt.Errorf("%s: audit writes to the audit log, which is opened at start: restart armorshim with podSecurity.auditLog.path set", f)
+	}
 	if restart := s.cfg.restartFields(cfg); len(restart) > 0 {
 		klog.InfoS("Configuration changes that take effect only after a restart", "fields", restart)
 	}
 	s.proxy.SetPolicy(pol)
 	s.cfg.Policy = cfg.Policy
 	s.cfg.Attestation.RuntimeDefaultProfile = cfg.Attestation.RuntimeDefaultProfile
+	logPolicyModes(pol)
 	// Pod Security levels, namespaces and exemptions reload; the audit log
 	// file needs a restart.
 	s.proxy.SetPodSecurity(ev)
@@ -326,6 +333,19 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	return s.Serve(ctx, l)
+}
+
+// logPolicyModes says which rules of the AppArmor policy are in warn or
+// audit mode: what they would refuse is forwarded.
+func logPolicyModes(pol *apparmor.Policy) {
+	if !pol.DryRuns() {
+		return
+	}
+	var kv []any
+	for _, r := range apparmor.Rules {
+		kv = append(kv, string(r), pol.Mode(r).String())
+	}
+	klog.InfoS("AppArmor policy rules in warn or audit mode: what enforcing them would refuse is forwarded and reported", kv...)
 }
 
 // followDenials follows the logs configured for AppArmor denials until ctx

@@ -3,6 +3,7 @@ package shim_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -577,6 +578,38 @@ policy:
 		{name: "small maxHeldRequestBytes", body: header + "maxHeldRequestBytes: 1048576\n", wantErr: []string{"maxHeldRequestBytes"}},
 		{name: "maxHeldRequestBytes without room for the prefix", body: header + "maxMessageSize: 16777216\nmaxHeldRequestBytes: 16777220\n", wantErr: []string{"maxHeldRequestBytes: 16777220 is below maxMessageSize + 5 (16777221)"}},
 		{name: "not yaml", body: header + "policy: [\n", wantErr: []string{}},
+		{name: "policy modes", body: header + `policy:
+  allowedProfiles: [runtime/default]
+  requireEnforce: true
+  mode: warn
+  ruleModes:
+    requireEnforce: [warn, audit]
+    defaultProfile: enforce
+podSecurity:
+  auditLog:
+    path: /var/log/armorshim/audit.log
+`, check: func(t *testing.T, cfg *shim.Config, pol *apparmor.Policy) {
+			want := map[apparmor.Rule]apparmor.RuleMode{apparmor.RuleAllowedProfiles: apparmor.Warn, apparmor.RuleRequireEnforce: apparmor.Warn | apparmor.Audit}
+			if !reflect.DeepEqual(pol.Modes, want) {
+				t.Errorf("modes %v, want %v", pol.Modes, want)
+			}
+			// Written back as read: a word, or a list.
+			b, err := json.Marshal(cfg.Policy)
+			var back shim.PolicyConfig
+			if err != nil || json.Unmarshal(b, &back) != nil || !reflect.DeepEqual(back, cfg.Policy) ||
+				!strings.Contains(string(b), `"mode":"warn"`) || !strings.Contains(string(b), `"requireEnforce":["warn","audit"]`) {
+				t.Errorf("policy as JSON %s (%v) reads back as %+v", b, err, back)
+			}
+		}},
+		{name: "policy mode enforce is no dry run", body: header + "policy:\n  mode: enforce\n  ruleModes: {allowedProfiles: [enforce]}\n", check: func(t *testing.T, cfg *shim.Config, pol *apparmor.Policy) {
+			if pol.Modes != nil || pol.DryRuns() {
+				t.Errorf("modes %v", pol.Modes)
+			}
+		}},
+		{name: "audit without an audit log", body: header + "policy:\n  ruleModes:\n    defaultProfile: audit\n",
+			wantErr: []string{"policy.ruleModes.defaultProfile: audit writes to the audit log, and podSecurity.auditLog.path is not set"}},
+		{name: "whole policy audit without an audit log", body: header + "policy:\n  mode: [warn, audit]\n", wantErr: []string{"policy.mode: audit"}},
+		{name: "audit log checked without Pod Security", body: header + "policy:\n  mode: audit\npodSecurity:\n  auditLog: {path: audit.log}\n", wantErr: []string{"podSecurity.auditLog.path"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yaml")
@@ -684,6 +717,10 @@ func TestReloadKeepsPolicyOnBadConfig(t *testing.T) {
 		"default not allowed": base + "policy:\n  defaultProfile: localhost/k8s-apparmor-example-allow-write\n  allowedProfiles: [localhost/k8s-apparmor-example-deny-write]\n",
 		"invalid profile":     base + "policy:\n  allowedProfiles: [foo/bar]\n",
 		"wrong kind":          strings.Replace(base, "ArmorshimConfiguration", "Other", 1),
+		"unknown mode":        base + "policy:\n  mode: dryrun\n  allowedProfiles: [localhost/k8s-apparmor-example-allow-write]\n",
+		"audit without a log": base + "policy:\n  mode: audit\n  allowedProfiles: [localhost/k8s-apparmor-example-allow-write]\n",
+		// The audit log is opened at start only.
+		"audit with a new log": base + "podSecurity:\n  auditLog: {path: " + filepath.Join(t.TempDir(), "audit.log") + "}\npolicy:\n  mode: audit\n  allowedProfiles: [localhost/k8s-apparmor-example-allow-write]\n",
 	} {
 		writeConfig(t, path, body)
 		if err := r.srv.Reload(); err == nil {
@@ -722,7 +759,7 @@ func TestReloadKeepsPolicyOnBadConfig(t *testing.T) {
 			n++
 		}
 	}
-	if want := 7; n != want { // six accepted before and after the bad reloads, one after the good
+	if want := 10; n != want { // nine accepted before and after the bad reloads, one after the good
 		t.Errorf("the fake runtime got %d CreateContainer calls, want %d", n, want)
 	}
 }
@@ -765,14 +802,23 @@ func TestAttestationModeOff(t *testing.T) {
 func TestLoadConfigErrorsInYAMLTerms(t *testing.T) {
 	dir := t.TempDir()
 	for name, tc := range map[string]struct{ body, want string }{
-		"unknown nested":  {header + "policy:\n  defaultProfile: runtime/default\n  requireEnforcement: true\n", "line 5: policy.requireEnforcement: unknown field"},
-		"unknown top":     {header + "listen: unix:///x.sock\nmetricsAdress: 127.0.0.1:9753\n", "line 4: metricsAdress: unknown field"},
-		"repeated":        {header + "listen: unix:///a.sock\nlisten: unix:///b.sock\n", "line 4: listen: repeated field (first on line 3)"},
-		"string for int":  {header + "maxMessageSize: 16Mi\n", "line 3: maxMessageSize: is a string, want an integer"},
-		"list for bool":   {header + "policy:\n  requireEnforce: [yes]\n", "line 4: policy.requireEnforce: is a list, want a boolean"},
-		"scalar for map":  {header + "policy: strict\n", "line 3: policy: is a string, want a mapping of fields"},
-		"deep unknown":    {header + "podSecurity:\n  auditLog:\n    maxSize: 3\n", "line 5: podSecurity.auditLog.maxSize: unknown field"},
-		"namespace label": {header + "podSecurity:\n  namespaces:\n    a.b: {enforce: [x]}\n", `podSecurity.namespaces["a.b"].enforce`},
+		"unknown nested":     {header + "policy:\n  defaultProfile: runtime/default\n  requireEnforcement: true\n", "line 5: policy.requireEnforcement: unknown field"},
+		"unknown top":        {header + "listen: unix:///x.sock\nmetricsAdress: 127.0.0.1:9753\n", "line 4: metricsAdress: unknown field"},
+		"repeated":           {header + "listen: unix:///a.sock\nlisten: unix:///b.sock\n", "line 4: listen: repeated field (first on line 3)"},
+		"string for int":     {header + "maxMessageSize: 16Mi\n", "line 3: maxMessageSize: is a string, want an integer"},
+		"list for bool":      {header + "policy:\n  requireEnforce: [yes]\n", "line 4: policy.requireEnforce: is a list, want a boolean"},
+		"scalar for map":     {header + "policy: strict\n", "line 3: policy: is a string, want a mapping of fields"},
+		"deep unknown":       {header + "podSecurity:\n  auditLog:\n    maxSize: 3\n", "line 5: podSecurity.auditLog.maxSize: unknown field"},
+		"namespace label":    {header + "podSecurity:\n  namespaces:\n    a.b: {enforce: [x]}\n", `podSecurity.namespaces["a.b"].enforce`},
+		"unknown rule":       {header + "policy:\n  ruleModes:\n    allowedProfile: warn\n", "line 5: policy.ruleModes.allowedProfile: unknown field"},
+		"unknown mode":       {header + "policy:\n  mode: warm\n", `line 4: policy.mode: "warm" is not enforce, warn or audit`},
+		"mode in a list":     {header + "policy:\n  ruleModes:\n    requireEnforce: [warn, dryrun]\n", `line 5: policy.ruleModes.requireEnforce: "dryrun" is not enforce, warn or audit`},
+		"enforce and warn":   {header + "policy:\n  ruleModes:\n    defaultProfile: [enforce, warn]\n", "line 5: policy.ruleModes.defaultProfile: enforce cannot be combined with warn or audit"},
+		"empty mode list":    {header + "policy:\n  mode: []\n", "line 4: policy.mode: no mode"},
+		"mode mapping":       {header + "policy:\n  mode: {warn: true}\n", "line 4: policy.mode: is a mapping, want enforce, warn, audit or [warn, audit]"},
+		"mode boolean":       {header + "policy:\n  ruleModes:\n    requireEnforce: off\n", "line 5: policy.ruleModes.requireEnforce: is a boolean, want enforce, warn, audit or [warn, audit]"},
+		"mode number":        {header + "policy:\n  mode: 1\n", "line 4: policy.mode: is a number, want"},
+		"mode list of lists": {header + "policy:\n  mode: [[warn]]\n", "line 4: policy.mode: is a list holding a non-word"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(dir, strings.ReplaceAll(name, " ", "-")+".yaml")

@@ -127,8 +127,8 @@ func typeError(err error, root *yamlv3.Node) error {
 		return err
 	}
 	msg := fmt.Sprintf("%s: is a %s, want %s", te.Field, yamlWord(te.Value), goWord(te.Type))
-	if te.Type == reflect.TypeFor[Duration]() {
-		msg = te.Field + ": " + te.Value
+	if te.Type == reflect.TypeFor[Duration]() || te.Type == reflect.TypeFor[PolicyMode]() {
+		msg = te.Field + ": " + te.Value // their decoders word the value
 	}
 	if n := lookup(root, te.Field); n != nil {
 		msg = fmt.Sprintf("line %d: %s", n.Line, msg)

@@ -59,6 +59,8 @@ type policyReport struct {
 	DefaultProfile  string   `json:"defaultProfile,omitempty"`
 	AllowedProfiles []string `json:"allowedProfiles,omitempty"`
 	RequireEnforce  bool     `json:"requireEnforce"`
+	// Modes is each rule's mode in words: enforce, warn, audit.
+	Modes map[string][]string `json:"modes"`
 }
 
 type dirReport struct {
@@ -168,6 +170,10 @@ func buildReport(snap *apparmor.Snapshot, pol *apparmor.Policy, wanted []string)
 	r.Policy.Enabled = !pol.Disabled
 	r.Policy.DefaultProfile = pol.Default.String()
 	r.Policy.RequireEnforce = pol.RequireEnforce
+	r.Policy.Modes = map[string][]string{}
+	for _, rule := range apparmor.Rules {
+		r.Policy.Modes[string(rule)] = pol.Mode(rule).Words()
+	}
 	for _, p := range pol.Allowed {
 		r.Policy.AllowedProfiles = append(r.Policy.AllowedProfiles, p.String())
 	}
@@ -312,6 +318,20 @@ func (r *checkReport) print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "Policy (%s): enabled=%t defaultProfile=%q allowedProfiles=%q requireEnforce=%t\n",
 		src, r.Policy.Enabled, r.Policy.DefaultProfile, r.Policy.AllowedProfiles, r.Policy.RequireEnforce)
+	var modes []string
+	dryRun := ""
+	for _, rule := range apparmor.Rules {
+		words := r.Policy.Modes[string(rule)]
+		m := strings.Join(words, ", ")
+		if len(words) > 1 {
+			m = "[" + m + "]"
+		}
+		if m != "enforce" {
+			dryRun = " (warn, audit: reported, not enforced)"
+		}
+		modes = append(modes, string(rule)+"="+m)
+	}
+	fmt.Fprintf(w, "Policy modes: %s%s\n", strings.Join(modes, " "), dryRun)
 	if d := r.ProfileDirectory; d != nil {
 		fmt.Fprintf(w, "Profile directory %s: %d files\n", d.Path, len(d.Files))
 		if d.Error != "" {

@@ -96,6 +96,7 @@ func TestCheckReport(t *testing.T) {
 		`profile "k8s-nginx": not loaded [policy]`,
 		"Missing profiles: k8s-nginx",
 		`defaultProfile="runtime/default"`,
+		"Policy modes: allowedProfiles=enforce defaultProfile=enforce requireEnforce=enforce\n",
 	} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text report lacks %q:\n%s", want, text.String())
@@ -109,6 +110,19 @@ func TestCheckReport(t *testing.T) {
 	json.Unmarshal(b, &back)
 	if back["ok"] != false || back["apparmor"].(map[string]any)["enabled"] != true || len(back["profiles"].([]any)) != 2 {
 		t.Errorf("json report = %s", b)
+	}
+
+	// Rules in warn or audit mode are shown as such.
+	pol.Modes = map[apparmor.Rule]apparmor.RuleMode{apparmor.RuleAllowedProfiles: apparmor.Warn, apparmor.RuleRequireEnforce: apparmor.Warn | apparmor.Audit}
+	r = buildReport(snap, pol, nil)
+	text.Reset()
+	r.print(&text)
+	if want := "Policy modes: allowedProfiles=warn defaultProfile=enforce requireEnforce=[warn, audit] (warn, audit: reported, not enforced)\n"; !strings.Contains(text.String(), want) {
+		t.Errorf("text report lacks %q:\n%s", want, text.String())
+	}
+	b, _ = json.Marshal(r.Policy)
+	if want := `"modes":{"allowedProfiles":["warn"],"defaultProfile":["enforce"],"requireEnforce":["warn","audit"]}`; !strings.Contains(string(b), want) {
+		t.Errorf("json policy = %s, want %s", b, want)
 	}
 
 	ok := buildReport(snap, &apparmor.Policy{}, []string{"k8s-apparmor-example-deny-write"})
