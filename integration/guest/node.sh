@@ -192,9 +192,12 @@ scenarios_node() {
 		"profile directory: $(jq -c .profileDirectory <<<"$out" | cut -c1-200)" "policy: $(jq -c .policy <<<"$out")"
 
 	# ---- a file of the directory owned by nobody, mode 0666, is refused
-	profile_text $NOBODY yes >$PROFILES_D/$NOBODY
-	chown 65534:65534 $PROFILES_D/$NOBODY
-	chmod 0666 $PROFILES_D/$NOBODY
+	# made beside the directory and moved in whole: a root file the loader
+	# saw before the chown would be loaded (and stay loaded)
+	profile_text $NOBODY yes >$PROFILES_D/../.$NOBODY
+	chown 65534:65534 $PROFILES_D/../.$NOBODY
+	chmod 0666 $PROFILES_D/../.$NOBODY
+	mv $PROFILES_D/../.$NOBODY $PROFILES_D/$NOBODY
 	for _ in $(seq 1 25); do [ "$(metric 'armorshim_profile_files{state="refused"}')" = 1 ] && break; sleep 0.2; done
 	n=$(metric 'armorshim_profile_files{state="refused"}')
 	out=$(armorshim check --config $NODE_CFG --output json 2>&1)
