@@ -374,20 +374,20 @@ func (d *Denials) lookup(ctx context.Context, id string) (apparmor.Target, bool)
 // targetOfConfig reads the kubelet's labels of a container's config (nil:
 // no names).
 func targetOfConfig(cfg *runtimeapi.ContainerConfig) apparmor.Target {
-	l := cfg.GetLabels()
-	t := apparmor.Target{Namespace: l["io.kubernetes.pod.namespace"], Pod: l["io.kubernetes.pod.name"], Container: l["io.kubernetes.container.name"]}
-	if t.Container == "" {
-		t.Container = cfg.GetMetadata().GetName()
-	}
-	return t
+	return targetOfLabels(cfg.GetLabels(), cfg.GetMetadata().GetName())
 }
 
 // targetOfStatus reads the kubelet's labels of a container's status.
 func targetOfStatus(st *runtimeapi.ContainerStatus) apparmor.Target {
-	l := st.GetLabels()
+	return targetOfLabels(st.GetLabels(), st.GetMetadata().GetName())
+}
+
+// targetOfLabels names a container by the kubelet's labels, or by name
+// when they do not.
+func targetOfLabels(l map[string]string, name string) apparmor.Target {
 	t := apparmor.Target{Namespace: l["io.kubernetes.pod.namespace"], Pod: l["io.kubernetes.pod.name"], Container: l["io.kubernetes.container.name"]}
 	if t.Container == "" {
-		t.Container = st.GetMetadata().GetName()
+		t.Container = name
 	}
 	return t
 }
