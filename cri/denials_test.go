@@ -221,6 +221,30 @@ func TestDenialsAttributedToPods(t *testing.T) {
 	}
 }
 
+// A container created before armorshim started is named, once attested,
+// from the runtime's copy of its config that attestation read: its
+// denials then cost no runtime lookup.
+func TestAttestedContainerNamedFromItsConfig(t *testing.T) {
+	const old = "aaaa5b6c7d8e9f000102030405060708090a0b0c0d0e0f1011121314151617ab"
+	b := denialBackend(t, nil)
+	d, reg := newDenials(t, b, cgroups{4343: old})
+	d.AttestedFromConfig(old, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "nginx"},
+		Labels: map[string]string{"io.kubernetes.pod.namespace": "web", "io.kubernetes.pod.name": "nginx-0",
+			"io.kubernetes.container.name": "nginx"},
+	}, "k8s-nginx")
+	if err := d.Run(context.Background(), strings.NewReader(kmsgLine(1, "k8s-nginx", "open", "/x", 4343, "cat"))); err != nil {
+		t.Fatal(err)
+	}
+	d.WaitIdle()
+	if got := denialCount(t, reg, "web", "nginx-0", "nginx", "k8s-nginx", "open"); got != 1 {
+		t.Errorf("denials of web/nginx-0 = %v, want 1", got)
+	}
+	if n := b.calls.Load(); n != 0 {
+		t.Errorf("%d ContainerStatus calls, want none: attestation named the container", n)
+	}
+}
+
 // A container running before armorshim started joins the profile
 // fallback with its first denial: a gone process of that profile is then
 // no longer pinned on the one container started since.

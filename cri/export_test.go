@@ -1,5 +1,7 @@
 package cri
 
+import runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 // WaitIdle returns once no denial waits for a runtime lookup.
 func (d *Denials) WaitIdle() {
 	d.mu.Lock()
@@ -7,4 +9,11 @@ func (d *Denials) WaitIdle() {
 	for d.pending > 0 {
 		d.idle.Wait()
 	}
+}
+
+// AttestedFromConfig records what attestation read of a started container
+// created before armorshim started: its profile, and its names from the
+// runtime's copy of its config.
+func (d *Denials) AttestedFromConfig(id string, cfg *runtimeapi.ContainerConfig, profile string) {
+	d.attested(id, targetOfConfig(cfg), profile)
 }
