@@ -381,7 +381,8 @@ profile $ATT flags=(attach_disconnected) {
   signal,
   # an exact rule overrides the x permission of file,
   /bin/busybox cx -> sleeper,
-  change_profile -> $ATT_EXTRA,
+  # stacking is allowed by change_profile rules whose target starts with &
+  change_profile -> &$ATT_EXTRA,
 
   ^worker flags=(attach_disconnected) {
     #include <abstractions/base>
