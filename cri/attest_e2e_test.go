@@ -150,7 +150,7 @@ func (a *attestEnv) stopped() []string {
 	return append([]string(nil), a.stops...)
 }
 
-func TestAttestationConfirmsTheSeedContainer(t *testing.T) {
+func TestAttestationConfirmsTheTutorialContainer(t *testing.T) {
 	a := newAttestEnv(t, "enforce", nil)
 	id := a.run(t, "hello-apparmor", "localhost/"+denyWrite, denyWrite+" (enforce)", 4242)
 	if err := a.start(t, id); err != nil {

@@ -418,7 +418,7 @@ type env struct {
 	image   runtimeapi.ImageServiceClient
 }
 
-// Seed names: the profile loaded on the node, and the one that is not.
+// The AppArmor tutorial's names: the profile loaded on the node, and the one that is not.
 const (
 	denyWrite  = "k8s-apparmor-example-deny-write"
 	allowWrite = "k8s-apparmor-example-allow-write"

@@ -35,7 +35,7 @@ func evaluator(t *testing.T, c pss.Config) *pss.Evaluator {
 	return e
 }
 
-func TestSeedNginxUnderWarnRestricted(t *testing.T) {
+func TestTutorialNginxUnderWarnRestricted(t *testing.T) {
 	e := evaluator(t, pss.Config{Namespaces: map[string]map[string]string{"example": {
 		"pod-security.kubernetes.io/enforce": "baseline", "pod-security.kubernetes.io/warn": "restricted",
 	}}})

@@ -183,7 +183,7 @@ func seedNode() *fakeNode {
 	return f
 }
 
-func TestPSSCheckBaselineLikeTheSeed(t *testing.T) {
+func TestPSSCheckBaselineLikeTheTutorial(t *testing.T) {
 	endpoint := serveFakeNode(t, seedNode())
 	var out, errOut bytes.Buffer
 	code := pssCheck([]string{"--level", "baseline", "--runtime-endpoint", endpoint, "--config", defaultConfigPath + ".absent-in-tests"}, &out, &errOut)
