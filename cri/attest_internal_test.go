@@ -101,6 +101,7 @@ func BenchmarkParseInfo(b *testing.B) {
 func TestContainerInfoConfig(t *testing.T) {
 	for name, cfg := range map[string]*runtimeapi.ContainerConfig{
 		"field": {Metadata: &runtimeapi.ContainerMetadata{Name: "hello", Attempt: 2}, Image: &runtimeapi.ImageSpec{Image: "busybox"},
+			Labels: map[string]string{"io.kubernetes.pod.namespace": "default", "io.kubernetes.pod.name": "hello-apparmor", "io.kubernetes.container.name": "hello"},
 			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
 				Apparmor:  &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "k8s-apparmor-example-deny-write"},
 				RunAsUser: &runtimeapi.Int64Value{Value: 1000}}}},
@@ -117,7 +118,7 @@ func TestContainerInfoConfig(t *testing.T) {
 		if err != nil || pid != 1 {
 			t.Fatalf("%s: pid %d, %v", name, pid, err)
 		}
-		want := &runtimeapi.ContainerConfig{Metadata: cfg.Metadata}
+		want := &runtimeapi.ContainerConfig{Metadata: cfg.Metadata, Labels: cfg.Labels}
 		if sc := cfg.GetLinux().GetSecurityContext(); sc != nil {
 			want.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
 				Privileged: sc.Privileged, Apparmor: sc.Apparmor, ApparmorProfile: sc.ApparmorProfile}}

@@ -19,7 +19,10 @@ import (
 // request: it is forwarded (rewritten only when the decision changed it) or
 // refused.
 func (p *Proxy) inspectCreate(ctx context.Context, msg []byte) h2relay.Verdict {
-	fwd, req, dec, err := p.decideCreate(msg)
+	// One policy for the decision and for what is remembered of it: a
+	// reload in between must not give the start another expectation.
+	pol := p.policy.Load()
+	fwd, req, dec, err := p.decideCreate(msg, pol)
 	if err != nil {
 		return refusal(err)
 	}
@@ -28,7 +31,6 @@ func (p *Proxy) inspectCreate(ctx context.Context, msg []byte) h2relay.Verdict {
 	}
 	v := h2relay.Verdict{Request: fwd}
 	if p.attest != nil || p.denials != nil {
-		pol := p.policy.Load()
 		v.Response = func(_ context.Context, out []byte, st *status.Status) *status.Status {
 			resp := &runtimeapi.CreateContainerResponse{}
 			if st.Code() != codes.OK || proto.Unmarshal(out, resp) != nil {
@@ -49,12 +51,12 @@ func (p *Proxy) inspectCreate(ctx context.Context, msg []byte) h2relay.Verdict {
 
 // decideCreate returns the request to forward instead of the caller's (nil
 // if unchanged), with the decoded request and the decision, or the refusal.
-func (p *Proxy) decideCreate(in []byte) ([]byte, *runtimeapi.CreateContainerRequest, apparmor.Decision, error) {
+func (p *Proxy) decideCreate(in []byte, pol *apparmor.Policy) ([]byte, *runtimeapi.CreateContainerRequest, apparmor.Decision, error) {
 	req := &runtimeapi.CreateContainerRequest{}
 	if err := proto.Unmarshal(in, req); err != nil {
 		return nil, nil, apparmor.Decision{}, status.Errorf(codes.InvalidArgument, "armorshim: cannot decode CreateContainerRequest: %v", err)
 	}
-	dec, err := apparmor.Decide(req, p.host, p.policy.Load())
+	dec, err := apparmor.Decide(req, p.host, pol)
 	if err != nil {
 		var r *apparmor.Refusal
 		if errors.As(err, &r) {

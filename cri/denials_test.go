@@ -2,6 +2,7 @@ package cri_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -222,17 +223,27 @@ func TestDenialsAttributedToPods(t *testing.T) {
 }
 
 // A container created before armorshim started is named, once attested,
-// from the runtime's copy of its config that attestation read: its
+// from the runtime's copy of its config in the info attestation read: its
 // denials then cost no runtime lookup.
 func TestAttestedContainerNamedFromItsConfig(t *testing.T) {
 	const old = "aaaa5b6c7d8e9f000102030405060708090a0b0c0d0e0f1011121314151617ab"
 	b := denialBackend(t, nil)
 	d, reg := newDenials(t, b, cgroups{4343: old})
-	d.AttestedFromConfig(old, &runtimeapi.ContainerConfig{
+	cfg := &runtimeapi.ContainerConfig{
 		Metadata: &runtimeapi.ContainerMetadata{Name: "nginx"},
 		Labels: map[string]string{"io.kubernetes.pod.namespace": "web", "io.kubernetes.pod.name": "nginx-0",
 			"io.kubernetes.container.name": "nginx"},
-	}, "k8s-nginx")
+		Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+			Apparmor: &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "k8s-nginx"}}},
+	}
+	// as containerd writes it: encoding/json of the generated type
+	info, err := json.Marshal(map[string]any{"sandboxID": "sb", "pid": 4343, "config": cfg, "runtimeSpec": map[string]any{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.AttestedFromInfo(old, info, "k8s-nginx"); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.Run(context.Background(), strings.NewReader(kmsgLine(1, "k8s-nginx", "open", "/x", 4343, "cat"))); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,5 @@
 package cri
 
-import runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 // WaitIdle returns once no denial waits for a runtime lookup.
 func (d *Denials) WaitIdle() {
@@ -11,9 +10,14 @@ func (d *Denials) WaitIdle() {
 	}
 }
 
-// AttestedFromConfig records what attestation read of a started container
+// AttestedFromInfo records what attestation read of a started container
 // created before armorshim started: its profile, and its names from the
-// runtime's copy of its config.
-func (d *Denials) AttestedFromConfig(id string, cfg *runtimeapi.ContainerConfig, profile string) {
+// runtime's copy of its config in its verbose info.
+func (d *Denials) AttestedFromInfo(id string, info []byte, profile string) error {
+	_, cfg, err := parseInfo(info, true)
+	if err != nil {
+		return err
+	}
 	d.attested(id, targetOfConfig(cfg), profile)
+	return nil
 }

@@ -53,11 +53,12 @@ func parseInfo(info []byte, withConfig bool) (pid int, cfg *runtimeapi.Container
 	return pid, cfg, nil
 }
 
-// configOf decodes, of a ContainerConfig in JSON, the metadata and the
-// AppArmor and privileged settings.
+// configOf decodes, of a ContainerConfig in JSON, the metadata, the labels
+// (the kubelet's names of the pod) and the AppArmor and privileged
+// settings.
 func configOf(b []byte) (*runtimeapi.ContainerConfig, error) {
-	var v [2][]byte
-	if err := jsonFields(b, []string{"metadata", "linux"}, v[:]); err != nil {
+	var v [3][]byte
+	if err := jsonFields(b, []string{"metadata", "labels", "linux"}, v[:]); err != nil {
 		return nil, err
 	}
 	cfg := &runtimeapi.ContainerConfig{}
@@ -66,11 +67,16 @@ func configOf(b []byte) (*runtimeapi.ContainerConfig, error) {
 			return nil, fmt.Errorf("metadata: %w", err)
 		}
 	}
-	if v[1] == nil || string(v[1]) == "null" {
+	if v[1] != nil {
+		if err := json.Unmarshal(v[1], &cfg.Labels); err != nil {
+			return nil, fmt.Errorf("labels: %w", err)
+		}
+	}
+	if v[2] == nil || string(v[2]) == "null" {
 		return cfg, nil
 	}
 	var sc [1][]byte
-	if err := jsonFields(v[1], []string{"security_context"}, sc[:]); err != nil {
+	if err := jsonFields(v[2], []string{"security_context"}, sc[:]); err != nil {
 		return nil, fmt.Errorf("linux: %w", err)
 	}
 	if sc[0] == nil || string(sc[0]) == "null" {
