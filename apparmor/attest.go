@@ -50,8 +50,11 @@ func Expect(p Profile, privileged bool, pol *Policy) (Expectation, bool) {
 // profiles' modes (Snapshot.Profiles, may be nil): they tell the mode of a
 // stack member where the label's mode suffix does not ("mixed").
 //
-// The rules are the kernel's. "unconfined" is satisfied by a label that
-// confines nothing (see Label.Unconfined). A profile is satisfied by a
+// The rules are the kernel's. "unconfined" is satisfied by any label: a
+// container decided unconfined (asked so, or privileged) that a host
+// profile attached by path confines (tcpdump's on Ubuntu) is confined more,
+// never less, than decided, and stopping it would only break it (see
+// MoreConfined). A profile is satisfied by a
 // label one of whose members is that profile or one of its children or
 // hats (in the same namespace): a process moves into a child profile or
 // hat only where its profile allows it (px/cx rules, change_hat), and
@@ -60,10 +63,7 @@ func Expect(p Profile, privileged bool, pol *Policy) (Expectation, bool) {
 func (e Expectation) Check(label string, modes map[string]Mode) string {
 	l := ParseLabel(label)
 	if e.Profile == UnconfinedRef {
-		if l.Unconfined(modes) {
-			return ""
-		}
-		return fmt.Sprintf("expected %s, the container runs %s", e, label)
+		return ""
 	}
 	want := parseMember(e.Profile, "")
 	found := false
@@ -80,4 +80,11 @@ func (e Expectation) Check(label string, modes map[string]Mode) string {
 		return fmt.Sprintf("expected %s, the container runs %s: this node requires %s mode", e, label, e.Mode)
 	}
 	return fmt.Sprintf("expected %s, the container runs %s", e, label)
+}
+
+// MoreConfined reports whether a label that satisfies e confines more than
+// e decided: e is "unconfined" and the label confines something (see
+// Label.Unconfined).
+func (e Expectation) MoreConfined(label string, modes map[string]Mode) bool {
+	return e.Profile == UnconfinedRef && !ParseLabel(label).Unconfined(modes)
 }

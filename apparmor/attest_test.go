@@ -36,7 +36,7 @@ func TestExpectAndCheck(t *testing.T) {
 		{"runtime default enforced, enforce required", apparmor.Profile{Type: apparmor.RuntimeDefault}, false, enforce, rd + " (enforce)", ""},
 		{"privileged runtime default is unconfined", apparmor.Profile{Type: apparmor.RuntimeDefault}, true, enforce, "unconfined", ""},
 		{"unconfined", apparmor.Profile{Type: apparmor.Unconfined}, false, withRD, "unconfined", ""},
-		{"unconfined but confined", apparmor.Profile{Type: apparmor.Unconfined}, false, withRD, rd + " (enforce)", "expected unconfined"},
+		{"unconfined but confined more", apparmor.Profile{Type: apparmor.Unconfined}, false, withRD, rd + " (enforce)", ""},
 		{"profile name with spaces and parens", apparmor.Profile{Type: apparmor.Localhost, Name: "a (b) c"}, false, enforce, "a (b) c (enforce)", ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -139,9 +139,9 @@ func TestCheckChildrenHatsAndStacks(t *testing.T) {
 	}
 }
 
-// "unconfined" is satisfied by a label that confines nothing: the
-// namespace's unconfined profile, or profiles in unconfined mode, such as
-// a host profile attached by path to what a privileged container runs.
+// "unconfined" is satisfied by any label; one that confines something (a
+// host profile attached by path to what a privileged container runs, not
+// in unconfined mode) confines more than decided, and is said to.
 func TestCheckUnconfined(t *testing.T) {
 	e, ok := apparmor.Expect(apparmor.Profile{Type: apparmor.RuntimeDefault}, true, &apparmor.Policy{RuntimeDefault: rd, RequireEnforce: true})
 	if !ok || e.Profile != apparmor.UnconfinedRef {
@@ -167,8 +167,12 @@ func TestCheckUnconfined(t *testing.T) {
 		{":lxd:unconfined//&k8s-web (enforce)", false},
 		{"", false},
 	} {
-		if got := e.Check(c.label, modes); (got == "") != c.ok {
-			t.Errorf("Check(%q) against unconfined = %q, want satisfied %v", c.label, got, c.ok)
+		// unconfined is never a mismatch; confined more is said
+		if got := e.Check(c.label, modes); got != "" {
+			t.Errorf("Check(%q) against unconfined = %q, want satisfied", c.label, got)
+		}
+		if got := e.MoreConfined(c.label, modes); got != !c.ok {
+			t.Errorf("MoreConfined(%q) = %v, want %v", c.label, got, !c.ok)
 		}
 	}
 }

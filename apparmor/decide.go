@@ -316,23 +316,36 @@ func checkHost(p Profile, privileged bool, host Host, pol *Policy, requireEnforc
 // checkRuntimeDefaultMode applies RequireEnforce to the runtime's default
 // profile, which a container gets for runtime/default or asking nothing
 // (never when privileged): refused when the host lists it in another mode
-// than enforce. A default profile not loaded yet is the runtime's to load
-// (containerd loads its own in enforce mode); a host that cannot be read
-// is left to the checks that need it.
+// than enforce, or when the host cannot be read (its mode is then
+// unknown). A default profile not loaded yet is the runtime's to load
+// (containerd loads its own in enforce mode); on a host without AppArmor
+// nothing is confined, and a container asking for nothing runs as it
+// would without armorshim.
 func checkRuntimeDefaultMode(p Profile, privileged bool, host Host, pol *Policy, requireEnforce bool) *Refusal {
-	if !requireEnforce || pol.RuntimeDefault == "" || privileged || (p.Type != RuntimeDefault && p.Type != None) || host == nil {
+	if !requireEnforce || pol.RuntimeDefault == "" || privileged || (p.Type != RuntimeDefault && p.Type != None) {
 		return nil
 	}
-	snap := host.Snapshot()
-	if snap == nil || snap.Err != nil || !snap.Enabled {
+	var snap *Snapshot
+	if host != nil {
+		snap = host.Snapshot()
+	}
+	var r *Refusal
+	switch {
+	case snap == nil:
+		r = blocked("host-unreadable", p, "the host's AppArmor state is unknown")
+	case snap.Err != nil:
+		r = blocked("host-unreadable", p, "cannot read the host's AppArmor state: %v", snap.Err)
+	case !snap.Enabled:
 		return nil
+	default:
+		mode, loaded := snap.Profiles[pol.RuntimeDefault]
+		if !loaded || mode == ModeEnforce {
+			return nil
+		}
+		r = blocked("not-enforce", p, "the runtime's default profile %s is loaded in %s mode, but this node requires enforce mode", quoted(pol.RuntimeDefault), mode)
 	}
-	if mode, loaded := snap.Profiles[pol.RuntimeDefault]; loaded && mode != ModeEnforce {
-		r := blocked("not-enforce", p, "the runtime's default profile %s is loaded in %s mode, but this node requires enforce mode", quoted(pol.RuntimeDefault), mode)
-		r.Rule = RuleRequireEnforce
-		return r
-	}
-	return nil
+	r.Rule = RuleRequireEnforce
+	return r
 }
 
 // apply sets both CRI fields to p and reports whether req changed.

@@ -120,6 +120,23 @@ func TestDecideDryRun(t *testing.T) {
 			wantDryRun: &apparmor.DryRun{Rule: apparmor.RuleRequireEnforce, Mode: apparmor.Warn},
 		}, wantMsg: `Blocked: Cannot enforce AppArmor: the runtime's default profile "k8s-apparmor-example-complain" is loaded in complain mode, but this node requires enforce mode`},
 
+		{decideCase: decideCase{
+			name: "require enforce: nothing asked on an unreadable host is Blocked (the default's mode is unknown)", req: newRequest(), snap: brokenHost(),
+			pol:      &apparmor.Policy{RequireEnforce: true, RuntimeDefault: "cri-containerd.apparmor.d"},
+			wantCode: codes.FailedPrecondition, wantMsg: unreadableMsg, wantHostCalls: 1,
+		}},
+		{decideCase: decideCase{
+			name: "require enforce warn: nothing asked on an unreadable host is forwarded and reported", req: newRequest(), snap: brokenHost(),
+			pol:         &apparmor.Policy{RequireEnforce: true, RuntimeDefault: "cri-containerd.apparmor.d", Modes: modes(apparmor.Warn, apparmor.RuleRequireEnforce)},
+			wantProfile: apparmor.Profile{}, wantSource: apparmor.SourceNone, wantHostCalls: 1,
+			wantDryRun: &apparmor.DryRun{Rule: apparmor.RuleRequireEnforce, Mode: apparmor.Warn},
+		}, wantMsg: unreadableMsg},
+		{decideCase: decideCase{
+			name: "require enforce: nothing asked on a host without AppArmor runs as without armorshim", req: newRequest(), snap: disabledHost(),
+			pol:         &apparmor.Policy{RequireEnforce: true, RuntimeDefault: "cri-containerd.apparmor.d"},
+			wantProfile: apparmor.Profile{}, wantSource: apparmor.SourceNone, wantHostCalls: 1,
+		}},
+
 		// defaultProfile: not applied, and what it would have run is said.
 		{decideCase: decideCase{
 			name: "default warn: nothing requested is forwarded unchanged", req: newRequest(), snap: loadedHost(),

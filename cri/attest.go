@@ -123,8 +123,9 @@ const (
 // attestation is what attesting one container found.
 type attestation struct {
 	outcome string
-	// detail is the mismatch, or why the container was unverified or
-	// skipped; label is the process's label when read.
+	// detail is the mismatch, why the container was unverified or
+	// skipped, or, attested, why it is confined more than decided; label
+	// is the process's label when read.
 	detail, label string
 }
 
@@ -135,6 +136,10 @@ func (p *Proxy) attestStarted(ctx context.Context, id string) *status.Status {
 	p.metrics.observeAttestation(a.outcome)
 	switch a.outcome {
 	case outcomeAttested:
+		if a.detail != "" {
+			p.logs.InfoS("Container confined more than decided", "containerID", id, "confinement", a.label, "reason", a.detail)
+			return nil
+		}
 		klog.V(2).InfoS("Container confinement attested", "containerID", id, "confinement", a.label)
 		return nil
 	case outcomeSkipped:
@@ -201,7 +206,11 @@ func (p *Proxy) attestStart(ctx context.Context, id string) attestation {
 		return attestation{outcome: outcomeMismatch, detail: mismatch, label: label}
 	}
 	p.denials.attested(id, targetOfConfig(cfg), labelName(label))
-	return attestation{outcome: outcomeAttested, label: label}
+	a := attestation{outcome: outcomeAttested, label: label}
+	if exp.MoreConfined(label, snap.Profiles) {
+		a.detail = "decided unconfined, but a profile confines it (a host profile attached by path to its command): counted as attested, not stopped"
+	}
+	return a
 }
 
 // noRuntimeDefault says why a container on the runtime's default profile is
