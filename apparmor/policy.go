@@ -146,10 +146,10 @@ func (pol *Policy) RequiresEnforceMode() bool {
 // Validate reports a policy that contradicts itself.
 func (pol *Policy) Validate() error {
 	if pol.Disabled && pol.Default.Type != None {
-		return fmt.Errorf("defaultProfile %q is set but AppArmor is disabled (enabled: false)", pol.Default)
+		return fmt.Errorf("defaultProfile: %q is set but AppArmor is disabled (enabled: false)", pol.Default)
 	}
 	if pol.Allowed != nil && pol.Default.Type != None && !pol.allows(pol.Default) {
-		return fmt.Errorf("defaultProfile %q is not in allowedProfiles [%s]", pol.Default, pol.allowedList())
+		return fmt.Errorf("defaultProfile: %q is not in allowedProfiles [%s]", pol.Default, pol.allowedList())
 	}
 	for r, m := range pol.Modes {
 		if !slices.Contains(Rules, r) {

@@ -218,15 +218,15 @@ func TestPolicyValidate(t *testing.T) {
 		{"require enforce", apparmor.Policy{RequireEnforce: true, Default: localhost(denyWrite)}, ""},
 		{
 			"disabled with a default", apparmor.Policy{Disabled: true, Default: runtimeDefault},
-			`defaultProfile "runtime/default" is set but AppArmor is disabled (enabled: false)`,
+			`defaultProfile: "runtime/default" is set but AppArmor is disabled (enabled: false)`,
 		},
 		{
 			"default outside allowed", apparmor.Policy{Default: localhost(nginx), Allowed: []apparmor.Profile{runtimeDefault, localhost(denyWrite)}},
-			`defaultProfile "localhost/k8s-nginx" is not in allowedProfiles [runtime/default, localhost/k8s-apparmor-example-deny-write]`,
+			`defaultProfile: "localhost/k8s-nginx" is not in allowedProfiles [runtime/default, localhost/k8s-apparmor-example-deny-write]`,
 		},
 		{
 			"default with an empty allowed list", apparmor.Policy{Default: unconfined, Allowed: []apparmor.Profile{}},
-			`defaultProfile "unconfined" is not in allowedProfiles []`,
+			`defaultProfile: "unconfined" is not in allowedProfiles []`,
 		},
 	}
 	for _, tt := range tests {

@@ -443,13 +443,8 @@ func (r *recentRecords) add(id string) bool {
 // profileOf returns the profile a container created by req with profile
 // prof runs under, as the kernel names it in a denial; "" for none.
 func (d *Denials) profileOf(prof apparmor.Profile, req *runtimeapi.CreateContainerRequest, pol *apparmor.Policy) string {
-	if pol == nil || pol.RuntimeDefault == "" {
-		p := apparmor.Policy{}
-		if pol != nil {
-			p = *pol
-		}
-		p.RuntimeDefault = d.runtimeDefault
-		pol = &p
+	if pol == nil {
+		pol = &apparmor.Policy{RuntimeDefault: d.runtimeDefault}
 	}
 	exp, ok := apparmor.Expect(prof, req.GetConfig().GetLinux().GetSecurityContext().GetPrivileged(), pol)
 	if !ok || exp.Profile == apparmor.UnconfinedRef {

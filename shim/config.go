@@ -203,11 +203,7 @@ type RuleModesConfig struct {
 // modes returns each rule's mode as written: policy.mode, or its own.
 func (pc *PolicyConfig) modes() map[apparmor.Rule]PolicyMode {
 	out := map[apparmor.Rule]PolicyMode{}
-	for r, own := range map[apparmor.Rule]*PolicyMode{
-		apparmor.RuleAllowedProfiles: pc.RuleModes.AllowedProfiles,
-		apparmor.RuleDefaultProfile:  pc.RuleModes.DefaultProfile,
-		apparmor.RuleRequireEnforce:  pc.RuleModes.RequireEnforce,
-	} {
+	for r, own := range pc.ownModes() {
 		out[r] = pc.Mode
 		if own != nil {
 			out[r] = *own
@@ -216,16 +212,27 @@ func (pc *PolicyConfig) modes() map[apparmor.Rule]PolicyMode {
 	return out
 }
 
+// ownModes returns the rules' own modes, nil where ruleModes sets none.
+func (pc *PolicyConfig) ownModes() map[apparmor.Rule]*PolicyMode {
+	return map[apparmor.Rule]*PolicyMode{
+		apparmor.RuleAllowedProfiles: pc.RuleModes.AllowedProfiles,
+		apparmor.RuleDefaultProfile:  pc.RuleModes.DefaultProfile,
+		apparmor.RuleRequireEnforce:  pc.RuleModes.RequireEnforce,
+	}
+}
+
 // auditField names the field that puts a rule in audit mode, or "".
 func (pc *PolicyConfig) auditField() string {
-	if apparmor.RuleMode(pc.Mode)&apparmor.Audit != 0 {
-		return "policy.mode"
-	}
+	own := pc.ownModes()
 	modes := pc.modes()
 	for _, r := range apparmor.Rules {
-		if apparmor.RuleMode(modes[r])&apparmor.Audit != 0 {
-			return "policy.ruleModes." + string(r)
+		if apparmor.RuleMode(modes[r])&apparmor.Audit == 0 {
+			continue
 		}
+		if own[r] == nil {
+			return "policy.mode" // the rule takes policy.mode
+		}
+		return "policy.ruleModes." + string(r)
 	}
 	return ""
 }
@@ -426,7 +433,7 @@ func (pc *PolicyConfig) Build() (*apparmor.Policy, error) {
 		}
 	}
 	if err := pol.Validate(); err != nil {
-		return nil, fmt.Errorf("policy: %w", err)
+		return nil, fmt.Errorf("policy.%w", err)
 	}
 	return pol, nil
 }

@@ -609,6 +609,13 @@ podSecurity:
 		{name: "audit without an audit log", body: header + "policy:\n  ruleModes:\n    defaultProfile: audit\n",
 			wantErr: []string{"policy.ruleModes.defaultProfile: audit writes to the audit log, and podSecurity.auditLog.path is not set"}},
 		{name: "whole policy audit without an audit log", body: header + "policy:\n  mode: [warn, audit]\n", wantErr: []string{"policy.mode: audit"}},
+		{name: "policy mode audit overridden by every rule needs no audit log", body: header + "policy:\n  mode: audit\n  ruleModes: {allowedProfiles: warn, defaultProfile: warn, requireEnforce: enforce}\n", check: func(t *testing.T, cfg *shim.Config, pol *apparmor.Policy) {
+			if pol.Mode(apparmor.RuleAllowedProfiles) != apparmor.Warn || pol.Mode(apparmor.RuleRequireEnforce) != apparmor.Enforce {
+				t.Errorf("modes %v", pol.Modes)
+			}
+		}},
+		{name: "default outside the allowed list", body: header + "policy:\n  defaultProfile: runtime/default\n  allowedProfiles: [localhost/k8s-apparmor-example-deny-write]\n",
+			wantErr: []string{`policy.defaultProfile: "runtime/default" is not in allowedProfiles [localhost/k8s-apparmor-example-deny-write]`}},
 		{name: "audit log checked without Pod Security", body: header + "policy:\n  mode: audit\npodSecurity:\n  auditLog: {path: audit.log}\n", wantErr: []string{"podSecurity.auditLog.path"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
