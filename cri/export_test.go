@@ -1,6 +1,5 @@
 package cri
 
-
 // WaitIdle returns once no denial waits for a runtime lookup.
 func (d *Denials) WaitIdle() {
 	d.mu.Lock()
