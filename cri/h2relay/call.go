@@ -72,6 +72,11 @@ func Call(ctx context.Context, method string, req []byte) (resp []byte, st *stat
 		<-ic.done
 	}
 	if ic.err != nil {
+		if dl, has := ctx.Deadline(); has && ic.err.Code() == codes.Canceled && !dl.After(time.Now()) {
+			// The backend reset the call as its deadline passed, before
+			// ctx did: as a gRPC client reports it.
+			return nil, status.New(codes.DeadlineExceeded, "context deadline exceeded"), true
+		}
 		return nil, ic.err, true
 	}
 	end := ic.trailers
@@ -179,7 +184,10 @@ func (s *session) callFrame(l *leg, f http2.Frame) bool {
 		}
 	case *http2.RSTStreamFrame:
 		s.endCall(l, id, status.Newf(codeOfReset(f.ErrCode), "armorshim: the %s reset the call: %v", l.b.Name, f.ErrCode))
-	default: // WINDOW_UPDATE: the request is already sent whole
+	default:
+		// WINDOW_UPDATE: the request is already sent whole, and the
+		// connection's handling ignores it; the others are its to judge.
+		return false
 	}
 	return true
 }

@@ -3,10 +3,15 @@ package h2relay_test
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -141,3 +146,86 @@ func TestCall(t *testing.T) {
 	}
 }
 
+// A backend's GOAWAY that leaves the relay's own call unprocessed ends it
+// with Unavailable; the held call it vets is answered.
+func TestCallGoAway(t *testing.T) {
+	sock := filepath.Join(sockDir(t), "raw.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
+			return
+		}
+		fr := http2.NewFramer(c, c)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		fr.WriteSettings()
+		var buf bytes.Buffer
+		enc := hpack.NewEncoder(&buf)
+		block := func(fields ...hpack.HeaderField) []byte {
+			buf.Reset()
+			for _, f := range fields {
+				enc.WriteField(f)
+			}
+			return append([]byte(nil), buf.Bytes()...)
+		}
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					fr.WriteSettingsAck()
+				}
+			case *http2.DataFrame:
+				if !f.StreamEnded() {
+					continue
+				}
+				if f.StreamID == 1 { // the held call: answered
+					fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: block(
+						hpack.HeaderField{Name: ":status", Value: "200"}, hpack.HeaderField{Name: "content-type", Value: "application/grpc"})})
+					fr.WriteData(1, false, []byte{0, 0, 0, 0, 2, 'o', 'k'})
+					fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, EndStream: true, BlockFragment: block(
+						hpack.HeaderField{Name: "grpc-status", Value: "0"})})
+					continue
+				}
+				fr.WriteGoAway(1, http2.ErrCodeNo, nil) // the relay's own call: not processed
+			}
+		}
+	}()
+	b := &h2relay.Backend{Name: "runtime", Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}
+	got := make(chan *status.Status, 1)
+	h := &hooks{b: b, inspect: map[string]h2relay.Inspector{
+		"/t.S/Held": func(context.Context, []byte) h2relay.Verdict {
+			return h2relay.Verdict{Response: func(ctx context.Context, _ []byte, _ *status.Status) *status.Status {
+				_, st, ok := h2relay.Call(ctx, "/t.S/Status", []byte("x"))
+				if !ok {
+					st = status.New(codes.OK, "no call made")
+				}
+				got <- st
+				return nil
+			}}
+		},
+	}}
+	_, conn, _ := relay(t, h2relay.Config{Hooks: h})
+	var resp raw
+	if err := conn.Invoke(ctxTimeout(t, 5*time.Second), "/t.S/Held", &raw{[]byte("x")}, &resp); err != nil || string(resp.b) != "ok" {
+		t.Errorf("held call: %q %v", resp.b, err)
+	}
+	if st := <-got; st.Code() != codes.Unavailable {
+		t.Errorf("Call: %v, want Unavailable", st)
+	}
+}
