@@ -7,10 +7,13 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/armorshim/armorshim/cri/h2relay"
 )
 
 // ParseContainerInfo reads, from containerd's verbose ContainerStatus info,
@@ -234,10 +237,26 @@ func skipString(b []byte, i int) (int, error) {
 // containerInfoJSON asks the runtime for a container's verbose status and
 // returns its info["info"] (containerd's JSON), nil if the answer has none,
 // reading nothing else of it: the status itself, its mounts, labels and
-// annotations, are not decoded.
+// annotations, are not decoded. From a held call's Response function (ctx)
+// it asks on the relay's connection that answered the call (h2relay.Call),
+// which spares the hand-offs to and from a gRPC client's goroutines;
+// otherwise, or if that connection takes no new call, through conn.
 func containerInfoJSON(ctx context.Context, conn grpc.ClientConnInterface, id string) ([]byte, error) {
+	req := &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true}
+	if b, err := proto.Marshal(req); err == nil {
+		if resp, st, ok := h2relay.Call(ctx, runtimeapi.RuntimeService_ContainerStatus_FullMethodName, b); ok {
+			if st.Code() != codes.OK {
+				return nil, st.Err()
+			}
+			info, err := infoEntry(resp)
+			if err != nil {
+				return nil, fmt.Errorf("ContainerStatusResponse: %w", err)
+			}
+			return info, nil
+		}
+	}
 	var info []byte
-	err := conn.Invoke(ctx, runtimeapi.RuntimeService_ContainerStatus_FullMethodName, &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true}, &info,
+	err := conn.Invoke(ctx, runtimeapi.RuntimeService_ContainerStatus_FullMethodName, req, &info,
 		grpc.ForceCodecV2(infoCodec{}))
 	return info, err
 }

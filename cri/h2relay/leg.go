@@ -1,6 +1,7 @@
 package h2relay
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -23,9 +24,16 @@ type leg struct {
 	nextID    uint32
 	goingAway bool // GOAWAY received: no new streams
 	dead      bool
+	// calls are the relay's own calls on the connection (Call), by
+	// stream ID.
+	calls map[uint32]*internalCall
 }
 
 func (l *leg) usable() bool { return !l.goingAway && !l.dead && l.nextID < maxLegStreamID }
+
+// idle reports whether no call, relayed or the relay's own, uses the
+// connection.
+func (l *leg) idle() bool { return len(l.streams) == 0 && len(l.calls) == 0 }
 
 // dial opens a connection to b for the session and starts reading it
 // (s.mu held).
@@ -45,11 +53,11 @@ func (s *session) dial(b *Backend) (*leg, error) {
 	}
 	s.conns[c] = struct{}{}
 	s.connsMu.Unlock()
-	l := &leg{side: newSide(c, s.r.cfg.StreamWindow, s.r.cfg.ConnWindow), b: b, streams: map[uint32]*stream{}, nextID: 1}
+	l := &leg{side: newSide(c, s.r.cfg.StreamWindow, s.r.cfg.ConnWindow), b: b, streams: map[uint32]*stream{}, calls: map[uint32]*internalCall{}, nextID: 1}
 	l.bw.WriteString(http2.ClientPreface)
 	l.hello(http2.Setting{ID: http2.SettingEnablePush, Val: 0},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize})
-	if old := s.legs[b]; old != nil && len(old.streams) == 0 {
+	if old := s.legs[b]; old != nil && old.idle() {
 		old.conn.Close()
 	}
 	s.legs[b] = l
@@ -101,6 +109,9 @@ func (s *session) serveLeg(l *leg) {
 }
 
 func (s *session) legFrame(l *leg, f http2.Frame) {
+	if len(l.calls) > 0 && f.Header().StreamID != 0 && s.callFrame(l, f) {
+		return
+	}
 	switch f := f.(type) {
 	case *http2.DataFrame:
 		s.legData(l, f)
@@ -162,7 +173,8 @@ func (s *session) legFrame(l *leg, f http2.Frame) {
 				s.close(st, codes.Unavailable, ptr(http2.ErrCodeRefusedStream))
 			}
 		}
-		if len(l.streams) == 0 {
+		s.endCalls(l, f.LastStreamID, "the "+l.b.Name+" went away before the call was processed")
+		if l.idle() {
 			l.conn.Close()
 		}
 	case *http2.PushPromiseFrame:
@@ -288,7 +300,7 @@ func (s *session) vetAnswer(st *stream) {
 	if len(h.body) > 0 {
 		msg, _ = unframe(h.body, headerValue(h.fields, "grpc-encoding"), s.r.cfg.MaxMessageSize)
 	}
-	ctx := st.ctx
+	ctx := context.WithValue(st.ctx, callerKey{}, &caller{s, st.leg})
 	s.r.runHook(func() {
 		repl := vet(ctx, msg, sst)
 		s.mu.Lock()
@@ -331,6 +343,7 @@ func (s *session) legLost(l *leg, err error) {
 	if errors.Is(err, io.EOF) {
 		err = fmt.Errorf("connection closed")
 	}
+	s.endCalls(l, 0, fmt.Sprintf("lost the connection to the %s: %v", l.b.Name, err))
 	if len(l.streams) > 0 {
 		klog.InfoS("Lost a connection to the backend with calls in flight", "backend", l.b.Name, "calls", len(l.streams), "err", err)
 	}

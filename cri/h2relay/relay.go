@@ -101,7 +101,8 @@ type Verdict struct {
 	// Response, if not nil, is given the backend's answer before the caller
 	// sees it: the response message (nil if there is none or it could not
 	// be read) and the status. It returns nil to pass the answer on, or the
-	// status to answer with instead.
+	// status to answer with instead. Its ctx lets it Call the backend on
+	// the connection that answered.
 	Response func(ctx context.Context, resp []byte, st *status.Status) *status.Status
 }
 

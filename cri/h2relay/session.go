@@ -828,7 +828,7 @@ func (s *session) close(st *stream, code codes.Code, rst *http2.ErrCode) {
 			l.reset(st.legID, http2.ErrCodeCancel)
 		}
 		delete(l.streams, st.legID)
-		if len(l.streams) == 0 && !l.usable() {
+		if l.idle() && !l.usable() {
 			l.conn.Close()
 		}
 	}
