@@ -128,7 +128,11 @@ func pssCheck(args []string, stdout, stderr io.Writer) int {
 
 // nodeWarnings groups pods by namespace, in order, and words each
 // namespace's violations as the API server does; exempt namespaces are
-// left out, as Pod Security Admission never checks them.
+// left out, as Pod Security Admission never checks them. So is a namespace
+// whose enforce policy the new level would not tighten: Pod Security
+// Admission evaluates a namespace's pods on a label change only when its
+// enforce level rises (or its version changes to a level that is not
+// privileged).
 func nodeWarnings(ev *pss.Evaluator, lv api.LevelVersion, pods []*pss.Pod) []string {
 	byNS := map[string][]*pss.Pod{}
 	for _, p := range pods {
@@ -141,12 +145,23 @@ func nodeWarnings(ev *pss.Evaluator, lv api.LevelVersion, pods []*pss.Pod) []str
 	sort.Strings(names)
 	var out []string
 	for _, ns := range names {
-		if ev.Exemption(ns, "") != "" {
+		if ev.Exemption(ns, "") != "" || !tightens(ev.Policy(ns).Enforce, lv) {
 			continue
 		}
 		out = append(out, ev.NamespaceWarnings(ns, lv, byNS[ns])...)
 	}
 	return out
+}
+
+// tightens reports whether changing a namespace's enforce policy from old
+// to new makes Pod Security Admission check its pods (ValidateNamespace of
+// k8s.io/pod-security-admission: not when unchanged, not for privileged,
+// not for a level no stricter at the same version).
+func tightens(old, new api.LevelVersion) bool {
+	if new == old || new.Level == api.LevelPrivileged {
+		return false
+	}
+	return new.Version != old.Version || api.CompareLevels(new.Level, old.Level) > 0
 }
 
 // dialReason is why a runtime did not answer, without gRPC's wrapping.

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
+	"k8s.io/pod-security-admission/api"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -224,6 +225,32 @@ Warning: local-path-provisioner-d6d9f7ffc-lw9lh: allowPrivilegeEscalation != fal
 	}
 	if code := pssCheck([]string{"--level", "strict"}, &out, &errOut); code != 2 {
 		t.Errorf("--level strict: exit %d", code)
+	}
+}
+
+// kubectl label --dry-run=server ns --all enforce=L checks only the
+// namespaces whose enforce level it tightens: a namespace already enforcing
+// baseline says nothing for baseline, nor one enforcing restricted.
+func TestPSSCheckOnlyNamespacesTheLevelTightens(t *testing.T) {
+	endpoint := serveFakeNode(t, seedNode())
+	var out, errOut bytes.Buffer
+	for _, tc := range []struct{ enforce, level, want string }{
+		{"baseline", "baseline", ""},
+		{"restricted", "baseline", ""},
+		{"privileged", "baseline", `Warning: existing pods in namespace "kube-system" violate the new PodSecurity enforce level "baseline:latest"`},
+		{"baseline", "restricted", `Warning: existing pods in namespace "kube-system" violate the new PodSecurity enforce level "restricted:latest"`},
+	} {
+		out.Reset()
+		errOut.Reset()
+		cfg := writeConfig(t, "podSecurity:\n  namespaces:\n    kube-system:\n      pod-security.kubernetes.io/enforce: "+tc.enforce+"\n")
+		pssCheck([]string{"--level", tc.level, "--namespace", "kube-system", "--runtime-endpoint", endpoint, "--config", cfg}, &out, &errOut)
+		first, _, _ := strings.Cut(out.String(), "\n")
+		if first != tc.want {
+			t.Errorf("kube-system enforcing %s, --level %s: %q (stderr %q), want %q", tc.enforce, tc.level, first, errOut.String(), tc.want)
+		}
+	}
+	if !tightens(api.LevelVersion{Level: api.LevelRestricted, Version: api.LatestVersion()}, api.LevelVersion{Level: api.LevelBaseline, Version: api.MajorMinorVersion(1, 30)}) {
+		t.Error("a change of version with a level that is not privileged is checked")
 	}
 }
 
