@@ -36,13 +36,18 @@ var (
 	// fixtures are judged by psa_test.go
 	kubeletSteps = []string{"setup-containerd", "k-setup", "k-apparmor-annotation", "k-apparmor-field",
 		"k-apparmor-blocked", "k-apparmor-loaded-then-running", "k-nginx-warn", "k-nginx-enforce", "k-exempt-namespace", "k-psa"}
+	// the cluster boot (guest/cluster.sh): the tutorials with kubectl on a
+	// one-node cluster
+	clusterSteps = []string{"setup-containerd", "c-setup", "c-apparmor-deny-write", "c-apparmor-blocked",
+		"c-apparmor-daemonset", "c-node-labels", "c-ns-example", "c-ns-default", "c-dry-run",
+		"c-cluster-nginx", "c-cluster-exempt", "c-static-pod"}
 	// critest runs of the main boot; each leaves a JUnit report in the artefacts.
 	critestRuns = []string{"apparmor-shim", "full-direct", "full-shim"}
 )
 
 // Hard limits per boot (TCG is slow; the full critest suite runs twice in
 // the main boot). A boot that ends without ARMORSHIM-DONE is retried once.
-var bootTimeout = map[string]time.Duration{"main": 60 * time.Minute, "noaa": 10 * time.Minute, "kubelet": 50 * time.Minute}
+var bootTimeout = map[string]time.Duration{"main": 60 * time.Minute, "noaa": 10 * time.Minute, "kubelet": 50 * time.Minute, "cluster": 40 * time.Minute}
 
 // Time kept back from a boot for what runs after it (the report), and the
 // least a retry needs to be worth starting.
@@ -108,7 +113,7 @@ func TestIntegration(t *testing.T) {
 
 	// ARMORSHIM_IT_BOOTS picks boots for development; the test then fails
 	// for the steps of the boots left out.
-	boots := map[string]bool{"noaa": true, "kubelet": true, "main": true}
+	boots := map[string]bool{"noaa": true, "kubelet": true, "cluster": true, "main": true}
 	if only := os.Getenv("ARMORSHIM_IT_BOOTS"); only != "" {
 		boots = map[string]bool{}
 		for _, m := range strings.Split(only, ",") {
@@ -119,13 +124,16 @@ func TestIntegration(t *testing.T) {
 		return &boot{mode: mode, results: map[string]result{}, critest: map[string]critestLine{}}
 	}
 	// the short boots first, so a long main boot cannot starve them
-	noaaBoot, kubeletBoot, mainBoot := skipped("noaa"), skipped("kubelet"), skipped("main")
+	noaaBoot, kubeletBoot, clusterBoot, mainBoot := skipped("noaa"), skipped("kubelet"), skipped("cluster"), skipped("main")
 	if boots["noaa"] {
 		noaaBoot = runBoot(t, prep, work, "noaa", []string{"apparmor=0"})
 	}
 	if boots["kubelet"] {
 		kubeletBoot = runBoot(t, prep, work, "kubelet", nil)
 		recordKubelet(t, dir, kubeletBoot)
+	}
+	if boots["cluster"] && os.Getenv("ARMORSHIM_RECORD") != "1" {
+		clusterBoot = runBoot(t, prep, work, "cluster", nil)
 	}
 	base := newBaseline(dir, cache, prep)
 	if boots["main"] {
@@ -138,13 +146,14 @@ func TestIntegration(t *testing.T) {
 	}
 
 	rep := &report{prep: prep, prepPhases: prepPhases, prepWall: prepWall,
-		boots: []*boot{mainBoot, kubeletBoot, noaaBoot}}
+		boots: []*boot{mainBoot, kubeletBoot, clusterBoot, noaaBoot}}
 	if os.Getenv("ARMORSHIM_RECORD") == "1" && !boots["main"] {
 		// make record-kubelet: only the kubelet boot is judged
 		rep.boots = []*boot{kubeletBoot}
 	} else {
 		rep.evaluate(mainBoot, mainSteps)
 		rep.evaluate(noaaBoot, noaaSteps)
+		rep.evaluate(clusterBoot, clusterSteps)
 		rep.compareCritest(mainBoot)
 	}
 	rep.evaluate(kubeletBoot, kubeletSteps)
@@ -186,7 +195,7 @@ func prepare(t *testing.T, dir, work string) (map[string]string, []phase) {
 			phases = append(phases, p)
 		}
 	}
-	for _, k := range []string{"kernel", "rootfs", "initrd", "out_main", "out_noaa", "out_kubelet"} {
+	for _, k := range []string{"kernel", "rootfs", "initrd", "out_main", "out_noaa", "out_kubelet", "out_cluster"} {
 		if prep[k] == "" {
 			t.Fatalf("prepare.sh did not report %q", k)
 		}

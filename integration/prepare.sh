@@ -8,6 +8,8 @@
 #   * Debian's 6.1 kernel (AppArmor built in and enabled by default),
 #   * containerd / ctr / containerd-shim-runc-v2, runc, crictl, critest built
 #     from the Go module proxy,
+#   * the kubelet, kube-apiserver, kube-controller-manager, kube-scheduler,
+#     kubectl and etcd built from the Go module proxy,
 #   * container images built locally from busybox-static (no registry),
 #   * an initramfs holding busybox, the modules needed to mount the root disk,
 #     the guest scripts, the armorshim binary built from this checkout and
@@ -174,6 +176,44 @@ if [ ! -f "$KUBELET/.done" ]; then
 fi
 phase_end
 # <<< kubelet
+
+# >>> controlplane
+# The cluster boot's control plane, built like the kubelet (a throwaway
+# module replacing the staging modules with their tags): kube-apiserver,
+# kube-controller-manager, kube-scheduler and kubectl of the same
+# Kubernetes version, and etcd at the version that Kubernetes requires.
+phase_start controlplane
+CONTROLPLANE=$CACHE/controlplane-$KUBERNETES_VERSION-$GOVERSION-$(stage_hash controlplane)
+if [ ! -f "$CONTROLPLANE/.done" ]; then
+	PHASE_CACHED=false
+	rm -rf "$CONTROLPLANE" "$CONTROLPLANE.tmp"; mkdir -p "$CONTROLPLANE.tmp"
+	log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and etcd (a throwaway module; several minutes)"
+	KMOD=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*$/\1/p')
+	[ -f "$KMOD" ] || die "cannot download k8s.io/kubernetes $KUBERNETES_VERSION"
+	ETCD_VERSION=$(sed -n 's#^[[:space:]]*go.etcd.io/etcd/server/v3 \(v[^ ]*\).*#\1#p' "$KMOD" | head -n 1)
+	[ -n "$ETCD_VERSION" ] || die "k8s.io/kubernetes $KUBERNETES_VERSION names no etcd server version"
+	tm=$(mktemp -d)
+	{
+		printf 'module armorshim.invalid/controlplanebuild\n\ngo 1.26\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$KUBERNETES_VERSION"
+		sed -n "s#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\t\1 => \1 v0${KUBERNETES_VERSION#v1}#p" "$KMOD"
+		echo ')'
+	} >"$tm/go.mod"
+	(cd "$tm" && GOFLAGS=-mod=mod go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION" "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 &&
+		for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+			CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$CONTROLPLANE.tmp/$c" \
+				-ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION" \
+				"k8s.io/kubernetes/cmd/$c" >&2 || exit 1
+		done &&
+		CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$CONTROLPLANE.tmp/etcd" -ldflags "-s -w" go.etcd.io/etcd/server/v3 >&2)
+	rm -rf "$tm"
+	for c in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd; do
+		[ -x "$CONTROLPLANE.tmp/$c" ] || die "$c was not built"
+	done
+	echo "$ETCD_VERSION" >"$CONTROLPLANE.tmp/etcd.version"
+	touch "$CONTROLPLANE.tmp/.done"; mv "$CONTROLPLANE.tmp" "$CONTROLPLANE"
+fi
+phase_end
+# <<< controlplane
 
 # >>> kernel
 phase_start kernel
@@ -347,7 +387,7 @@ phase_end
 # The guest's root disk: the debootstrap base + kernel modules + binaries +
 # images, as an ext4 image (qemu attaches it with snapshot=on).
 phase_start rootfs
-ROOTFS=$CACHE/rootfs-$SUITE-$KVER-containerd-$CONTAINERD_VERSION-$(stage_hash rootfs "${BASE##*/}" "${KERNEL##*/}" "${BINS##*/}" "${IMAGES##*/}" "${GINKGO##*/}" "${KUBELET##*/}")
+ROOTFS=$CACHE/rootfs-$SUITE-$KVER-containerd-$CONTAINERD_VERSION-$(stage_hash rootfs "${BASE##*/}" "${KERNEL##*/}" "${BINS##*/}" "${IMAGES##*/}" "${GINKGO##*/}" "${KUBELET##*/}" "${CONTROLPLANE##*/}")
 if [ ! -f "$ROOTFS/.done" ]; then
 	PHASE_CACHED=false
 	rm -rf "$ROOTFS" "$ROOTFS.tmp"; mkdir -p "$ROOTFS.tmp"
@@ -358,6 +398,7 @@ if [ ! -f "$ROOTFS/.done" ]; then
 	for b in containerd ctr containerd-shim-runc-v2 runc crictl critest; do install -m 0755 "$BINS/$b" "$t/usr/local/bin/$b"; done
 	install -m 0755 "$GINKGO/ginkgo" "$t/usr/local/bin/ginkgo"
 	install -m 0755 "$KUBELET/kubelet" "$t/usr/local/bin/kubelet"
+	for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd; do install -m 0755 "$CONTROLPLANE/$b" "$t/usr/local/bin/$b"; done
 	mkdir -p "$t/opt/armorshim-it"
 	cp "$IMAGES/images.tar" "$t/opt/armorshim-it/images.tar"
 	# debootstrap minbase has no /etc/hosts (RunPodSandbox needs it)
@@ -397,7 +438,7 @@ phase_end
 # guest hands back (a tar archive written straight onto the device).
 phase_start payload
 PHASE_CACHED=false
-rm -rf "$OUT/initrd" "$OUT/initrd.cpio" "$OUT/out-main.img" "$OUT/out-noaa.img" "$OUT/out-kubelet.img"
+rm -rf "$OUT/initrd" "$OUT/initrd.cpio" "$OUT/out-main.img" "$OUT/out-noaa.img" "$OUT/out-kubelet.img" "$OUT/out-cluster.img"
 i=$OUT/initrd
 mkdir -p "$i/bin" "$i/proc" "$i/sys" "$i/dev" "$i/newroot" "$i/modules" "$i/payload"
 cp "$BUSYBOX/busybox" "$i/bin/busybox"
@@ -405,6 +446,9 @@ cp "$KERNEL/initrd-modules/"* "$i/modules/"
 cp "$HERE/guest/init" "$i/init"; chmod 0755 "$i/init"
 cp -r "$HERE/guest/." "$i/payload/"
 rm -f "$i/payload/init"
+# the cluster boot applies the shipped profiles DaemonSet as a user would
+cp "$REPO/deploy/profiles-daemonset.yaml" "$i/payload/" 2>/dev/null ||
+	log "no deploy/profiles-daemonset.yaml: the cluster boot reports its step as failed"
 if (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -o "$i/payload/armorshim" ./cmd/armorshim) >&2; then
 	emit armorshim built
 else
@@ -431,7 +475,7 @@ rm -f "$OUT/armorshim-deb"
 [ -d "$OUT/payload-extra" ] && cp -r "$OUT/payload-extra/." "$i/payload/"
 (cd "$i" && find . | cpio -o -H newc --quiet) >"$OUT/initrd.cpio"
 rm -rf "$i"
-truncate -s 256M "$OUT/out-main.img" "$OUT/out-noaa.img" "$OUT/out-kubelet.img"
+truncate -s 256M "$OUT/out-main.img" "$OUT/out-noaa.img" "$OUT/out-kubelet.img" "$OUT/out-cluster.img"
 phase_end
 
 emit kernel "$KERNEL/vmlinuz"
@@ -442,9 +486,11 @@ emit initrd "$OUT/initrd.cpio"
 emit out_main "$OUT/out-main.img"
 emit out_noaa "$OUT/out-noaa.img"
 emit out_kubelet "$OUT/out-kubelet.img"
+emit out_cluster "$OUT/out-cluster.img"
 emit containerd "$CONTAINERD_VERSION"
 emit runc "$RUNC_VERSION"
 emit critools "$CRITOOLS_VERSION"
 emit ginkgo "$GINKGO_VERSION"
 emit kubelet "$KUBERNETES_VERSION"
+emit etcd "$(cat "$CONTROLPLANE/etcd.version")"
 emit mirror "$MIRROR"

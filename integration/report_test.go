@@ -68,6 +68,17 @@ var stepTitle = map[string]string{
 	"k-nginx-enforce":                "kubelet: the same pod refused under enforce=restricted with the same four violations",
 	"k-exempt-namespace":             "kubelet: the cluster-level tutorial's defaults refuse a host-network pod; in the exempt kube-system it runs",
 	"k-psa":                          "kubelet: every Pod Security Admission fixture run (parity table below)",
+	"c-setup":                        "cluster: etcd, kube-apiserver, controller manager and scheduler; the kubelet registered and Ready through armorshim",
+	"c-apparmor-deny-write":          "cluster: the AppArmor tutorial's hello-apparmor; kubectl exec shows its profile, the write denied; kubectl logs",
+	"c-apparmor-blocked":             "cluster: hello-apparmor-2: kubectl get shows CreateContainerError, describe and events the Blocked message",
+	"c-apparmor-daemonset":           "cluster: kubectl apply of deploy/profiles-daemonset.yaml delivers the profile; the blocked pod runs on the kubelet's retry",
+	"c-node-labels":                  "cluster: the feature file's labels on the Node; the README's nodeSelector schedules, a missing profile does not",
+	"c-ns-example":                   "cluster: namespace-level tutorial: kubectl apply -n example warns; armorshim's warning identical, audited",
+	"c-ns-default":                   "cluster: namespace-level tutorial: kubectl apply -n default, no warning from either",
+	"c-dry-run":                      "cluster: kubectl label --dry-run=server ns --all enforce=baseline|restricted against armorshim pss check",
+	"c-cluster-nginx":                "cluster: cluster-level tutorial (API server and armorshim read its file): the nginx pod's warnings identical",
+	"c-cluster-exempt":               "cluster: cluster-level defaults refuse a host-network pod; kube-system exempt on both",
+	"c-static-pod":                   "cluster: a static pod violating its namespace's level: API server refuses the mirror pod, armorshim the pod",
 }
 
 type report struct {
@@ -275,6 +286,18 @@ func (r *report) markdown() string {
 			title += " [" + rw.mode + " boot]"
 		}
 		w("| %s (`%s`) | %s | %s |\n", title, rw.step, res, strings.Join(ev, "<br>"))
+	}
+	for _, b := range r.boots {
+		if b.mode != "cluster" || b.artefacts == "" {
+			continue
+		}
+		// every kubectl command of the cluster boot and its output, as a
+		// user sees them (README's walkthrough quotes these)
+		if tr, err := os.ReadFile(filepath.Join(b.artefacts, "cluster-transcript.txt")); err == nil {
+			w("\n## The tutorials with kubectl (cluster boot)\n\n````text\n%s````\n", tr)
+		} else {
+			w("\n## The tutorials with kubectl (cluster boot)\n\nNo transcript: %v\n", err)
+		}
 	}
 	w("\n## critest\n\n| run | passed | failed | skipped | guest seconds | console summary |\n|---|---|---|---|---|---|\n")
 	var mainBoot *boot

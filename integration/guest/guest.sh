@@ -9,7 +9,9 @@
 # Kernel command line: armorshim.mode=main (AppArmor on: scenarios 1-4, 6-8,
 # the node scenarios and attestation against kernel labels),
 # armorshim.mode=noaa (booted with apparmor=0: scenario 5) or
-# armorshim.mode=kubelet (a real kubelet in front of armorshim: kubelet.sh).
+# armorshim.mode=kubelet (a real kubelet in front of armorshim: kubelet.sh) or
+# armorshim.mode=cluster (a one-node cluster with its control plane, driven
+# with kubectl: cluster.sh).
 #
 # Console lines (the host parses these; anything else is informational):
 #   ARMORSHIM-BEGIN   {"mode":..}
@@ -627,6 +629,10 @@ noaa)
 kubelet)
 	. "$RUN/kubelet.sh"
 	scenarios_kubelet
+	;;
+cluster)
+	. "$RUN/cluster.sh"
+	scenarios_cluster
 	;;
 *)
 	result mode false "unknown armorshim.mode=$MODE"
