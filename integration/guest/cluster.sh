@@ -35,12 +35,26 @@ ktx() {
 	KOUT=$(timeout 120 "$@" 2>&1)
 	KRC=$?
 	{
-		echo "\$ $*"
+		echo "\$ $(shell_words "$@")"
 		printf '%s\n' "$KOUT"
 		[ $KRC -eq 0 ] || echo "(exit status $KRC)"
 		echo
 	} >>$C_TRANSCRIPT
 	return $KRC
+}
+# shell_words ARGS...: the command line as a user would type it
+shell_words() {
+	local a out=()
+	for a in "$@"; do
+		if [[ $a == *$'\n'* ]]; then
+			out+=("$(printf '%q' "$a")")
+		elif [[ $a =~ ^[A-Za-z0-9_./=:,@+-]+$ ]]; then
+			out+=("$a")
+		else
+			out+=("'${a//\'/\'\\\'\'}'")
+		fi
+	done
+	echo "${out[*]}"
 }
 # section TITLE: a heading in the transcript
 section() { printf '## %s\n\n' "$1" >>$C_TRANSCRIPT; }
@@ -95,9 +109,19 @@ CFG
 	chmod 0600 $C_KUBECONFIG
 }
 
-# start_apiserver [EXTRA-FLAGS...]: (re)start kube-apiserver, wait for /readyz
+# start_apiserver [EXTRA-FLAGS...]: start kube-apiserver, wait for /readyz;
+# under TCG a start starved of CPU can fail a post-start hook and exit, so
+# a start that died is tried once more
 start_apiserver() {
-	[ -n "${APISERVER_PID:-}" ] && kill $APISERVER_PID 2>/dev/null && wait $APISERVER_PID 2>/dev/null
+	local try
+	for try in 1 2; do
+		start_apiserver_once "$@" && return 0
+		kill -0 $APISERVER_PID 2>/dev/null && return 1
+		echo "== kube-apiserver exited during start (try $try)" >>$C_LOGS/kube-apiserver.log
+	done
+	return 1
+}
+start_apiserver_once() {
 	kube-apiserver --etcd-servers=http://127.0.0.1:2379 \
 		--advertise-address=$NODE_IP --bind-address=$NODE_IP --secure-port=6443 \
 		--cert-dir=$C_PKI/apiserver --token-auth-file=$C_PKI/tokens.csv \
@@ -110,8 +134,31 @@ start_apiserver() {
 	APISERVER_PID=$!
 	local t0
 	t0=$(date +%s)
-	wait_for 400 kc get --raw /readyz || return 1
-	APISERVER_READY_S=$(($(date +%s) - t0))
+	local end=$(($(date +%s) + 400))
+	while [ "$(date +%s)" -lt $end ]; do
+		kc get --raw /readyz >/dev/null 2>&1 && APISERVER_READY_S=$(($(date +%s) - t0)) && return 0
+		kill -0 $APISERVER_PID 2>/dev/null || return 1
+		sleep 2
+	done
+	return 1
+}
+# stop_pid PID: stop a process of ours and wait for it
+stop_pid() { [ -n "$1" ] && kill "$1" 2>/dev/null && wait "$1" 2>/dev/null; return 0; }
+start_controllers() {
+	kube-controller-manager --kubeconfig=$C_KUBECONFIG --leader-elect=false \
+		--service-account-private-key-file=$C_PKI/sa.key --root-ca-file=$C_PKI/apiserver/apiserver.crt \
+		--use-service-account-credentials=false --profiling=false --v=1 >>$C_LOGS/kube-controller-manager.log 2>&1 &
+	CM_PID=$!
+	kube-scheduler --kubeconfig=$C_KUBECONFIG --leader-elect=false --profiling=false --v=1 >>$C_LOGS/kube-scheduler.log 2>&1 &
+	SCHED_PID=$!
+}
+start_kubelet() {
+	kubelet --config /etc/kubernetes/kubelet-cluster.yaml --kubeconfig $C_KUBECONFIG \
+		--hostname-override $NODE_NAME --node-ip $NODE_IP --v 2 >>$KLOG 2>&1 &
+	KUBELET_PID=$!
+}
+node_ready() {
+	[ "$(kc get node $NODE_NAME -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
 
 cluster_setup() {
@@ -127,6 +174,10 @@ cluster_setup() {
 	ip addr add $NODE_IP/24 dev armorshim0 2>>"$LOG"
 	ip link set armorshim0 up
 	ip route add default dev armorshim0 2>>"$LOG"
+	# guest.sh's armorshim (no configuration) is not needed here: the
+	# cluster's is started below
+	[ -n "${SHIM_PID:-}" ] && kill $SHIM_PID 2>/dev/null && wait $SHIM_PID 2>/dev/null
+	SHIM_PID=
 	if ! cluster_pki; then
 		result c-setup false "cannot make the cluster's keys" "$(tail -n 3 "$LOG" | oneline)"
 		return 1
@@ -146,12 +197,7 @@ cluster_setup() {
 		result c-setup false "kube-apiserver not ready in 400 s" "$(tail -n 5 $C_LOGS/kube-apiserver.log | oneline)" "$(tail -n 3 $C_LOGS/etcd.log | oneline)"
 		return 1
 	fi
-	kube-controller-manager --kubeconfig=$C_KUBECONFIG --leader-elect=false \
-		--service-account-private-key-file=$C_PKI/sa.key --root-ca-file=$C_PKI/apiserver/apiserver.crt \
-		--use-service-account-credentials=false --profiling=false --v=1 >>$C_LOGS/kube-controller-manager.log 2>&1 &
-	CM_PID=$!
-	kube-scheduler --kubeconfig=$C_KUBECONFIG --leader-elect=false --profiling=false --v=1 >>$C_LOGS/kube-scheduler.log 2>&1 &
-	SCHED_PID=$!
+	start_controllers
 	cat >/etc/kubernetes/kubelet-cluster.yaml <<CFG
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -172,6 +218,8 @@ authentication:
 authorization:
   mode: AlwaysAllow
 resolvConf: /etc/resolv.conf
+clusterDomain: cluster.local
+clusterDNS: [10.96.0.10]
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard:
@@ -181,15 +229,13 @@ evictionHard:
 logging:
   format: json
 CFG
-	kubelet --config /etc/kubernetes/kubelet-cluster.yaml --kubeconfig $C_KUBECONFIG \
-		--hostname-override $NODE_NAME --node-ip $NODE_IP --v 2 >$KLOG 2>&1 &
-	KUBELET_PID=$!
-	wait_for 300 sh -c "kubectl get node $NODE_NAME -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True" && ok=true
+	start_kubelet
+	wait_for 300 node_ready && ok=true
 	# namespaces get their default service account from the controller manager
 	$ok && wait_for 120 kc get serviceaccount default -n default || ok=false
 	section "The cluster"
 	ktx kubectl get nodes -o wide
-	nodes=$KOUT
+	nodes=$(oneline <<<"$KOUT")
 	ktx kubectl get nodes -o=jsonpath=$'{range .items[*]}{@.metadata.name}: {@.status.nodeInfo.kubeletVersion}\n{end}'
 	ktx kubectl get nodes -o=jsonpath=$'{range .items[*]}{@.metadata.name}: {.status.conditions[?(@.reason=="KubeletReady")].message}\n{end}'
 	if $ok; then
@@ -255,8 +301,8 @@ cluster_apparmor() {
 	profile_text $DENY yes >/tmp/$DENY.profile
 	apparmor_parser -r -W /tmp/$DENY.profile >>"$LOG" 2>&1
 	loaded $ALLOW && apparmor_parser -R /tmp/$ALLOW.profile >>"$LOG" 2>&1
-	tutorial_pod hello-apparmor $DENY >/tmp/hello-apparmor.yaml
-	ktx kubectl create -f /tmp/hello-apparmor.yaml
+	tutorial_pod hello-apparmor $DENY >./hello-apparmor.yaml
+	ktx kubectl create -f ./hello-apparmor.yaml
 	wait_for 240 pod_running default hello-apparmor
 	ktx kubectl get events --field-selector involvedObject.name=hello-apparmor
 	events=$(grep -E 'Created|Started' <<<"$KOUT" | oneline)
@@ -274,8 +320,8 @@ cluster_apparmor() {
 		"\$ kubectl logs hello-apparmor: $logs" "events: $events"
 
 	# hello-apparmor-2: its profile is not loaded on the node
-	tutorial_pod hello-apparmor-2 $ALLOW >/tmp/hello-apparmor-2.yaml
-	ktx kubectl create -f /tmp/hello-apparmor-2.yaml
+	tutorial_pod hello-apparmor-2 $ALLOW >./hello-apparmor-2.yaml
+	ktx kubectl create -f ./hello-apparmor-2.yaml
 	wait_for 240 sh -c "[ \"\$(kubectl get pod hello-apparmor-2 -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')\" = CreateContainerError ]"
 	ktx kubectl get pod hello-apparmor-2
 	get=$KOUT
@@ -294,7 +340,9 @@ cluster_apparmor() {
 
 	# the profiles delivered by the DaemonSet of deploy/profiles-daemonset.yaml
 	t0=$(date +%s)
-	ktx kubectl apply -f "$RUN/profiles-daemonset.yaml"
+	mkdir -p deploy
+	cp "$RUN/profiles-daemonset.yaml" deploy/ 2>>"$LOG"
+	ktx kubectl apply -f deploy/profiles-daemonset.yaml
 	ds=$(oneline <<<"$KOUT")
 	wait_for 300 pod_running default hello-apparmor-2
 	t1=$(date +%s)
@@ -330,7 +378,7 @@ cluster_labels() {
 	# shellcheck disable=SC2086
 	ktx kubectl label node $NODE_NAME --overwrite $labels
 	ktx kubectl get node $NODE_NAME --show-labels=false -o jsonpath='{.metadata.labels}'
-	cat >/tmp/selected.yaml <<YAML
+	cat >./selected.yaml <<YAML
 apiVersion: v1
 kind: Pod
 metadata:
@@ -345,8 +393,8 @@ spec:
     image: busybox:1.28
     command: [ "sh", "-c", "echo 'Hello AppArmor!' && sleep 1h" ]
 YAML
-	sed "s/hello-apparmor-selected/hello-apparmor-elsewhere/; s#apparmor.armorshim.io/$DENY#apparmor.armorshim.io/k8s-not-on-this-node#" /tmp/selected.yaml >/tmp/elsewhere.yaml
-	ktx kubectl apply -f /tmp/selected.yaml -f /tmp/elsewhere.yaml
+	sed "s/hello-apparmor-selected/hello-apparmor-elsewhere/; s#apparmor.armorshim.io/$DENY#apparmor.armorshim.io/k8s-not-on-this-node#" ./selected.yaml >./elsewhere.yaml
+	ktx kubectl apply -f ./selected.yaml -f ./elsewhere.yaml
 	wait_for 180 pod_running default hello-apparmor-selected
 	ktx kubectl get pods hello-apparmor-selected hello-apparmor-elsewhere -o wide
 	sel=$(oneline <<<"$KOUT")
@@ -468,10 +516,22 @@ cluster_cluster_level() {
 	kc delete pod nginx -n default --grace-period=1 --wait=true --timeout=90s >>"$LOG" 2>&1
 	c_armorshim_config $C_PSS
 	kill -HUP $C_SHIM_PID
+	# the API server restarted with the file, as the tutorial's cluster is
+	# created with it; its clients are stopped meanwhile (under TCG they
+	# would starve its start) and the kubelet's pods keep running
+	stop_pid $KUBELET_PID
+	stop_pid $SCHED_PID
+	stop_pid $CM_PID
+	stop_pid $APISERVER_PID
 	if ! start_apiserver --admission-control-config-file=$C_PSS; then
-		for s in c-cluster-nginx c-cluster-exempt c-static-pod; do result $s false "kube-apiserver did not restart with --admission-control-config-file"; done
+		for s in c-cluster-nginx c-cluster-exempt c-static-pod; do
+			result $s false "kube-apiserver did not restart with --admission-control-config-file" "$(grep -E '^[EF][0-9]' $C_LOGS/kube-apiserver.log | tail -n 2 | oneline)"
+		done
 		return
 	fi
+	start_controllers
+	start_kubelet
+	wait_for 300 node_ready
 	wait_for 60 grep -q 'Configuration reloaded' $C_SHIM_LOG
 	ktx kubectl apply -f /tmp/pss/nginx-pod.yaml
 	out=$KOUT
@@ -485,11 +545,11 @@ cluster_cluster_level() {
 		"armorshim's warning for default/nginx: ${shim:-(none)}" "identical to the API server's: $([ -n "$api" ] && [ "$api" = "$shim" ] && echo yes || echo no)"
 
 	# the defaults refuse a host-network pod; kube-system is exempt on both
-	hostnet_user_pod hostnet default >/tmp/hostnet-default.yaml
-	hostnet_user_pod hostnet kube-system >/tmp/hostnet-system.yaml
-	ktx kubectl apply -f /tmp/hostnet-default.yaml
+	hostnet_user_pod hostnet default >./hostnet-default.yaml
+	hostnet_user_pod hostnet kube-system >./hostnet-system.yaml
+	ktx kubectl apply -f ./hostnet-default.yaml
 	out=$KOUT
-	ktx kubectl apply -f /tmp/hostnet-system.yaml
+	ktx kubectl apply -f ./hostnet-system.yaml
 	out2=$KOUT
 	wait_for 240 pod_running kube-system hostnet
 	ok=false
@@ -537,6 +597,8 @@ cluster_cluster_level() {
 C_STEPS="c-apparmor-deny-write c-apparmor-blocked c-apparmor-daemonset c-node-labels c-ns-example c-ns-default c-dry-run c-cluster-nginx c-cluster-exempt c-static-pod"
 
 scenarios_cluster() {
+	# the user's working directory: the tutorials' files, by relative path
+	mkdir -p /root/tutorials && cd /root/tutorials || return
 	if ! cluster_setup; then
 		for s in $C_STEPS; do result $s false "not run: the cluster did not come up"; done
 		return
