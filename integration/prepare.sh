@@ -10,6 +10,8 @@
 #     from the Go module proxy,
 #   * the kubelet, kube-apiserver, kube-controller-manager, kube-scheduler,
 #     kubectl and etcd built from the Go module proxy,
+#   * node-feature-discovery's nfd-master and nfd-worker (and its CRDs),
+#     built from the Go module proxy,
 #   * container images built locally from busybox-static (no registry),
 #   * an initramfs holding busybox, the modules needed to mount the root disk,
 #     the guest scripts, the armorshim binary built from this checkout and
@@ -39,6 +41,8 @@ RUNC_VERSION=v1.3.6
 CRITOOLS_VERSION=v1.37.0
 # The kubelet driven through armorshim (built from k8s.io/kubernetes).
 KUBERNETES_VERSION=v1.37.2
+# node-feature-discovery (nfd-master, nfd-worker) for the cluster boot
+NFD_VERSION=v0.17.3
 SUITE=bookworm
 # Name containerd v2.4.2 uses for the sandbox (pause) image (sandbox_image /
 # pinned_images.sandbox default); the pause image is imported under it.
@@ -215,6 +219,49 @@ fi
 phase_end
 # <<< controlplane
 
+# >>> nfd
+# node-feature-discovery's nfd-master and nfd-worker, which the cluster boot
+# runs to put armorshim's feature file on the Node as labels. NFD's go.mod
+# pins the k8s.io modules with replace directives (which go install
+# ignores): a throwaway module requires NFD and copies its replace block,
+# with the nested API module (./api/nfd in NFD's tree) at its published tag.
+phase_start nfd
+NFD=$CACHE/nfd-$NFD_VERSION-$GOVERSION-$(stage_hash nfd)
+if [ ! -f "$NFD/.done" ]; then
+	PHASE_CACHED=false
+	rm -rf "$NFD" "$NFD.tmp"; mkdir -p "$NFD.tmp"
+	log "building nfd-master and nfd-worker $NFD_VERSION (a throwaway module)"
+	NJSON=$(go mod download -json "sigs.k8s.io/node-feature-discovery@$NFD_VERSION") ||
+		die "cannot download sigs.k8s.io/node-feature-discovery $NFD_VERSION"
+	NMOD=$(sed -n 's/.*"GoMod": "\(.*\)",*$/\1/p' <<<"$NJSON")
+	NDIR=$(sed -n 's/.*"Dir": "\(.*\)",*$/\1/p' <<<"$NJSON")
+	[ -f "$NMOD" ] && [ -d "$NDIR" ] || die "cannot download sigs.k8s.io/node-feature-discovery $NFD_VERSION"
+	grep -q '^replace (' "$NMOD" || die "node-feature-discovery $NFD_VERSION has no replace block"
+	tm=$(mktemp -d)
+	{
+		printf 'module armorshim.invalid/nfdbuild\n\ngo 1.26\n\nrequire sigs.k8s.io/node-feature-discovery %s\n\n' "$NFD_VERSION"
+		sed -n '/^replace (/,/^)/p' "$NMOD" |
+			sed "s#=> \./api/nfd\$#=> sigs.k8s.io/node-feature-discovery/api/nfd $NFD_VERSION#"
+	} >"$tm/go.mod"
+	! grep -q '=> \./' "$tm/go.mod" || die "node-feature-discovery $NFD_VERSION replaces a module with a path: $(grep '=> \./' "$tm/go.mod")"
+	(cd "$tm" && GOFLAGS=-mod=mod go get "sigs.k8s.io/node-feature-discovery/cmd/nfd-master@$NFD_VERSION" >&2 &&
+		for c in nfd-master nfd-worker; do
+			CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$NFD.tmp/$c" \
+				-ldflags "-s -w -X sigs.k8s.io/node-feature-discovery/pkg/version.version=$NFD_VERSION" \
+				"sigs.k8s.io/node-feature-discovery/cmd/$c" >&2 || exit 1
+		done)
+	rm -rf "$tm"
+	for c in nfd-master nfd-worker; do
+		[ -x "$NFD.tmp/$c" ] || die "$c was not built"
+	done
+	cp "$NDIR/deployment/base/nfd-crds/nfd-api-crds.yaml" "$NFD.tmp/nfd-api-crds.yaml" ||
+		die "node-feature-discovery $NFD_VERSION has no deployment/base/nfd-crds/nfd-api-crds.yaml"
+	chmod 0644 "$NFD.tmp/nfd-api-crds.yaml"
+	touch "$NFD.tmp/.done"; mv "$NFD.tmp" "$NFD"
+fi
+phase_end
+# <<< nfd
+
 # >>> kernel
 phase_start kernel
 KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
@@ -387,7 +434,7 @@ phase_end
 # The guest's root disk: the debootstrap base + kernel modules + binaries +
 # images, as an ext4 image (qemu attaches it with snapshot=on).
 phase_start rootfs
-ROOTFS=$CACHE/rootfs-$SUITE-$KVER-containerd-$CONTAINERD_VERSION-$(stage_hash rootfs "${BASE##*/}" "${KERNEL##*/}" "${BINS##*/}" "${IMAGES##*/}" "${GINKGO##*/}" "${KUBELET##*/}" "${CONTROLPLANE##*/}")
+ROOTFS=$CACHE/rootfs-$SUITE-$KVER-containerd-$CONTAINERD_VERSION-$(stage_hash rootfs "${BASE##*/}" "${KERNEL##*/}" "${BINS##*/}" "${IMAGES##*/}" "${GINKGO##*/}" "${KUBELET##*/}" "${CONTROLPLANE##*/}" "${NFD##*/}")
 if [ ! -f "$ROOTFS/.done" ]; then
 	PHASE_CACHED=false
 	rm -rf "$ROOTFS" "$ROOTFS.tmp"; mkdir -p "$ROOTFS.tmp"
@@ -399,7 +446,9 @@ if [ ! -f "$ROOTFS/.done" ]; then
 	install -m 0755 "$GINKGO/ginkgo" "$t/usr/local/bin/ginkgo"
 	install -m 0755 "$KUBELET/kubelet" "$t/usr/local/bin/kubelet"
 	for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd; do install -m 0755 "$CONTROLPLANE/$b" "$t/usr/local/bin/$b"; done
+	for b in nfd-master nfd-worker; do install -m 0755 "$NFD/$b" "$t/usr/local/bin/$b"; done
 	mkdir -p "$t/opt/armorshim-it"
+	install -m 0644 "$NFD/nfd-api-crds.yaml" "$t/opt/armorshim-it/nfd-api-crds.yaml"
 	cp "$IMAGES/images.tar" "$t/opt/armorshim-it/images.tar"
 	# debootstrap minbase has no /etc/hosts (RunPodSandbox needs it)
 	printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tarmorshim-guest\n' >"$t/etc/hosts"
@@ -493,4 +542,5 @@ emit critools "$CRITOOLS_VERSION"
 emit ginkgo "$GINKGO_VERSION"
 emit kubelet "$KUBERNETES_VERSION"
 emit etcd "$(cat "$CONTROLPLANE/etcd.version")"
+emit nfd "$NFD_VERSION"
 emit mirror "$MIRROR"
