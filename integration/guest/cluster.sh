@@ -13,6 +13,7 @@
 # no network outside the guest: a dummy interface carries 10.99.0.1.
 
 . "$RUN/kubelet.sh"
+. "$RUN/nfd.sh"
 
 NODE_IP=10.99.0.1
 C_KUBECONFIG=/etc/kubernetes/admin.conf
@@ -362,11 +363,11 @@ cluster_apparmor() {
 		"the node's profile directory: $(ls $K_PROFILES_D | oneline)"
 }
 
-# Node labels from armorshim's feature file, and the README's nodeSelector.
-# node-feature-discovery is not run: its master would put the file's labels
-# on the Node; kubectl label puts exactly those.
+# Node labels from armorshim's feature file through node-feature-discovery
+# (nfd-worker's local source, nfd-master; nfd.sh), and the README's
+# nodeSelector.
 cluster_labels() {
-	local labels ok sel pending
+	local labels ok sel pending nfd=false nfd_err
 	section "Scheduling by profile"
 	wait_for 30 grep -q "$ALLOW=enforce" $C_FEATURES/armorshim-apparmor
 	labels=$(grep -v '^#' $C_FEATURES/armorshim-apparmor | grep .)
@@ -375,9 +376,11 @@ cluster_labels() {
 		cat $C_FEATURES/armorshim-apparmor
 		echo
 	} >>$C_TRANSCRIPT
-	# shellcheck disable=SC2086
-	ktx kubectl label node $NODE_NAME --overwrite $labels
-	ktx kubectl get node $NODE_NAME --show-labels=false -o jsonpath='{.metadata.labels}'
+	if nfd_start 2>/tmp/nfd-start.err && nfd_labels_wait 180 "apparmor.armorshim.io/$DENY=enforce" 2>>/tmp/nfd-start.err; then
+		nfd=true
+	fi
+	nfd_err=$(oneline </tmp/nfd-start.err)
+	ktx sh -c "kubectl get node $NODE_NAME -o jsonpath='{.metadata.labels}' | jq -r 'to_entries[] | select(.key | startswith(\"apparmor.\")) | .key + \"=\" + .value'"
 	cat >./selected.yaml <<YAML
 apiVersion: v1
 kind: Pod
@@ -401,10 +404,13 @@ YAML
 	ktx kubectl get events --field-selector involvedObject.name=hello-apparmor-elsewhere
 	pending=$(grep -F FailedScheduling <<<"$KOUT" | head -n 1 | oneline)
 	ok=false
-	pod_running default hello-apparmor-selected && [ "$(pod_phase default hello-apparmor-elsewhere)" = Pending ] &&
-		[ -n "$pending" ] && [ "$(kc get node $NODE_NAME -o jsonpath="{.metadata.labels.apparmor\.armorshim\.io/$DENY}")" = enforce ] && ok=true
-	result c-node-labels $ok "feature file: $(oneline <<<"$labels")" "\$ kubectl get pods -o wide: $sel" \
-		"hello-apparmor-elsewhere (a profile on no node): $pending"
+	$nfd && pod_running default hello-apparmor-selected && [ "$(pod_phase default hello-apparmor-elsewhere)" = Pending ] &&
+		[ -n "$pending" ] && [ "$(sort <<<"$labels")" = "$(grep '^apparmor\.' <<<"$NFD_LABELS" | sort)" ] && ok=true
+	result c-node-labels $ok "feature file: $(oneline <<<"$labels")" \
+		"the Node's labels from node-feature-discovery $(nfd-master -version 2>&1 | oneline) ($( $nfd && echo "after ${NFD_LABELS_S} s" || echo "not set: $nfd_err")): $(grep '^apparmor\.' <<<"$NFD_LABELS" | oneline)" \
+		"\$ kubectl get pods -o wide: $sel" "hello-apparmor-elsewhere (a profile on no node): $pending"
+	# not needed by the steps after this one (and it would only load the guest)
+	nfd_stop
 	kc delete pod hello-apparmor-selected hello-apparmor-elsewhere --grace-period=1 --wait=true --timeout=90s >>"$LOG" 2>&1
 }
 
