@@ -14,7 +14,8 @@ import (
 )
 
 // LabelNamespace is the node-feature-discovery label namespace armorshim
-// writes. node-feature-discovery must allow it (nfd-master -extra-label-ns).
+// writes. nfd-master allows it by default (it denies only kubernetes.io and
+// its subdomains).
 const LabelNamespace = "apparmor.armorshim.io"
 
 // FeatureFileName is the file armorshim writes in NFD's features.d.
