@@ -57,6 +57,15 @@ shell_words() {
 	done
 	echo "${out[*]}"
 }
+# shim_log_tx NS/POD: armorshim's warning for a pod, into the transcript
+# as an operator reads it from the journal
+shim_log_tx() {
+	{
+		echo "# armorshim's log (journalctl -u armorshim), for $1:"
+		grep 'Pod Security warning' $C_SHIM_LOG | grep -F "pod=\"$1\"" | tail -n 1 | sed 's/^[IWE][0-9]* [0-9:.]* *[0-9]* [a-z_]*\.go:[0-9]*\] //'
+		echo
+	} >>$C_TRANSCRIPT
+}
 # section TITLE: a heading in the transcript
 section() { printf '## %s\n\n' "$1" >>$C_TRANSCRIPT; }
 
@@ -380,7 +389,7 @@ cluster_labels() {
 		nfd=true
 	fi
 	nfd_err=$(oneline </tmp/nfd-start.err)
-	ktx sh -c "kubectl get node $NODE_NAME -o jsonpath='{.metadata.labels}' | jq -r 'to_entries[] | select(.key | startswith(\"apparmor.\")) | .key + \"=\" + .value'"
+	ktx kubectl get node $NODE_NAME -L apparmor.armorshim.io/enabled -L apparmor.armorshim.io/$DENY -L apparmor.armorshim.io/$ALLOW
 	cat >./selected.yaml <<YAML
 apiVersion: v1
 kind: Pod
@@ -459,6 +468,7 @@ cluster_namespace_level() {
 	wait_for 240 pod_running example nginx
 	sleep 1
 	shim=$(shim_warning example/nginx)
+	shim_log_tx example/nginx
 	audit=$(grep '"namespace":"example"' $C_AUDIT 2>/dev/null | grep '"pod":"nginx"' | tail -n 1)
 	ok=false
 	[ -n "$api" ] && [ "$api" = "$shim" ] && [ -n "$audit" ] && [[ $out == *"pod/nginx created"* ]] && pod_running example nginx && ok=true
@@ -545,6 +555,7 @@ cluster_cluster_level() {
 	wait_for 240 pod_running default nginx
 	sleep 1
 	shim=$(shim_warning default/nginx)
+	shim_log_tx default/nginx
 	ok=false
 	[ -n "$api" ] && [ "$api" = "$shim" ] && [[ $out == *"pod/nginx created"* ]] && ok=true
 	result c-cluster-nginx $ok "\$ kubectl apply -f /tmp/pss/nginx-pod.yaml: $(oneline <<<"$out")" \
