@@ -61,8 +61,8 @@ shell_words() {
 # as an operator reads it from the journal
 shim_log_tx() {
 	{
-		echo "# armorshim's log (journalctl -u armorshim), for $1:"
-		grep 'Pod Security warning' $C_SHIM_LOG | grep -F "pod=\"$1\"" | tail -n 1 | sed 's/^[IWE][0-9]* [0-9:.]* *[0-9]* [a-z_]*\.go:[0-9]*\] //'
+		echo "# armorshim's log (journalctl -u armorshim), its Pod Security warning for $1:"
+		grep 'Pod Security warning' $C_SHIM_LOG | grep -F "pod=\"$1\"" | tail -n 1 | sed 's/^[IWE][0-9]* [0-9:.]* *[0-9]* [a-z_]*\.go:[0-9]*\] //' | grep . || echo "(none)"
 		echo
 	} >>$C_TRANSCRIPT
 }
@@ -208,37 +208,8 @@ cluster_setup() {
 		return 1
 	fi
 	start_controllers
-	cat >/etc/kubernetes/kubelet-cluster.yaml <<CFG
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-staticPodPath: $MANIFESTS
-fileCheckFrequency: 1s
-containerRuntimeEndpoint: unix://$K_SOCK
-imageServiceEndpoint: unix://$K_SOCK
-cgroupDriver: cgroupfs
-failSwapOn: false
-failCgroupV1: false
-address: $NODE_IP
-readOnlyPort: 10255
-authentication:
-  anonymous:
-    enabled: true
-  webhook:
-    enabled: false
-authorization:
-  mode: AlwaysAllow
-resolvConf: /etc/resolv.conf
-clusterDomain: cluster.local
-clusterDNS: [10.96.0.10]
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-evictionHard:
-  memory.available: 1Mi
-  nodefs.available: 1%
-  imagefs.available: 1%
-logging:
-  format: json
-CFG
+	# no cluster DNS runs; naming one keeps the kubelet from warning
+	kubelet_config unix://$K_SOCK $NODE_IP "clusterDomain: cluster.local" "clusterDNS: [10.96.0.10]" >/etc/kubernetes/kubelet-cluster.yaml
 	start_kubelet
 	wait_for 300 node_ready && ok=true
 	# namespaces get their default service account from the controller manager
@@ -445,6 +416,21 @@ YAML
 # without "Warning: "
 warning_of() { grep -m1 '^Warning: would violate' <<<"$1" | sed 's/^Warning: //'; }
 
+# apply_nginx NS [KUBECTL-ARGS...]: the tutorial's kubectl apply of the
+# nginx pod; its output -> $out, the API server's warning -> $api, and
+# armorshim's warning for the pod once it runs -> $shim
+apply_nginx() {
+	local ns=$1
+	shift
+	ktx kubectl apply "$@" -f /tmp/pss/nginx-pod.yaml
+	out=$KOUT
+	api=$(warning_of "$out")
+	wait_for 240 pod_running "$ns" nginx
+	sleep 1
+	shim=$(shim_warning "$ns/nginx")
+	shim_log_tx "$ns/nginx"
+}
+
 cluster_namespace_level() {
 	local ok api shim audit out
 	section "Pod Security Standards at the namespace level"
@@ -462,24 +448,14 @@ cluster_namespace_level() {
 		pod-security.kubernetes.io/warn-version=latest \
 		pod-security.kubernetes.io/audit=restricted \
 		pod-security.kubernetes.io/audit-version=latest
-	ktx kubectl apply -n example -f /tmp/pss/nginx-pod.yaml
-	out=$KOUT
-	api=$(warning_of "$out")
-	wait_for 240 pod_running example nginx
-	sleep 1
-	shim=$(shim_warning example/nginx)
-	shim_log_tx example/nginx
+	apply_nginx example -n example
 	audit=$(grep '"namespace":"example"' $C_AUDIT 2>/dev/null | grep '"pod":"nginx"' | tail -n 1)
 	ok=false
 	[ -n "$api" ] && [ "$api" = "$shim" ] && [ -n "$audit" ] && [[ $out == *"pod/nginx created"* ]] && pod_running example nginx && ok=true
 	result c-ns-example $ok "\$ kubectl apply -n example -f /tmp/pss/nginx-pod.yaml: $(oneline <<<"$out")" \
 		"armorshim's warning for example/nginx: ${shim:-(none)}" "identical to the API server's: $([ -n "$api" ] && [ "$api" = "$shim" ] && echo yes || echo no)" \
 		"armorshim's audit record: $(cut -c1-240 <<<"$audit")"
-	ktx kubectl apply -n default -f /tmp/pss/nginx-pod.yaml
-	out=$KOUT
-	wait_for 240 pod_running default nginx
-	sleep 1
-	shim=$(shim_warning default/nginx)
+	apply_nginx default -n default
 	ok=false
 	[ "$(oneline <<<"$out")" = "pod/nginx created" ] && [ -z "$shim" ] && pod_running default nginx && ok=true
 	result c-ns-default $ok "\$ kubectl apply -n default -f /tmp/pss/nginx-pod.yaml: $(oneline <<<"$out")" \
@@ -549,13 +525,7 @@ cluster_cluster_level() {
 	start_kubelet
 	wait_for 300 node_ready
 	wait_for 60 grep -q 'Configuration reloaded' $C_SHIM_LOG
-	ktx kubectl apply -f /tmp/pss/nginx-pod.yaml
-	out=$KOUT
-	api=$(warning_of "$out")
-	wait_for 240 pod_running default nginx
-	sleep 1
-	shim=$(shim_warning default/nginx)
-	shim_log_tx default/nginx
+	apply_nginx default
 	ok=false
 	[ -n "$api" ] && [ "$api" = "$shim" ] && [[ $out == *"pod/nginx created"* ]] && ok=true
 	result c-cluster-nginx $ok "\$ kubectl apply -f /tmp/pss/nginx-pod.yaml: $(oneline <<<"$out")" \

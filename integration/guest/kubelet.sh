@@ -110,6 +110,44 @@ k_profile() { # NAME: a profile that allows everything but writes, like the tuto
 	apparmor_parser -r -W /tmp/$1.profile >>"$LOG" 2>&1
 }
 
+# kubelet_config ENDPOINT ADDRESS [YAML...]: the suite's KubeletConfiguration
+# (static pods from $MANIFESTS, anonymous read access for the read-only
+# port and the API server, no image garbage collection or eviction), with
+# YAML lines appended
+kubelet_config() {
+	cat <<CFG
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+staticPodPath: $MANIFESTS
+fileCheckFrequency: 1s
+containerRuntimeEndpoint: $1
+imageServiceEndpoint: $1
+cgroupDriver: cgroupfs
+failSwapOn: false
+failCgroupV1: false
+address: $2
+readOnlyPort: 10255
+authentication:
+  anonymous:
+    enabled: true
+  webhook:
+    enabled: false
+authorization:
+  mode: AlwaysAllow
+resolvConf: /etc/resolv.conf
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: 1Mi
+  nodefs.available: 1%
+  imagefs.available: 1%
+logging:
+  format: json
+CFG
+	shift 2
+	[ $# -eq 0 ] || printf '%s\n' "$@"
+}
+
 kubelet_setup() {
 	mkdir -p /etc/armorshim $K_PROFILES_D $MANIFESTS /var/lib/kubelet/seccomp $REC_DIR /run/features.d /etc/kubernetes/pss
 	cp "$RUN/cluster-level-pss.yaml" /etc/kubernetes/pss/cluster-level-pss.yaml
@@ -161,35 +199,7 @@ CFG
 		for _ in $(seq 1 150); do [ -S $REC_SOCK ] && break; sleep 0.2; done
 		KUBELET_EP=unix://$REC_SOCK
 	fi
-	cat >/etc/kubernetes/kubelet.yaml <<CFG
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-staticPodPath: $MANIFESTS
-fileCheckFrequency: 1s
-containerRuntimeEndpoint: $KUBELET_EP
-imageServiceEndpoint: $KUBELET_EP
-cgroupDriver: cgroupfs
-failSwapOn: false
-failCgroupV1: false
-address: 127.0.0.1
-readOnlyPort: 10255
-authentication:
-  anonymous:
-    enabled: true
-  webhook:
-    enabled: false
-authorization:
-  mode: AlwaysAllow
-resolvConf: /etc/resolv.conf
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-evictionHard:
-  memory.available: 1Mi
-  nodefs.available: 1%
-  imagefs.available: 1%
-logging:
-  format: json
-CFG
+	kubelet_config $KUBELET_EP 127.0.0.1 >/etc/kubernetes/kubelet.yaml
 	kubelet --config /etc/kubernetes/kubelet.yaml --hostname-override $NODE_NAME --v 2 >$KLOG 2>&1 &
 	KUBELET_PID=$!
 	local ok=false
