@@ -435,3 +435,56 @@ func TestAttestationSkippedWithoutAppArmor(t *testing.T) {
 		t.Errorf("outcomes %v, want 1 skipped", got)
 	}
 }
+
+// With runc's state file for the container, attestation takes its process
+// from there and asks the runtime nothing; a state file whose pid now
+// belongs to another process is not trusted and the runtime is asked.
+func TestAttestationReadsRuncState(t *testing.T) {
+	runcRoot := t.TempDir()
+	a := newAttestEnv(t, "enforce", func(c *shim.Config) { c.Attestation.RuncRoot = runcRoot })
+	state := func(id string, pid int, start, running uint64) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Join(runcRoot, id), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		body := fmt.Sprintf(`{"id":%q,"init_process_pid":%d,"init_process_start":%d,"config":{}}`, id, pid, start)
+		if err := os.WriteFile(filepath.Join(runcRoot, id, "state.json"), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		stat := fmt.Sprintf("%d (sh) S 1 %d 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 %d 2 3 4\n", pid, pid, running)
+		if err := os.WriteFile(filepath.Join(a.procfs, strconv.Itoa(pid), "stat"), []byte(stat), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id := a.run(t, "from-state", "localhost/"+denyWrite, denyWrite+" (enforce)", 5001)
+	state(id, 5001, 777, 777)
+	a.mu.Lock()
+	a.failStatus[id] = true // asking the runtime would leave it unverified
+	a.mu.Unlock()
+	if err := a.start(t, id); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if got := a.outcomes(t); got["attested"] != "1" || got["unverified"] != "" {
+		t.Fatalf("attested from runc's state: outcomes %v, want attested 1", got)
+	}
+	// The pid was reused: the runtime is asked, and names the process.
+	id = a.run(t, "reused-pid", "localhost/"+denyWrite, denyWrite+" (enforce)", 5002)
+	state(id, 5002, 777, 778)
+	if err := a.start(t, id); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	a.mu.Lock()
+	a.failStatus[id] = true
+	a.mu.Unlock()
+	id2 := a.run(t, "reused-pid-2", "localhost/"+denyWrite, denyWrite+" (enforce)", 5003)
+	state(id2, 5003, 777, 778)
+	a.mu.Lock()
+	a.failStatus[id2] = true
+	a.mu.Unlock()
+	if err := a.start(t, id2); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if got := a.outcomes(t); got["attested"] != "2" || got["unverified"] != "1" {
+		t.Errorf("a reused pid: outcomes %v, want attested 2 (the runtime asked) and unverified 1 (the runtime failing)", got)
+	}
+}

@@ -33,14 +33,14 @@ armorshim_cri_requests_total{code="OK",method="/runtime.v1.RuntimeService/Versio
 func TestShimConfig(t *testing.T) {
 	for _, mode := range []string{"enforce", "off"} {
 		path := filepath.Join(t.TempDir(), "c.yaml")
-		if err := writeShimConfig(path, mode); err != nil {
+		if err := writeShimConfig(path, mode, "/fake/runc"); err != nil {
 			t.Fatal(err)
 		}
 		cfg, err := shim.LoadConfig(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cfg.Attestation.Mode != mode || cfg.Denials.Enabled() || cfg.Attestation.RuntimeDefaultProfile != runtimeDefaultProfile {
+		if cfg.Attestation.Mode != mode || cfg.Denials.Enabled() || cfg.Attestation.RuntimeDefaultProfile != runtimeDefaultProfile || cfg.Attestation.RuncRoot != "/fake/runc" {
 			t.Errorf("mode %s: attestation %+v, denials %+v", mode, cfg.Attestation, cfg.Denials)
 		}
 	}
@@ -80,11 +80,18 @@ func TestVerboseInfo(t *testing.T) {
 		t.Errorf("expectation %v (%v) does not accept the fake process's label", exp, ok)
 	}
 
-	procfs, err := writeProcfs(t.TempDir(), 10)
+	// The fake processes are found from runc's fake state, as armorshim
+	// finds them.
+	dir := t.TempDir()
+	procfs, err := writeProcfs(dir, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := readTimes(procfs, 10, 20); err != nil {
+	root, err := writeRuncState(dir, 10)
+	if err != nil || root != runcRootOf(procfs) {
+		t.Fatalf("runc state at %s (%v), the bench looks in %s", root, err, runcRootOf(procfs))
+	}
+	if _, err := readTimes(procfs, root, 10, 20); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := decodeTimes(info, 3); err != nil {
