@@ -11,8 +11,8 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
-	"k8s.io/pod-security-admission/api"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/pod-security-admission/api"
 )
 
 // fakeNode is a CRI runtime holding running pods whose verbose status
