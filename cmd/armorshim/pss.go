@@ -37,7 +37,7 @@ func pssCheck(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("armorshim pss check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	levelFlag := fs.String("level", "", "level to check: privileged, baseline or restricted")
-	versionFlag := fs.String("version", "latest", `policy version: "latest" or "v1.N"`)
+	versionFlag := fs.String("version", "", `policy version: "latest" or "v1.N" (default: each namespace's enforce-version, as when only the enforce label changes)`)
 	namespace := fs.String("namespace", "", "only this namespace (default: all)")
 	configPath := fs.String("config", defaultConfigPath, "armorshim's configuration, for podSecurity's exemptions, kubeletRootDir and kubeletSeccompDefault (defaults are used if the default file does not exist)")
 	runtimeEndpoint := fs.String("runtime-endpoint", "", "the container runtime's CRI socket (default: the configuration's runtimeEndpoint)")
@@ -56,12 +56,15 @@ func pssCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "armorshim pss check: --level: %v\n", err)
 		return 2
 	}
-	version, err := api.ParseVersion(*versionFlag)
-	if err != nil {
-		fmt.Fprintf(stderr, "armorshim pss check: --version: %v\n", err)
-		return 2
+	var version *api.Version
+	if *versionFlag != "" {
+		v, err := api.ParseVersion(*versionFlag)
+		if err != nil {
+			fmt.Fprintf(stderr, "armorshim pss check: --version: %v\n", err)
+			return 2
+		}
+		version = &v
 	}
-	lv := api.LevelVersion{Level: level, Version: version}
 
 	cfg, _, err := loadConfigForCheck(*configPath)
 	if err != nil {
@@ -116,24 +119,32 @@ func pssCheck(args []string, stdout, stderr io.Writer) int {
 	for _, s := range skipped {
 		fmt.Fprintf(stderr, "armorshim pss check: not evaluated: %s\n", s)
 	}
-	lines := nodeWarnings(ev, lv, pods)
+	lines, enforced := nodeWarnings(ev, level, version, pods)
 	for _, l := range lines {
 		fmt.Fprintln(stdout, "Warning: "+l)
 	}
-	if len(lines) > 0 {
+	// Pods the API server would not name, since their namespace already
+	// enforces the level: armorshim refuses them at their next start.
+	for _, l := range enforced {
+		fmt.Fprintln(stderr, "armorshim pss check: already enforced, refused at the next start: "+l)
+	}
+	if len(lines) > 0 || len(enforced) > 0 {
 		return 1
 	}
 	return 0
 }
 
 // nodeWarnings groups pods by namespace, in order, and words each
-// namespace's violations as the API server does; exempt namespaces are
-// left out, as Pod Security Admission never checks them. So is a namespace
-// whose enforce policy the new level would not tighten: Pod Security
-// Admission evaluates a namespace's pods on a label change only when its
-// enforce level rises (or its version changes to a level that is not
-// privileged).
-func nodeWarnings(ev *pss.Evaluator, lv api.LevelVersion, pods []*pss.Pod) []string {
+// namespace's violations as the API server does on a label change to
+// enforce=level (and enforce-version=version, when given; otherwise the
+// namespace keeps its enforce version). Exempt namespaces are left out, as
+// Pod Security Admission never checks them. So is a namespace whose enforce
+// policy the change would not tighten: Pod Security Admission evaluates a
+// namespace's pods on a label change only when its enforce level rises (or
+// its version changes, to a level that is not privileged); the violations
+// of those namespaces' pods come back as enforced, since armorshim enforces
+// the level on them at their next start.
+func nodeWarnings(ev *pss.Evaluator, level api.Level, version *api.Version, pods []*pss.Pod) (warnings, enforced []string) {
 	byNS := map[string][]*pss.Pod{}
 	for _, p := range pods {
 		byNS[p.Meta.Namespace] = append(byNS[p.Meta.Namespace], p)
@@ -143,14 +154,22 @@ func nodeWarnings(ev *pss.Evaluator, lv api.LevelVersion, pods []*pss.Pod) []str
 		names = append(names, ns)
 	}
 	sort.Strings(names)
-	var out []string
 	for _, ns := range names {
-		if ev.Exemption(ns, "") != "" || !tightens(ev.Policy(ns).Enforce, lv) {
+		if ev.Exemption(ns, "") != "" {
 			continue
 		}
-		out = append(out, ev.NamespaceWarnings(ns, lv, byNS[ns])...)
+		old := ev.Policy(ns).Enforce
+		lv := api.LevelVersion{Level: level, Version: old.Version}
+		if version != nil {
+			lv.Version = *version
+		}
+		if tightens(old, lv) {
+			warnings = append(warnings, ev.NamespaceWarnings(ns, lv, byNS[ns])...)
+		} else if old.Level != api.LevelPrivileged {
+			enforced = append(enforced, ev.NamespaceWarnings(ns, old, byNS[ns])...)
+		}
 	}
-	return out
+	return warnings, enforced
 }
 
 // tightens reports whether changing a namespace's enforce policy from old

@@ -234,20 +234,47 @@ Warning: local-path-provisioner-d6d9f7ffc-lw9lh: allowPrivilegeEscalation != fal
 func TestPSSCheckOnlyNamespacesTheLevelTightens(t *testing.T) {
 	endpoint := serveFakeNode(t, seedNode())
 	var out, errOut bytes.Buffer
-	for _, tc := range []struct{ enforce, level, want string }{
-		{"baseline", "baseline", ""},
-		{"restricted", "baseline", ""},
-		{"privileged", "baseline", `Warning: existing pods in namespace "kube-system" violate the new PodSecurity enforce level "baseline:latest"`},
-		{"baseline", "restricted", `Warning: existing pods in namespace "kube-system" violate the new PodSecurity enforce level "restricted:latest"`},
+	for _, tc := range []struct{ enforce, version, level, flagVersion, want, enforced string }{
+		{"baseline", "", "baseline", "", "", "baseline:latest"},
+		{"restricted", "", "baseline", "", "", "restricted:latest"},
+		{"privileged", "", "baseline", "", `Warning: existing pods in namespace "kube-system" violate the new PodSecurity enforce level "baseline:latest"`, ""},
+		{"baseline", "", "restricted", "", `Warning: existing pods in namespace "kube-system" violate the new PodSecurity enforce level "restricted:latest"`, ""},
+		// only the enforce label changes: the namespace keeps its version
+		{"baseline", "v1.30", "baseline", "", "", "baseline:v1.30"},
+		{"restricted", "v1.30", "baseline", "", "", "restricted:v1.30"},
+		{"privileged", "v1.25", "baseline", "", `Warning: existing pods in namespace "kube-system" violate the new PodSecurity enforce level "baseline:v1.25"`, ""},
+		// enforce-version given too: a new version is checked
+		{"baseline", "v1.30", "baseline", "latest", `Warning: existing pods in namespace "kube-system" violate the new PodSecurity enforce level "baseline:latest"`, ""},
 	} {
 		out.Reset()
 		errOut.Reset()
-		cfg := writeConfig(t, "podSecurity:\n  namespaces:\n    kube-system:\n      pod-security.kubernetes.io/enforce: "+tc.enforce+"\n")
-		pssCheck([]string{"--level", tc.level, "--namespace", "kube-system", "--runtime-endpoint", endpoint, "--config", cfg}, &out, &errOut)
-		first, _, _ := strings.Cut(out.String(), "\n")
-		if first != tc.want {
-			t.Errorf("kube-system enforcing %s, --level %s: %q (stderr %q), want %q", tc.enforce, tc.level, first, errOut.String(), tc.want)
+		labels := "      pod-security.kubernetes.io/enforce: " + tc.enforce + "\n"
+		if tc.version != "" {
+			labels += "      pod-security.kubernetes.io/enforce-version: " + tc.version + "\n"
 		}
+		cfg := writeConfig(t, "podSecurity:\n  namespaces:\n    kube-system:\n"+labels)
+		args := []string{"--level", tc.level, "--namespace", "kube-system", "--runtime-endpoint", endpoint, "--config", cfg}
+		if tc.flagVersion != "" {
+			args = append(args, "--version", tc.flagVersion)
+		}
+		code := pssCheck(args, &out, &errOut)
+		first, _, _ := strings.Cut(out.String(), "\n")
+		if first != tc.want || code != 1 {
+			t.Errorf("kube-system enforcing %s:%s, --level %s --version %q: exit %d, %q (stderr %q), want %q", tc.enforce, tc.version, tc.level, tc.flagVersion, code, first, errOut.String(), tc.want)
+		}
+		// what the namespace already enforces is still said, on stderr
+		if wantErr := `already enforced, refused at the next start: existing pods in namespace "kube-system" violate the new PodSecurity enforce level "` + tc.enforced + `"`; (tc.enforced != "") != strings.Contains(errOut.String(), wantErr) {
+			t.Errorf("kube-system enforcing %s:%s, --level %s: stderr %q, want it to hold %v: %q", tc.enforce, tc.version, tc.level, errOut.String(), tc.enforced != "", wantErr)
+		}
+	}
+	// the same through the configuration's defaults
+	dir := t.TempDir()
+	pssFile := filepath.Join(dir, "pss.yaml")
+	writeFile(t, pssFile, "apiVersion: pod-security.admission.config.k8s.io/v1\nkind: PodSecurityConfiguration\ndefaults:\n  enforce: privileged\n  enforce-version: v1.25\n")
+	out.Reset()
+	pssCheck([]string{"--level", "baseline", "--namespace", "kube-system", "--runtime-endpoint", endpoint, "--config", writeConfig(t, "podSecurity:\n  configFile: "+pssFile+"\n")}, &out, &errOut)
+	if first, _, _ := strings.Cut(out.String(), "\n"); !strings.HasSuffix(first, `"baseline:v1.25"`) {
+		t.Errorf("defaults enforcing privileged:v1.25, --level baseline: %q", first)
 	}
 	if !tightens(api.LevelVersion{Level: api.LevelRestricted, Version: api.LatestVersion()}, api.LevelVersion{Level: api.LevelBaseline, Version: api.MajorMinorVersion(1, 30)}) {
 		t.Error("a change of version with a level that is not privileged is checked")
