@@ -564,9 +564,19 @@ func scenario(t *testing.T, sh shell, scr string) {
 			t.Fatal(err)
 		}
 	}
-	foreignModes := map[string]os.FileMode{foreign: 0o600, foreignDot: 0o600}
+	// allow-write is also in the directory, the operator's own, not placed
+	// by the sync: the key of that name is skipped, and the file is never
+	// overwritten, recorded or removed.
+	const operatorAllow = "profile k8s-apparmor-example-allow-write { # the operator's own\n}\n"
+	if err := os.WriteFile(filepath.Join(dst, allowWrite), []byte(operatorAllow), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(filepath.Join(dst, allowWrite), old, old); err != nil {
+		t.Fatal(err)
+	}
+	foreignModes := map[string]os.FileMode{foreign: 0o600, foreignDot: 0o600, allowWrite: 0o600}
 	untouched := func() error {
-		for _, f := range []string{foreign, foreignDot} {
+		for _, f := range []string{foreign, foreignDot, allowWrite} {
 			fi, err := os.Stat(filepath.Join(dst, f))
 			if err != nil {
 				return err
@@ -578,37 +588,51 @@ func scenario(t *testing.T, sh shell, scr string) {
 		return nil
 	}
 
-	// 1. The tutorial's profiles are placed. allow-write was already in
-	// the directory, not placed by the sync: it is replaced, so that the
-	// file is the sync's (root's, 0644). A name the sync must not place is
-	// skipped and logged.
-	if err := os.WriteFile(filepath.Join(dst, allowWrite), []byte(tutorialProfiles[allowWrite]), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	// 1. The tutorial's profiles: deny-write is placed; allow-write is
+	// skipped, since the operator's file is in the way. A name the sync must
+	// not place is skipped and logged, and so are the names armorshim's
+	// loader skips (they would be placed and never loaded).
 	const badName = "bad~name"
-	cm.write(t, map[string]string{
+	unloaded := []string{"k8s-x~", "k8s-x.dpkg-old", "k8s-x.rpmnew", "k8s-x.rpmsave"}
+	files := map[string]string{
 		denyWrite:  tutorialProfiles[denyWrite],
 		allowWrite: tutorialProfiles[allowWrite],
 		badName:    "profile bad {}\n",
-	}, nil)
+	}
+	for _, n := range unloaded {
+		files[n] = "profile k8s-x {}\n"
+	}
+	cm.write(t, files, nil)
 	r := start(t, sh, scr, src, dst, "1")
 	want := map[string]string{
 		denyWrite:  tutorialProfiles[denyWrite],
-		allowWrite: tutorialProfiles[allowWrite],
+		allowWrite: operatorAllow,
 		foreign:    foreignText,
 		foreignDot: foreignText,
-		record:     recordOf(denyWrite, allowWrite),
+		record:     recordOf(denyWrite),
 	}
 	eventually(t, r, "the tutorial's profiles placed", func() error { return holds(dst, want, foreignModes) })
-	r.logged(t, "placed "+denyWrite, "updated "+allowWrite, "skipped "+badName+": not a name of A-Z a-z 0-9 . _ -")
+	skipped := []string{
+		"placed " + denyWrite,
+		"skipped " + allowWrite + ": a file the sync did not place is in the way",
+		"skipped " + badName + ": not a name of A-Z a-z 0-9 . _ -",
+	}
+	for _, n := range unloaded {
+		skipped = append(skipped, "skipped "+n+": armorshim does not load such names")
+	}
+	r.logged(t, skipped...)
+	if err := untouched(); err != nil {
+		t.Error(err)
+	}
 	if sh.noCaps {
 		if c, err := capEff(r.cmd.Process.Pid); err != nil || strings.Trim(c, "0") != "" {
 			t.Errorf("the script runs with capabilities %s (%v), want none", c, err)
 		}
 	}
 
-	// 2. The ConfigMap changes: deny-write changed, allow-write gone, a new
-	// profile, whose mode in the volume (an item's mode) is not 0644.
+	// 2. The ConfigMap changes: deny-write changed, allow-write gone (the
+	// operator's file stays), a new profile, whose mode in the volume (an
+	// item's mode) is not 0644.
 	const newName = "k8s-new"
 	denyChanged := strings.Replace(tutorialProfiles[denyWrite], "deny /** w,", "deny /** wl,", 1)
 	newText := "profile k8s-new flags=(attach_disconnected) {\n  file,\n}\n"
@@ -616,12 +640,13 @@ func scenario(t *testing.T, sh shell, scr string) {
 	want = map[string]string{
 		denyWrite:  denyChanged,
 		newName:    newText,
+		allowWrite: operatorAllow,
 		foreign:    foreignText,
 		foreignDot: foreignText,
 		record:     recordOf(denyWrite, newName),
 	}
 	eventually(t, r, "the changed ConfigMap synced", func() error { return holds(dst, want, foreignModes) })
-	r.logged(t, "updated "+denyWrite, "removed "+allowWrite, "placed "+newName)
+	r.logged(t, "updated "+denyWrite, "placed "+newName)
 	r.stop(t)
 	out1 := r.out.String()
 
@@ -633,6 +658,7 @@ func scenario(t *testing.T, sh shell, scr string) {
 	r = start(t, sh, scr, src, dst, "30")
 	want = map[string]string{
 		newName:    newText,
+		allowWrite: operatorAllow,
 		foreign:    foreignText,
 		foreignDot: foreignText,
 		record:     recordOf(newName),
@@ -648,6 +674,9 @@ func scenario(t *testing.T, sh shell, scr string) {
 	}
 	if n := strings.Count(out1+out2, newName); n != 1 {
 		t.Errorf("%s logged %d times, want once (placed); output:\n%s%s", newName, n, out1, out2)
+	}
+	if n := strings.Count(out1+out2, allowWrite); n != 1 {
+		t.Errorf("%s logged %d times, want once (skipped); output:\n%s%s", allowWrite, n, out1, out2)
 	}
 	// Nothing but its own lines: no failure, no complaint of a tool.
 	logLine := regexp.MustCompile(`^(syncing \S+ to \S+ every \d+s|(placed|updated|removed) [A-Za-z0-9._-]+|skipped .*|stopped)$`)
