@@ -216,7 +216,7 @@ func (p *Proxy) startedProcess(ctx context.Context, id string, known bool, exp *
 		if err == nil {
 			return pid, nil, attestation{}, true
 		}
-		klog.V(2).InfoS("Asking the runtime for the container's process", "containerID", id, "reason", err)
+		klog.V(4).InfoS("Asking the runtime for the container's process", "containerID", id, "reason", err)
 	}
 	info, err := containerInfoJSON(ctx, p.runtime, id)
 	if err != nil {
