@@ -31,14 +31,6 @@ type Processes interface {
 	StartedConfinement(pid int) (string, error)
 }
 
-// InitPids finds a started container's first process without asking the
-// runtime (host.Reader: from runc's state file). Attestation uses it when
-// Processes has it and falls back to the runtime's verbose status on any
-// error.
-type InitPids interface {
-	InitPid(id string) (int, error)
-}
-
 // Attestation configures start attestation. The runtime's default profile
 // is the policy's (apparmor.Policy.RuntimeDefault).
 type Attestation struct {
@@ -182,9 +174,26 @@ func (p *Proxy) attestStart(ctx context.Context, id string) attestation {
 	case known && exp.Profile == "":
 		return attestation{outcome: outcomeSkipped, detail: noRuntimeDefault}
 	}
-	pid, cfg, a, ok := p.startedProcess(ctx, id, known, &exp)
-	if !ok {
-		return a
+	info, err := containerInfoJSON(ctx, p.runtime, id)
+	if err != nil {
+		return attestation{outcome: outcomeUnverified, detail: "no container status: " + err.Error()}
+	}
+	if info == nil {
+		return attestation{outcome: outcomeUnverified, detail: "the runtime's verbose container status has no info (it is not containerd's)"}
+	}
+	// Created before armorshim started (not known): derive the expectation
+	// from the runtime's copy of the container config.
+	pid, cfg, err := parseInfo(info, !known)
+	if err != nil {
+		return attestation{outcome: outcomeUnverified, detail: "cannot read the runtime's container info: " + err.Error()}
+	}
+	if !known {
+		if a, ok := p.expectFromConfig(cfg, &exp); !ok {
+			return a
+		}
+	}
+	if pid <= 0 {
+		return attestation{outcome: outcomeUnverified, detail: "the runtime reports no process: the container has already exited"}
 	}
 	label, err := p.attest.Processes.StartedConfinement(pid)
 	switch {
@@ -197,47 +206,11 @@ func (p *Proxy) attestStart(ctx context.Context, id string) attestation {
 		return attestation{outcome: outcomeMismatch, detail: mismatch, label: label}
 	}
 	p.denials.attested(id, targetOfConfig(cfg), labelName(label))
-	a = attestation{outcome: outcomeAttested, label: label}
+	a := attestation{outcome: outcomeAttested, label: label}
 	if exp.MoreConfined(label, snap.Profiles) {
 		a.detail = "decided unconfined, but a profile confines it (a host profile attached by path to its command): counted as attested, not stopped"
 	}
 	return a
-}
-
-// startedProcess finds the started container's first process. With the
-// expectation known from CreateContainer, runc's state file names it when
-// there is one (no call to the runtime); otherwise the runtime's verbose
-// status does, and for a container created before armorshim started (not
-// known) its copy of the container config gives the expectation. When it
-// cannot, it returns the outcome instead and false.
-func (p *Proxy) startedProcess(ctx context.Context, id string, known bool, exp *apparmor.Expectation) (int, *runtimeapi.ContainerConfig, attestation, bool) {
-	if ip, ok := p.attest.Processes.(InitPids); ok && known {
-		pid, err := ip.InitPid(id)
-		if err == nil {
-			return pid, nil, attestation{}, true
-		}
-		klog.V(4).InfoS("Asking the runtime for the container's process", "containerID", id, "reason", err)
-	}
-	info, err := containerInfoJSON(ctx, p.runtime, id)
-	if err != nil {
-		return 0, nil, attestation{outcome: outcomeUnverified, detail: "no container status: " + err.Error()}, false
-	}
-	if info == nil {
-		return 0, nil, attestation{outcome: outcomeUnverified, detail: "the runtime's verbose container status has no info (it is not containerd's)"}, false
-	}
-	pid, cfg, err := parseInfo(info, !known)
-	if err != nil {
-		return 0, nil, attestation{outcome: outcomeUnverified, detail: "cannot read the runtime's container info: " + err.Error()}, false
-	}
-	if !known {
-		if a, ok := p.expectFromConfig(cfg, exp); !ok {
-			return 0, nil, a, false
-		}
-	}
-	if pid <= 0 {
-		return 0, nil, attestation{outcome: outcomeUnverified, detail: "the runtime reports no process: the container has already exited"}, false
-	}
-	return pid, cfg, attestation{}, true
 }
 
 // noRuntimeDefault says why a container on the runtime's default profile is

@@ -29,7 +29,6 @@ type Reader struct {
 
 	attrLayout atomic.Int32  // see attrUnknown
 	initWait   time.Duration // StartedConfinement's wait; 0: initWait
-	runcRoot   string        // InitPid's runc state directory; "": none
 }
 
 // NewReader returns a Reader for the trees rooted at sysfs and procfs

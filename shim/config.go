@@ -140,12 +140,6 @@ type AttestationConfig struct {
 	// another mode than enforce. Empty: not known (neither is checked). It
 	// reloads with the policy.
 	RuntimeDefaultProfile string `json:"runtimeDefaultProfile,omitempty"`
-	// RuncRoot is where runc keeps the state of the runtime's containers
-	// (containerd's runc shim: /run/containerd/runc/k8s.io). A started
-	// container's process is read from its state file there, without a
-	// call to the runtime; a container without one (another runtime or
-	// root) is asked about. Empty: always ask the runtime.
-	RuncRoot string `json:"runcRoot,omitempty"`
 }
 
 // ProfilesConfig is the profile directory armorshim keeps loaded.
@@ -303,7 +297,6 @@ func DefaultConfig() *Config {
 		Attestation: AttestationConfig{
 			Mode:                  "enforce",
 			RuntimeDefaultProfile: "cri-containerd.apparmor.d",
-			RuncRoot:              "/run/containerd/runc/k8s.io",
 		},
 		Denials: DenialsConfig{KernelLog: "/dev/kmsg", AuditLog: "/var/log/audit/audit.log"},
 		PodSecurity: PodSecurityConfig{

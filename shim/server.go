@@ -59,7 +59,6 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, reload: reload, host: host.NewReader(cfg.Sysfs, cfg.Procfs)}
-	s.host.SetRuncRoot(cfg.Attestation.RuncRoot)
 	// Opened whenever set: a reload may turn on Pod Security or audit mode.
 	if cfg.PodSecurity.AuditLog.Path != "" {
 		a := cfg.PodSecurity.AuditLog
@@ -260,22 +259,21 @@ func (s *Server) Reload() error {
 func (c *Config) restartFields(n *Config) []string {
 	var out []string
 	for name, changed := range map[string]bool{
-		"listen":               c.Listen != n.Listen,
-		"socketGroup":          c.SocketGroup != n.SocketGroup,
-		"runtimeEndpoint":      c.RuntimeEndpoint != n.RuntimeEndpoint,
-		"imageEndpoint":        c.Image() != n.Image(),
-		"sysfs":                c.Sysfs != n.Sysfs,
-		"procfs":               c.Procfs != n.Procfs,
-		"maxMessageSize":       c.MaxMessageSize != n.MaxMessageSize,
-		"maxHeldRequestBytes":  c.MaxHeldRequestBytes != n.MaxHeldRequestBytes,
-		"shutdownTimeout":      c.ShutdownTimeout != n.ShutdownTimeout,
-		"metricsAddress":       c.MetricsAddress != n.MetricsAddress,
-		"backendProbe":         c.BackendProbe != n.BackendProbe,
-		"profiles":             c.Profiles != n.Profiles,
-		"nodeFeatures":         c.NodeFeatures != n.NodeFeatures,
-		"attestation.mode":     c.Attestation.Mode != n.Attestation.Mode,
-		"attestation.runcRoot": c.Attestation.RuncRoot != n.Attestation.RuncRoot,
-		"denials":              c.Denials != n.Denials,
+		"listen":              c.Listen != n.Listen,
+		"socketGroup":         c.SocketGroup != n.SocketGroup,
+		"runtimeEndpoint":     c.RuntimeEndpoint != n.RuntimeEndpoint,
+		"imageEndpoint":       c.Image() != n.Image(),
+		"sysfs":               c.Sysfs != n.Sysfs,
+		"procfs":              c.Procfs != n.Procfs,
+		"maxMessageSize":      c.MaxMessageSize != n.MaxMessageSize,
+		"maxHeldRequestBytes": c.MaxHeldRequestBytes != n.MaxHeldRequestBytes,
+		"shutdownTimeout":     c.ShutdownTimeout != n.ShutdownTimeout,
+		"metricsAddress":      c.MetricsAddress != n.MetricsAddress,
+		"backendProbe":        c.BackendProbe != n.BackendProbe,
+		"profiles":            c.Profiles != n.Profiles,
+		"nodeFeatures":        c.NodeFeatures != n.NodeFeatures,
+		"attestation.mode":    c.Attestation.Mode != n.Attestation.Mode,
+		"denials":             c.Denials != n.Denials,
 	} {
 		if changed {
 			out = append(out, name)

@@ -103,7 +103,7 @@ func benchAbuse(o options, dir, self, bin string, rows *rowSet) error {
 		return err
 	}
 	config := filepath.Join(dir, "armorshim-abuse.yaml")
-	if err := writeShimConfig(config, "enforce", ""); err != nil {
+	if err := writeShimConfig(config, "enforce"); err != nil {
 		return err
 	}
 	e := &abuseEnv{dir: dir, self: self, shimArgs: func(sock, rtSock string) []string {

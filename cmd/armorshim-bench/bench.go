@@ -108,15 +108,11 @@ func benchPaths(o options, dir, self, bin string, rows *rowSet) (*node, *p6Resul
 	if err != nil {
 		return nil, nil, err
 	}
-	runcRoot, err := writeRuncState(filepath.Join(dir, "shim"), started)
-	if err != nil {
-		return nil, nil, err
-	}
 	onConfig, offConfig := filepath.Join(dir, "armorshim.yaml"), filepath.Join(dir, "armorshim-attestation-off.yaml")
-	if err := writeShimConfig(onConfig, "enforce", runcRoot); err != nil {
+	if err := writeShimConfig(onConfig, "enforce"); err != nil {
 		return nil, nil, err
 	}
-	if err := writeShimConfig(offConfig, "off", runcRoot); err != nil {
+	if err := writeShimConfig(offConfig, "off"); err != nil {
 		return nil, nil, err
 	}
 	metricsAddr, err := freeLoopbackPort()

@@ -59,55 +59,19 @@ func writeProcfs(dir string, containers int) (string, error) {
 		if err := os.WriteFile(filepath.Join(attr, "current"), []byte(runtimeDefaultProfile+" (enforce)\n"), 0o644); err != nil {
 			return "", err
 		}
-		stat := fmt.Sprintf("%d (sh) S 1 %d %d 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 %d 1703936 200 18446744073709551615 1 1 0 0 0 0 0 0 65538 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n",
-			fakePid(i), fakePid(i), fakePid(i), fakeStart(i))
-		if err := os.WriteFile(filepath.Join(attr, "..", "stat"), []byte(stat), 0o644); err != nil {
-			return "", err
-		}
 	}
 	return proc, nil
-}
-
-// fakeStart is the start time (clock ticks since boot) of the i-th
-// container's fake process, in its stat and its runc state.
-func fakeStart(i int) int { return 5000000 + i }
-
-// runcRootOf is the fake runc state root beside a fake procfs written by
-// writeProcfs and writeRuncState in the same directory.
-func runcRootOf(procfs string) string { return filepath.Join(filepath.Dir(procfs), "runc") }
-
-// writeRuncState writes, under dir, runc's state directory for the first
-// containers, as containerd's runc shim leaves it (<root>/<id>/state.json,
-// the pid and its start time first, then runc's whole container config,
-// about 10 KB on a real node), and returns the root.
-func writeRuncState(dir string, containers int) (string, error) {
-	root := filepath.Join(dir, "runc")
-	config := `"config":{"no_pivot_root":false,"rootfs":"/run/containerd/io.containerd.runtime.v2.task/k8s.io/x/rootfs","readonlyfs":false,` +
-		`"mounts":[` + strings.TrimSuffix(strings.Repeat(`{"source":"proc","destination":"/proc","device":"proc","flags":14,"propagation_flags":null,"data":"","relabel":"","rec_attr":null,"extensions":0},`, 40), ",") + `]}`
-	for i := 0; i < containers; i++ {
-		id := fakeID("container", i)
-		if err := os.MkdirAll(filepath.Join(root, id), 0o700); err != nil {
-			return "", err
-		}
-		state := fmt.Sprintf(`{"id":%q,"init_process_pid":%d,"init_process_start":%d,"created":"2026-12-05T10:00:00.000000000Z",%s,"rootless":false}`,
-			id, fakePid(i), fakeStart(i), config)
-		if err := os.WriteFile(filepath.Join(root, id, "state.json"), []byte(state), 0o600); err != nil {
-			return "", err
-		}
-	}
-	return root, nil
 }
 
 // writeShimConfig writes an armorshim configuration file that keeps the
 // process off the host: no kernel or audit log following, and the given
 // attestation mode. (The profile loader and the NFD file are turned off by flags.) The
 // mode is quoted: unquoted, YAML 1.1 reads off as the boolean false.
-func writeShimConfig(path, attestation, runcRoot string) error {
+func writeShimConfig(path, attestation string) error {
 	cfg := "apiVersion: armorshim.io/v1alpha1\n" +
 		"kind: ArmorshimConfiguration\n" +
 		"denials:\n  kernelLog: \"\"\n  auditLog: \"\"\n" +
-		"attestation:\n  mode: \"" + attestation + "\"\n  runtimeDefaultProfile: " + runtimeDefaultProfile + "\n" +
-		"  runcRoot: \"" + runcRoot + "\"\n"
+		"attestation:\n  mode: \"" + attestation + "\"\n  runtimeDefaultProfile: " + runtimeDefaultProfile + "\n"
 	return os.WriteFile(path, []byte(cfg), 0o644)
 }
 
@@ -169,21 +133,15 @@ func parseAttestations(r io.Reader) (map[string]float64, error) {
 }
 
 // readTimes times the attestation's own file reads in process, as armorshim
-// makes them (host.Reader.InitPid from runc's state file and the process's
-// start time, then StartedConfinement, on the fakes), n times over the first
-// containers; microseconds.
-func readTimes(procfs, runcRoot string, containers, n int) ([]float64, error) {
+// makes them (host.Reader.StartedConfinement on the fake procfs), n times
+// over the first containers' processes; microseconds.
+func readTimes(procfs string, containers, n int) ([]float64, error) {
 	r := host.NewReader("/nonexistent", procfs)
-	r.SetRuncRoot(runcRoot)
 	defer r.Close()
 	out := make([]float64, 0, n)
 	for i := 0; i < n; i++ {
 		t0 := time.Now()
-		pid, err := r.InitPid(fakeID("container", i%containers))
-		if err != nil {
-			return nil, err
-		}
-		label, err := r.StartedConfinement(pid)
+		label, err := r.StartedConfinement(fakePid(i % containers))
 		out = append(out, float64(time.Since(t0))/float64(time.Microsecond))
 		if err != nil {
 			return nil, err
@@ -500,7 +458,7 @@ func measureStarts(ctx context.Context, o options, dir string, nd *node, rows *r
 		if err != nil {
 			return nil, fmt.Errorf("direct: verbose ContainerStatus: %w", err)
 		}
-		reads, err := readTimes(procfs, runcRootOf(procfs), min(len(nd.containers), startSet), o.startCalls)
+		reads, err := readTimes(procfs, min(len(nd.containers), startSet), o.startCalls)
 		if err != nil {
 			return nil, err
 		}

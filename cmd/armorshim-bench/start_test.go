@@ -33,14 +33,14 @@ armorshim_cri_requests_total{code="OK",method="/runtime.v1.RuntimeService/Versio
 func TestShimConfig(t *testing.T) {
 	for _, mode := range []string{"enforce", "off"} {
 		path := filepath.Join(t.TempDir(), "c.yaml")
-		if err := writeShimConfig(path, mode, "/fake/runc"); err != nil {
+		if err := writeShimConfig(path, mode); err != nil {
 			t.Fatal(err)
 		}
 		cfg, err := shim.LoadConfig(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cfg.Attestation.Mode != mode || cfg.Denials.Enabled() || cfg.Attestation.RuntimeDefaultProfile != runtimeDefaultProfile || cfg.Attestation.RuncRoot != "/fake/runc" {
+		if cfg.Attestation.Mode != mode || cfg.Denials.Enabled() || cfg.Attestation.RuntimeDefaultProfile != runtimeDefaultProfile {
 			t.Errorf("mode %s: attestation %+v, denials %+v", mode, cfg.Attestation, cfg.Denials)
 		}
 	}
@@ -80,18 +80,11 @@ func TestVerboseInfo(t *testing.T) {
 		t.Errorf("expectation %v (%v) does not accept the fake process's label", exp, ok)
 	}
 
-	// The fake processes are found from runc's fake state, as armorshim
-	// finds them.
-	dir := t.TempDir()
-	procfs, err := writeProcfs(dir, 10)
+	procfs, err := writeProcfs(t.TempDir(), 10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, err := writeRuncState(dir, 10)
-	if err != nil || root != runcRootOf(procfs) {
-		t.Fatalf("runc state at %s (%v), the bench looks in %s", root, err, runcRootOf(procfs))
-	}
-	if _, err := readTimes(procfs, root, 10, 20); err != nil {
+	if _, err := readTimes(procfs, 10, 20); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := decodeTimes(info, 3); err != nil {
