@@ -491,7 +491,7 @@ cluster_dry_run() {
 	ktx kubectl create ns pinned
 	ktx kubectl label --overwrite ns pinned pod-security.kubernetes.io/enforce=privileged pod-security.kubernetes.io/enforce-version=v1.30
 	wait_for 120 kc get serviceaccount default -n pinned
-	hostnet_user_pod hostnet-pinned pinned >./hostnet-pinned.yaml
+	hostnet_pod hostnet-pinned pinned >./hostnet-pinned.yaml
 	ktx kubectl apply -f ./hostnet-pinned.yaml
 	wait_for 240 pod_running pinned hostnet-pinned
 	for level in baseline restricted; do
@@ -511,22 +511,6 @@ cluster_dry_run() {
 	# the pinned namespace was judged at its own version
 	grep -q '"pinned" violate the new PodSecurity enforce level "baseline:v1.30"' $C_TRANSCRIPT || ok=false
 	result c-dry-run $ok "${evidence[@]}"
-}
-
-hostnet_user_pod() { # NAME NAMESPACE
-	cat <<YAML
-apiVersion: v1
-kind: Pod
-metadata:
-  name: $1
-  namespace: $2
-spec:
-  hostNetwork: true
-  containers:
-  - name: agent
-    image: registry.k8s.io/e2e-test-images/busybox:1.29-2
-    command: [ "sleep", "3600" ]
-YAML
 }
 
 cluster_cluster_level() {
@@ -566,8 +550,8 @@ cluster_cluster_level() {
 		"armorshim's warning for default/nginx: ${shim:-(none)}" "identical to the API server's: $([ -n "$api" ] && [ "$api" = "$shim" ] && echo yes || echo no)"
 
 	# the defaults refuse a host-network pod; kube-system is exempt on both
-	hostnet_user_pod hostnet default >./hostnet-default.yaml
-	hostnet_user_pod hostnet kube-system >./hostnet-system.yaml
+	hostnet_pod hostnet default >./hostnet-default.yaml
+	hostnet_pod hostnet kube-system >./hostnet-system.yaml
 	local ex0 ex1
 	ex0=$(c_metric 'armorshim_pod_security_exemptions_total{reason="namespace"}')
 	ktx kubectl apply -f ./hostnet-default.yaml
@@ -591,7 +575,7 @@ cluster_cluster_level() {
 	# level. The API server refuses its mirror pod; the kubelet goes on to
 	# run it, and armorshim refuses it.
 	section "A static pod only the node can stop"
-	hostnet_user_pod hostnet-static default >$MANIFESTS/hostnet-static.yaml
+	hostnet_pod hostnet-static default >$MANIFESTS/hostnet-static.yaml
 	{
 		echo "\$ cat $MANIFESTS/hostnet-static.yaml"
 		cat $MANIFESTS/hostnet-static.yaml
