@@ -93,6 +93,8 @@ c_metric() {
 reloads() { grep -c 'Configuration reloaded' $C_SHIM_LOG; }
 # heartbeat: the time of the Node's Ready condition's last heartbeat
 heartbeat() { kc get node $NODE_NAME -o jsonpath='{.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}' 2>/dev/null; }
+reloaded_after() { [ "$(reloads)" -gt "$1" ]; }
+beat_after() { local hb; hb=$(heartbeat) && [ -n "$hb" ] && [ "$hb" != "$1" ]; }
 # shim_warning NS/POD: the last Pod Security warning armorshim logged for a pod
 shim_warning() {
 	grep 'Pod Security warning' $C_SHIM_LOG | grep -F "pod=\"$1\"" | tail -n 1 |
@@ -523,7 +525,7 @@ cluster_cluster_level() {
 	local reloaded=false n0 hb0
 	n0=$(reloads)
 	kill -HUP $C_SHIM_PID
-	wait_for 60 sh -c "[ \$(grep -c 'Configuration reloaded' $C_SHIM_LOG) -gt $n0 ]" && reloaded=true
+	wait_for 60 reloaded_after "$n0" && reloaded=true
 	hb0=$(heartbeat)
 	# the API server restarted with the file, as the tutorial's cluster is
 	# created with it; its clients are stopped meanwhile (under TCG they
@@ -541,7 +543,7 @@ cluster_cluster_level() {
 	start_controllers
 	start_kubelet
 	# the restarted kubelet's first heartbeat, not the Ready of before
-	wait_for 300 sh -c "[ \"\$(kubectl get node $NODE_NAME -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].lastHeartbeatTime}')\" != '$hb0' ]"
+	wait_for 300 beat_after "$hb0"
 	wait_for 120 node_ready
 	apply_nginx default
 	ok=false
