@@ -1,0 +1,219 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// Node labels the installer sets.
+const (
+	labelInstalled = "armorshim.io/installed"
+	labelBlocked   = "armorshim.io/install-blocked"
+)
+
+// pod is the installer as its DaemonSet runs it: the host's root file
+// system mounted at hostRoot, the payload in the image, the configuration
+// from a ConfigMap.
+type pod struct {
+	hostRoot, payload, config  string
+	version                    string
+	node, namespace, daemonSet string
+	containerdSock             string
+	syncEvery                  time.Duration
+	api                        *kube
+	out                        io.Writer
+}
+
+func (p *pod) logf(format string, a ...any) { log.Printf(format, a...) }
+
+// hostCommand runs a command on the host: chrooted into its root file
+// system, so that it is the host's systemctl and systemd-run that run.
+func (p *pod) hostCommand(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: p.hostRoot}
+	cmd.Dir = "/"
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	return cmd
+}
+
+// onHost runs the installer's host side as a transient systemd service, so
+// that neither the kubelet's restart nor this pod's end can cut it short;
+// its output comes back to the pod's log.
+func (p *pod) onHost(bin string, args ...string) error {
+	unit := "armorshim-installer-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	argv := append([]string{"--unit=" + unit, "--wait", "--pipe", "--collect", "--quiet", "--service-type=exec", bin}, args...)
+	cmd := p.hostCommand("systemd-run", argv...)
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("systemd-run %s: %w", bin, err)
+	}
+	return nil
+}
+
+// stage copies the payload and the configuration into the host's staging
+// directory, for the host side to install from.
+func (p *pod) stage() (dir, config string, err error) {
+	dir = filepath.Join(stagingDir, labelValue(p.version))
+	hostDir := filepath.Join(p.hostRoot, dir)
+	if err := os.RemoveAll(hostDir); err != nil {
+		return "", "", err
+	}
+	err = filepath.WalkDir(p.payload, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(p.payload, path)
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		return writeAtomic(filepath.Join(hostDir, rel), data, info.Mode().Perm())
+	})
+	if err != nil {
+		return "", "", err
+	}
+	data, err := p.configData()
+	if err != nil {
+		return "", "", err
+	}
+	config = filepath.Join(dir, "config.yaml")
+	return dir, config, writeAtomic(filepath.Join(p.hostRoot, config), data, 0o644)
+}
+
+// configData is armorshim's configuration: the ConfigMap's file, or the
+// default one in the payload when the ConfigMap has none.
+func (p *pod) configData() ([]byte, error) {
+	data, err := os.ReadFile(p.config)
+	if errors.Is(err, os.ErrNotExist) {
+		return os.ReadFile(filepath.Join(p.payload, "systemd/config.yaml"))
+	}
+	return data, err
+}
+
+func (p *pod) setLabels(ctx context.Context, labels map[string]*string) {
+	if err := p.api.label(ctx, p.node, labels); err != nil {
+		p.logf("%v", err)
+	}
+}
+
+func strp(s string) *string { return &s }
+
+// run installs armorshim on the node, keeps its configuration in step with
+// the ConfigMap, and when its DaemonSet is deleted uninstalls it.
+func (p *pod) run(ctx context.Context) error {
+	cat := func() (string, error) {
+		var b bytes.Buffer
+		cmd := p.hostCommand("systemctl", "cat", "kubelet.service")
+		cmd.Stdout, cmd.Stderr = &b, &b
+		err := cmd.Run()
+		if err != nil {
+			return "", fmt.Errorf("%w: %s", err, bytes.TrimSpace(b.Bytes()))
+		}
+		return b.String(), nil
+	}
+	if b := preflight(p.hostRoot, p.containerdSock, cat); b != nil {
+		p.logf("node %s left untouched: %v", p.node, b)
+		p.setLabels(ctx, map[string]*string{labelBlocked: strp(b.reason), labelInstalled: nil})
+		<-ctx.Done()
+		p.setLabels(context.Background(), map[string]*string{labelBlocked: nil})
+		return nil
+	}
+	dir, config, err := p.stage()
+	if err == nil {
+		p.logf("installing armorshim %s on node %s", p.version, p.node)
+		err = p.onHost(filepath.Join(dir, "armorshim-installer"), "host-install",
+			"--payload", dir, "--config", config, "--version", p.version)
+	}
+	os.RemoveAll(filepath.Join(p.hostRoot, dir))
+	if err != nil {
+		p.logf("installation failed, node %s left as it was: %v", p.node, err)
+		p.setLabels(ctx, map[string]*string{labelBlocked: strp("install-failed")})
+		<-ctx.Done()
+		p.setLabels(context.Background(), map[string]*string{labelBlocked: nil})
+		return err
+	}
+	p.setLabels(ctx, map[string]*string{labelInstalled: strp(labelValue(p.version)), labelBlocked: nil})
+	p.logf("armorshim %s runs on node %s", p.version, p.node)
+
+	tick := time.NewTicker(p.syncEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			p.syncConfig()
+		case <-ctx.Done():
+			return p.stop()
+		}
+	}
+}
+
+// syncConfig puts a changed configuration in place and reloads armorshim.
+func (p *pod) syncConfig() {
+	want, err := p.configData()
+	if err != nil {
+		p.logf("reading the configuration: %v", err)
+		return
+	}
+	host := filepath.Join(p.hostRoot, configPath)
+	if have, err := os.ReadFile(host); err == nil && bytes.Equal(have, want) {
+		return
+	}
+	if err := writeAtomic(host, want, 0o644); err != nil {
+		p.logf("writing %s: %v", configPath, err)
+		return
+	}
+	if err := p.hostCommand("systemctl", "reload", "armorshim.service").Run(); err != nil {
+		p.logf("configuration changed, but reloading armorshim failed: %v", err)
+		return
+	}
+	p.logf("configuration changed: armorshim reloaded (SIGHUP)")
+}
+
+// stop ends the pod: when the DaemonSet is deleted, armorshim is
+// uninstalled; when only the pod goes (an update, a deletion by hand),
+// armorshim stays and the next pod takes over.
+func (p *pod) stop() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	going, err := p.api.daemonSetGoing(ctx, p.namespace, p.daemonSet)
+	if err != nil {
+		p.logf("cannot tell whether DaemonSet %s/%s is being deleted (%v): armorshim stays installed; run the installer in cleanup mode to remove it", p.namespace, p.daemonSet, err)
+		return nil
+	}
+	if !going {
+		p.logf("pod ending, DaemonSet %s/%s stays: armorshim stays installed", p.namespace, p.daemonSet)
+		return nil
+	}
+	return p.cleanup(ctx)
+}
+
+// cleanup uninstalls armorshim (the kubelet back on containerd first) and
+// removes the node's label.
+func (p *pod) cleanup(ctx context.Context) error {
+	if !exists(filepath.Join(p.hostRoot, statePath)) {
+		p.logf("armorshim is not installed by the installer on node %s", p.node)
+	} else {
+		p.logf("uninstalling armorshim from node %s", p.node)
+		if err := p.onHost(libexecPath, "host-uninstall"); err != nil {
+			p.logf("uninstall failed: %v", err)
+			return err
+		}
+	}
+	p.setLabels(ctx, map[string]*string{labelInstalled: nil, labelBlocked: nil})
+	return nil
+}
