@@ -7,7 +7,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 FUZZTIME ?= 10s
 FUZZ_PKGS := ./apparmor ./host ./cri/h2relay
 
-.PHONY: all build demo test unit monitoring fuzz conformance integration record-kubelet bench install uninstall install-socket-activation deb clean FORCE
+.PHONY: all build demo test unit monitoring fuzz conformance integration record-kubelet bench install uninstall install-socket-activation deb installer-image clean FORCE
 
 all: build
 
@@ -19,6 +19,18 @@ bin/armorshim: FORCE
 # The binary the Debian package ships: static (no libc dependency), stripped.
 bin/armorshim-static: FORCE
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w" -o $@ ./cmd/armorshim
+
+# The installer the DaemonSet of deploy/installer.yaml runs: static, stripped.
+bin/armorshim-installer: FORCE
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w" -o $@ ./cmd/armorshim-installer
+
+# dist/armorshim-installer_<version>.oci.tar: the installer's image, an OCI
+# archive built without a registry or container tools (deploy/installer);
+# `ctr -n k8s.io images import` it, or copy it to a registry.
+installer-image: bin/armorshim-static bin/armorshim-installer
+	@mkdir -p dist
+	$(GO) run ./deploy/installer --version $(VERSION) --armorshim bin/armorshim-static \
+	  --installer bin/armorshim-installer --systemd systemd --out dist/armorshim-installer_$(VERSION).oci.tar
 
 # A fake CRI runtime, a fake securityfs and the real armorshim in between:
 # one container forwarded, one blocked, then allowed once its profile loads.

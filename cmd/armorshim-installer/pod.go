@@ -74,15 +74,7 @@ func (p *pod) stage() (dir, config string, err error) {
 			return err
 		}
 		rel, _ := filepath.Rel(p.payload, path)
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		return writeAtomic(filepath.Join(hostDir, rel), data, info.Mode().Perm())
+		return copyFile(path, filepath.Join(hostDir, rel))
 	})
 	if err != nil {
 		return "", "", err
@@ -216,4 +208,30 @@ func (p *pod) cleanup(ctx context.Context) error {
 	}
 	p.setLabels(ctx, map[string]*string{labelInstalled: nil, labelBlocked: nil})
 	return nil
+}
+
+// copyFile copies src to dst with its mode, streaming (the binaries are
+// larger than the pod's memory limit allows to hold twice).
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	info, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, info.Mode().Perm())
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
