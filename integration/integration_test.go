@@ -41,13 +41,17 @@ var (
 	clusterSteps = []string{"setup-containerd", "c-setup", "c-apparmor-deny-write", "c-apparmor-blocked",
 		"c-apparmor-daemonset", "c-node-labels", "c-ns-example", "c-ns-default", "c-dry-run",
 		"c-cluster-nginx", "c-cluster-exempt", "c-static-pod"}
+	// the fleet boot (guest/fleet.sh): systemd as PID 1, armorshim installed,
+	// reconfigured, upgraded and removed with deploy/installer.yaml
+	fleetSteps = []string{"setup-containerd", "f1-setup", "f2-blocked", "f3-install", "f4-decided", "f5-profiles",
+		"f6-config", "f7-upgrade", "f8-uninstall"}
 	// critest runs of the main boot; each leaves a JUnit report in the artefacts.
 	critestRuns = []string{"apparmor-shim", "full-direct", "full-shim"}
 )
 
 // Hard limits per boot (TCG is slow; the full critest suite runs twice in
 // the main boot). A boot that ends without ARMORSHIM-DONE is retried once.
-var bootTimeout = map[string]time.Duration{"main": 60 * time.Minute, "noaa": 10 * time.Minute, "kubelet": 50 * time.Minute, "cluster": 40 * time.Minute}
+var bootTimeout = map[string]time.Duration{"main": 60 * time.Minute, "noaa": 10 * time.Minute, "kubelet": 50 * time.Minute, "cluster": 40 * time.Minute, "fleet": 40 * time.Minute}
 
 // Time kept back from a boot for what runs after it (the report), and the
 // least a retry needs to be worth starting.
@@ -113,7 +117,7 @@ func TestIntegration(t *testing.T) {
 
 	// ARMORSHIM_IT_BOOTS picks boots for development; the test then fails
 	// for the steps of the boots left out.
-	boots := map[string]bool{"noaa": true, "kubelet": true, "cluster": true, "main": true}
+	boots := map[string]bool{"noaa": true, "kubelet": true, "cluster": true, "fleet": true, "main": true}
 	if only := os.Getenv("ARMORSHIM_IT_BOOTS"); only != "" {
 		boots = map[string]bool{}
 		for _, m := range strings.Split(only, ",") {
@@ -124,7 +128,7 @@ func TestIntegration(t *testing.T) {
 		return &boot{mode: mode, results: map[string]result{}, critest: map[string]critestLine{}}
 	}
 	// the short boots first, so a long main boot cannot starve them
-	noaaBoot, kubeletBoot, clusterBoot, mainBoot := skipped("noaa"), skipped("kubelet"), skipped("cluster"), skipped("main")
+	noaaBoot, kubeletBoot, clusterBoot, fleetBoot, mainBoot := skipped("noaa"), skipped("kubelet"), skipped("cluster"), skipped("fleet"), skipped("main")
 	if boots["noaa"] {
 		noaaBoot = runBoot(t, prep, work, "noaa", []string{"apparmor=0"})
 	}
@@ -134,6 +138,10 @@ func TestIntegration(t *testing.T) {
 	}
 	if boots["cluster"] && os.Getenv("ARMORSHIM_RECORD") != "1" {
 		clusterBoot = runBoot(t, prep, work, "cluster", nil)
+	}
+	if boots["fleet"] && os.Getenv("ARMORSHIM_RECORD") != "1" {
+		// systemd as PID 1, quiet on the console
+		fleetBoot = runBoot(t, prep, work, "fleet", []string{"systemd.show_status=0"})
 	}
 	base := newBaseline(dir, cache, prep)
 	if boots["main"] {
@@ -146,7 +154,7 @@ func TestIntegration(t *testing.T) {
 	}
 
 	rep := &report{prep: prep, prepPhases: prepPhases, prepWall: prepWall,
-		boots: []*boot{mainBoot, kubeletBoot, clusterBoot, noaaBoot}}
+		boots: []*boot{mainBoot, kubeletBoot, clusterBoot, fleetBoot, noaaBoot}}
 	if os.Getenv("ARMORSHIM_RECORD") == "1" && !boots["main"] {
 		// make record-kubelet: only the kubelet boot is judged
 		rep.boots = []*boot{kubeletBoot}
@@ -154,6 +162,7 @@ func TestIntegration(t *testing.T) {
 		rep.evaluate(mainBoot, mainSteps)
 		rep.evaluate(noaaBoot, noaaSteps)
 		rep.evaluate(clusterBoot, clusterSteps)
+		rep.evaluate(fleetBoot, fleetSteps)
 		rep.compareCritest(mainBoot)
 	}
 	rep.evaluate(kubeletBoot, kubeletSteps)
@@ -195,7 +204,7 @@ func prepare(t *testing.T, dir, work string) (map[string]string, []phase) {
 			phases = append(phases, p)
 		}
 	}
-	for _, k := range []string{"kernel", "rootfs", "initrd", "out_main", "out_noaa", "out_kubelet", "out_cluster"} {
+	for _, k := range []string{"kernel", "rootfs", "initrd", "out_main", "out_noaa", "out_kubelet", "out_cluster", "out_fleet"} {
 		if prep[k] == "" {
 			t.Fatalf("prepare.sh did not report %q", k)
 		}

@@ -48,7 +48,8 @@ SUITE=bookworm
 # pinned_images.sandbox default); the pause image is imported under it.
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.2
 
-GUEST_PACKAGES=apparmor,jq,kmod,iproute2,containernetworking-plugins,libseccomp2,procps,ca-certificates,sudo
+# systemd and dbus: PID 1 of the fleet boot (its installer drives systemd units)
+GUEST_PACKAGES=apparmor,jq,kmod,iproute2,containernetworking-plugins,libseccomp2,procps,ca-certificates,sudo,systemd,dbus
 HOST_PACKAGES="qemu-system-x86 qemu-utils debootstrap cpio e2fsprogs kmod pkg-config libseccomp-dev gcc xz-utils zstd"
 
 mkdir -p "$CACHE"
@@ -487,7 +488,7 @@ phase_end
 # guest hands back (a tar archive written straight onto the device).
 phase_start payload
 PHASE_CACHED=false
-rm -rf "$OUT/initrd" "$OUT/initrd.cpio" "$OUT/out-main.img" "$OUT/out-noaa.img" "$OUT/out-kubelet.img" "$OUT/out-cluster.img"
+rm -rf "$OUT/initrd" "$OUT/initrd.cpio" "$OUT/out-main.img" "$OUT/out-noaa.img" "$OUT/out-kubelet.img" "$OUT/out-cluster.img" "$OUT/out-fleet.img"
 i=$OUT/initrd
 mkdir -p "$i/bin" "$i/proc" "$i/sys" "$i/dev" "$i/newroot" "$i/modules" "$i/payload"
 cp "$BUSYBOX/busybox" "$i/bin/busybox"
@@ -517,6 +518,24 @@ else
 	emit deb missing
 fi
 rm -f "$OUT/armorshim-deb"
+# the fleet boot: deploy/installer.yaml and two installer images (make
+# installer-image's build, versions <describe>-it1 and -it2: an upgrade)
+FLEET_OK=true
+cp "$REPO/deploy/installer.yaml" "$i/payload/" 2>/dev/null || FLEET_OK=false
+for v in "$DESCRIBE-it1" "$DESCRIBE-it2"; do
+	(cd "$REPO" && CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$v -s -w" -o "$OUT/fleet-armorshim" ./cmd/armorshim &&
+		CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$v -s -w" -o "$OUT/fleet-installer" ./cmd/armorshim-installer &&
+		go run ./deploy/installer --version "$v" --armorshim "$OUT/fleet-armorshim" --installer "$OUT/fleet-installer" \
+			--systemd systemd --out "$i/payload/installer-$v.oci.tar") >&2 || FLEET_OK=false
+done
+rm -f "$OUT/fleet-armorshim" "$OUT/fleet-installer"
+if $FLEET_OK; then
+	echo "$DESCRIBE-it1 $DESCRIBE-it2" >"$i/payload/installer-versions"
+	emit installer "$DESCRIBE-it1 $DESCRIBE-it2"
+else
+	log "the installer images do not build: the fleet boot reports its steps as failed"
+	emit installer missing
+fi
 # the kubelet tier's CRI recorder, and what the Go test generated for the
 # guest (the Pod Security Admission fixtures as static pods)
 (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -o "$i/payload/crirecord" ./integration/crirecord) >&2 ||
@@ -524,7 +543,7 @@ rm -f "$OUT/armorshim-deb"
 [ -d "$OUT/payload-extra" ] && cp -r "$OUT/payload-extra/." "$i/payload/"
 (cd "$i" && find . | cpio -o -H newc --quiet) >"$OUT/initrd.cpio"
 rm -rf "$i"
-truncate -s 256M "$OUT/out-main.img" "$OUT/out-noaa.img" "$OUT/out-kubelet.img" "$OUT/out-cluster.img"
+truncate -s 256M "$OUT/out-main.img" "$OUT/out-noaa.img" "$OUT/out-kubelet.img" "$OUT/out-cluster.img" "$OUT/out-fleet.img"
 phase_end
 
 emit kernel "$KERNEL/vmlinuz"
@@ -536,6 +555,7 @@ emit out_main "$OUT/out-main.img"
 emit out_noaa "$OUT/out-noaa.img"
 emit out_kubelet "$OUT/out-kubelet.img"
 emit out_cluster "$OUT/out-cluster.img"
+emit out_fleet "$OUT/out-fleet.img"
 emit containerd "$CONTAINERD_VERSION"
 emit runc "$RUNC_VERSION"
 emit critools "$CRITOOLS_VERSION"

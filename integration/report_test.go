@@ -79,6 +79,14 @@ var stepTitle = map[string]string{
 	"c-cluster-nginx":                "cluster: cluster-level tutorial (API server and armorshim read its file): the nginx pod's warnings identical",
 	"c-cluster-exempt":               "cluster: cluster-level defaults refuse a host-network pod; kube-system exempt on both",
 	"c-static-pod":                   "cluster: a static pod violating its namespace's level: API server refuses the mirror pod, armorshim the pod",
+	"f1-setup":                       "fleet: systemd as PID 1; the cluster with the kubelet as a systemd unit on containerd; the tutorial's first pod",
+	"f2-blocked":                     "fleet: kubectl apply -f deploy/installer.yaml on a node whose kubelet unit it does not know: labelled, nothing changed",
+	"f3-install":                     "fleet: the kubelet unit in kubeadm's layout: armorshim installed, the kubelet on it, the node labelled, pods untouched",
+	"f4-decided":                     "fleet: a new pod is decided by the installed armorshim (the Blocked message)",
+	"f5-profiles":                    "fleet: profiles from a ConfigMap (deploy/profiles-daemonset.yaml): loaded, shown by armorshim check, no restart",
+	"f6-config":                      "fleet: the ConfigMap's policy changed: armorshim reloaded without a restart and enforces it",
+	"f7-upgrade":                     "fleet: kubectl set image: armorshim replaced and restarted, the kubelet not, pods untouched",
+	"f8-uninstall":                   "fleet: kubectl delete daemonset: the kubelet back on containerd, armorshim removed, label gone, pods untouched",
 }
 
 type report struct {
@@ -287,16 +295,19 @@ func (r *report) markdown() string {
 		}
 		w("| %s (`%s`) | %s | %s |\n", title, rw.step, res, strings.Join(ev, "<br>"))
 	}
+	// every kubectl command of the cluster and fleet boots and its output,
+	// as a user sees them (README's walkthroughs quote these)
+	transcripts := map[string]string{"cluster": "The tutorials with kubectl (cluster boot)",
+		"fleet": "Rolling armorshim out and back with its DaemonSet (fleet boot)"}
 	for _, b := range r.boots {
-		if b.mode != "cluster" || b.artefacts == "" {
+		title := transcripts[b.mode]
+		if title == "" || b.artefacts == "" {
 			continue
 		}
-		// every kubectl command of the cluster boot and its output, as a
-		// user sees them (README's walkthrough quotes these)
-		if tr, err := os.ReadFile(filepath.Join(b.artefacts, "cluster-transcript.txt")); err == nil {
-			w("\n## The tutorials with kubectl (cluster boot)\n\n````text\n%s````\n", tr)
+		if tr, err := os.ReadFile(filepath.Join(b.artefacts, b.mode+"-transcript.txt")); err == nil {
+			w("\n## %s\n\n````text\n%s````\n", title, tr)
 		} else {
-			w("\n## The tutorials with kubectl (cluster boot)\n\nNo transcript: %v\n", err)
+			w("\n## %s\n\nNo transcript: %v\n", title, err)
 		}
 	}
 	w("\n## critest\n\n| run | passed | failed | skipped | guest seconds | console summary |\n|---|---|---|---|---|---|\n")

@@ -11,7 +11,9 @@
 # armorshim.mode=noaa (booted with apparmor=0: scenario 5) or
 # armorshim.mode=kubelet (a real kubelet in front of armorshim: kubelet.sh) or
 # armorshim.mode=cluster (a one-node cluster with its control plane, driven
-# with kubectl: cluster.sh).
+# with kubectl: cluster.sh) or armorshim.mode=fleet (the same cluster under
+# systemd as PID 1, armorshim installed and removed by its DaemonSet:
+# fleet.sh).
 #
 # Console lines (the host parses these; anything else is informational):
 #   ARMORSHIM-BEGIN   {"mode":..}
@@ -26,8 +28,8 @@ RUN=/opt/armorshim-it/run
 exec </dev/null >/dev/console 2>&1
 T0=$(date +%s)
 
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
+# the fleet boot's PID 1 is systemd, which mounted /proc and /sys
+[ -r /proc/cmdline ] || { mount -t proc proc /proc; mount -t sysfs sysfs /sys; }
 MODE=$(sed -n 's/.*armorshim\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
 MODE=${MODE:-main}
 # armorshim.full=0 on the command line skips the two full critest runs (development aid)
@@ -46,14 +48,21 @@ PARALLEL=${PARALLEL:-4}
 # per critest run (armorshim.critest_timeout=SECONDS)
 CRITEST_TIMEOUT=$(sed -n 's/.*armorshim\.critest_timeout=\([0-9]*\).*/\1/p' /proc/cmdline)
 CRITEST_TIMEOUT=${CRITEST_TIMEOUT:-1200}
-mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs tmpfs /dev/shm
+if [ "$MODE" = fleet ]; then
+	# systemd mounted securityfs, cgroup2, /dev/pts, /dev/shm and /run (its
+	# own sockets are there); /var/log keeps its journal
+	DIRS="/tmp /var/lib/containerd /var/lib/cni /out"
+else
+	mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
+	mount -t cgroup2 cgroup2 /sys/fs/cgroup
+	mkdir -p /dev/pts /dev/shm
+	mount -t devpts devpts /dev/pts
+	mount -t tmpfs tmpfs /dev/shm
+	DIRS="/run /tmp /var/lib/containerd /var/lib/cni /var/log /out"
+fi
 mount -o remount,rw /
 mount --make-rshared /
-for d in /run /tmp /var/lib/containerd /var/lib/cni /var/log /out; do
+for d in $DIRS; do
 	mkdir -p "$d"
 	mount -t tmpfs -o mode=0755 tmpfs "$d"
 done
@@ -140,7 +149,9 @@ result setup-containerd true "containerd $(ctr version 2>/dev/null | awk '/Versi
 phase "$MODE-containerd-and-images"
 
 SHIM_OK=false
-if [ -x "$RUN/armorshim" ]; then
+if [ "$MODE" = fleet ]; then
+	: # armorshim comes with its installer (fleet.sh), not from here
+elif [ -x "$RUN/armorshim" ]; then
 	install -m 0755 "$RUN/armorshim" /usr/local/bin/armorshim
 	armorshim serve --config= --listen $SHIM_EP --runtime-endpoint $CTRD_EP -v 4 >/out/armorshim-$MODE.log 2>&1 &
 	SHIM_PID=$!
@@ -633,6 +644,10 @@ kubelet)
 cluster)
 	. "$RUN/cluster.sh"
 	scenarios_cluster
+	;;
+fleet)
+	. "$RUN/fleet.sh"
+	scenarios_fleet
 	;;
 *)
 	result mode false "unknown armorshim.mode=$MODE"
