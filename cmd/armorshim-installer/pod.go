@@ -41,11 +41,32 @@ func (p *pod) logf(format string, a ...any) { log.Printf(format, a...) }
 // system, so that it is the host's systemctl and systemd-run that run.
 func (p *pod) hostCommand(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
+	// The command is looked up in the host's PATH, not the image's: the
+	// path is the one execve sees after the chroot.
+	cmd.Path, cmd.Err = hostLookPath(p.hostRoot, name)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: p.hostRoot}
 	cmd.Dir = "/"
-	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
+	cmd.Env = []string{"PATH=" + hostPATH, "LC_ALL=C"}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	return cmd
+}
+
+// hostPATH is the PATH host commands are looked up in and run with.
+const hostPATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// hostLookPath finds an executable named name in the host's PATH below
+// root and returns its path as seen from the host.
+func hostLookPath(root, name string) (string, error) {
+	if filepath.IsAbs(name) {
+		return name, nil
+	}
+	for _, dir := range filepath.SplitList(hostPATH) {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(filepath.Join(root, p)); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: not found in the host's PATH (%s)", name, hostPATH)
 }
 
 // onHost runs the installer's host side as a transient systemd service, so

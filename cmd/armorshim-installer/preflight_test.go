@@ -199,3 +199,23 @@ func TestKube(t *testing.T) {
 		t.Error("a client was made without a CA")
 	}
 }
+
+// Host commands are found in the host's file system, not the image's.
+func TestHostLookPath(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "usr/bin"), 0o755)
+	os.MkdirAll(filepath.Join(root, "usr/local/bin"), 0o755)
+	os.WriteFile(filepath.Join(root, "usr/bin/systemctl"), []byte("#!/bin/sh\n"), 0o755)
+	os.WriteFile(filepath.Join(root, "usr/local/bin/systemctl"), []byte("not executable"), 0o644)
+	if p, err := hostLookPath(root, "systemctl"); err != nil || p != "/usr/bin/systemctl" {
+		t.Errorf("systemctl: %q, %v", p, err)
+	}
+	if _, err := hostLookPath(root, "systemd-run"); err == nil {
+		t.Error("found a command the host does not have")
+	}
+	pd := &pod{hostRoot: root}
+	if cmd := pd.hostCommand("systemctl", "cat", "kubelet.service"); cmd.Path != "/usr/bin/systemctl" || cmd.Err != nil ||
+		cmd.SysProcAttr.Chroot != root {
+		t.Errorf("hostCommand: path %q, err %v, chroot %q", cmd.Path, cmd.Err, cmd.SysProcAttr.Chroot)
+	}
+}
