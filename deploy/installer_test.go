@@ -105,6 +105,9 @@ func TestInstallerManifest(t *testing.T) {
 			}
 		}
 	}
+	if !spec.HostPID {
+		t.Error("the installer needs the host's PID namespace (systemd checks its peer's credentials)")
+	}
 	if spec.TerminationGracePeriodSeconds == nil || *spec.TerminationGracePeriodSeconds < 120 {
 		t.Error("the uninstall needs a grace period of minutes (it restarts the kubelet)")
 	}
