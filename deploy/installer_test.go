@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -28,6 +29,8 @@ func TestInstallerManifest(t *testing.T) {
 	}
 	var ds *appsv1.DaemonSet
 	var cm *corev1.ConfigMap
+	var vap *admissionv1.ValidatingAdmissionPolicy
+	var vapb *admissionv1.ValidatingAdmissionPolicyBinding
 	var roleObjs []*rbacv1.Role
 	var bindings []*rbacv1.RoleBinding
 	for i, doc := range regexp.MustCompile(`(?m)^---[ \t]*$`).Split(string(data), -1) {
@@ -39,6 +42,12 @@ func TestInstallerManifest(t *testing.T) {
 		switch tm.APIVersion + " " + tm.Kind {
 		case "v1 ServiceAccount":
 			obj = &corev1.ServiceAccount{}
+		case "admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy":
+			vap = &admissionv1.ValidatingAdmissionPolicy{}
+			obj = vap
+		case "admissionregistration.k8s.io/v1 ValidatingAdmissionPolicyBinding":
+			vapb = &admissionv1.ValidatingAdmissionPolicyBinding{}
+			obj = vapb
 		case "v1 ConfigMap":
 			cm = &corev1.ConfigMap{}
 			obj = cm
@@ -73,6 +82,13 @@ func TestInstallerManifest(t *testing.T) {
 	if ds == nil || cm == nil {
 		t.Fatal("want a DaemonSet and a ConfigMap")
 	}
+	// The policy that keeps the patch right to its node and labels binds,
+	// denies, and names the pod's account.
+	if vap == nil || vapb == nil || vapb.Spec.PolicyName != vap.Name || !slices.Contains(vapb.Spec.ValidationActions, admissionv1.Deny) ||
+		len(vap.Spec.MatchConditions) != 1 || !strings.Contains(vap.Spec.MatchConditions[0].Expression,
+		"system:serviceaccount:"+ds.Namespace+":"+ds.Spec.Template.Spec.ServiceAccountName) {
+		t.Errorf("the ValidatingAdmissionPolicy limiting the installer: %+v %+v", vap, vapb)
+	}
 	spec := ds.Spec.Template.Spec
 	c := spec.Containers[0]
 	env := map[string]string{}
@@ -104,6 +120,9 @@ func TestInstallerManifest(t *testing.T) {
 				t.Errorf("ConfigMap volume %s: %s at %s", v.Name, v.ConfigMap.Name, mounts[v.Name])
 			}
 		}
+	}
+	if p := c.ReadinessProbe; p == nil || p.Exec == nil || strings.Join(p.Exec.Command, " ") != "/armorshim-installer ready" || ds.Spec.MinReadySeconds < 10 {
+		t.Error("without a readiness probe on the installer's work, a failed install does not stop the rollout")
 	}
 	if !spec.HostPID {
 		t.Error("the installer needs the host's PID namespace (systemd checks its peer's credentials)")

@@ -9,7 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -21,6 +23,7 @@ const (
 	shareDir      = "/usr/local/share/armorshim/systemd"
 	unitPath      = "/etc/systemd/system/armorshim.service"
 	configPath    = "/etc/armorshim/config.yaml"
+	configBackup  = "/etc/armorshim/config.yaml.pre-installer"
 	profilesDir   = "/etc/armorshim/profiles.d"
 	statePath     = "/etc/armorshim/installer.json"
 	dropinsRecord = "/etc/armorshim/installed-dropins" // written by kubelet-dropins.sh
@@ -39,6 +42,7 @@ type hostEnv struct {
 	systemctl string // the systemctl command
 	out       io.Writer
 	wait      time.Duration // how long a unit may take to become active
+	settle    time.Duration // how long it must then run without a restart
 }
 
 func (h *hostEnv) path(p string) string { return filepath.Join(h.root, p) }
@@ -139,49 +143,97 @@ var payloadFiles = []struct {
 }
 
 // place copies the payload and the configuration onto the host; it
-// returns the host files placed and which of them changed.
-func (h *hostEnv) place(payload, config string) (files []string, changed map[string]bool, err error) {
-	changed = map[string]bool{}
+// returns the host files placed, which of them changed, and the previous
+// content of those (nil: there was none), to put back if the new ones fail.
+func (h *hostEnv) place(payload, config string) (files []string, changed map[string]bool, prev map[string][]byte, err error) {
+	changed, prev = map[string]bool{}, map[string][]byte{}
 	put := func(dst string, data []byte, mode os.FileMode) error {
 		files = append(files, dst)
-		if old, err := os.ReadFile(h.path(dst)); err == nil && bytes.Equal(old, data) {
+		old, err := os.ReadFile(h.path(dst))
+		if err == nil && bytes.Equal(old, data) {
 			return nil
 		}
-		changed[dst] = true
+		changed[dst], prev[dst] = true, old
 		return writeAtomic(h.path(dst), data, mode)
 	}
 	for _, f := range payloadFiles {
 		data, err := os.ReadFile(filepath.Join(payload, f.src))
 		if err != nil {
-			return files, changed, fmt.Errorf("payload: %w", err)
+			return files, changed, prev, fmt.Errorf("payload: %w", err)
 		}
 		if err := put(f.dst, data, f.mode); err != nil {
-			return files, changed, err
+			return files, changed, prev, err
 		}
 	}
 	if config != "" {
 		data, err := os.ReadFile(config)
 		if err != nil {
-			return files, changed, err
+			return files, changed, prev, err
 		}
 		if err := put(configPath, data, 0o644); err != nil {
-			return files, changed, err
+			return files, changed, prev, err
 		}
 	}
-	return files, changed, os.MkdirAll(h.path(profilesDir), 0o755)
+	return files, changed, prev, os.MkdirAll(h.path(profilesDir), 0o755)
+}
+
+// restore puts back the files place replaced.
+func (h *hostEnv) restore(prev map[string][]byte) {
+	for f, data := range prev {
+		if data != nil {
+			mode := os.FileMode(0o644)
+			if f == binPath || f == libexecPath {
+				mode = 0o755
+			}
+			if err := writeAtomic(h.path(f), data, mode); err != nil {
+				h.logf("cannot restore %s: %v", f, err)
+			}
+		}
+	}
+}
+
+// lock serializes the host side: an install and an uninstall (an old
+// DaemonSet's pod and a new one's) never interleave.
+func (h *hostEnv) lock() (func(), error) {
+	p := h.path("/run/armorshim-installer.lock")
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
 }
 
 // install puts armorshim on the host, in front of the kubelet. A first
 // installation that fails is rolled back: the node is left as it was.
 // Later runs replace what changed: a new binary or unit restarts armorshim
-// (the kubelet keeps running and retries what the restart interrupts), a
-// new configuration reloads it.
+// (the kubelet keeps running and retries what the restart interrupts) and,
+// if it does not come back, the previous ones are put back; a new
+// configuration reloads it.
 func (h *hostEnv) install(payload, config, version string) error {
+	unlock, err := h.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	old, err := h.readState()
 	if err != nil {
 		return err
 	}
-	files, changed, err := h.place(payload, config)
+	if old == nil && exists(h.path(configPath)) {
+		// Someone's configuration from before: kept aside, put back by the
+		// uninstall.
+		if err := os.Rename(h.path(configPath), h.path(configBackup)); err != nil {
+			return err
+		}
+	}
+	files, changed, prev, err := h.place(payload, config)
 	if old == nil {
 		// Recorded before anything runs, so that a failure below can be
 		// undone and a later uninstall finds everything.
@@ -198,7 +250,7 @@ func (h *hostEnv) install(payload, config, version string) error {
 		}
 		if err != nil {
 			h.logf("installation failed: %v; undoing it", err)
-			if uerr := h.uninstall(); uerr != nil {
+			if uerr := h.uninstallLocked(); uerr != nil {
 				h.logf("undoing failed too: %v", uerr)
 			}
 			return err
@@ -207,10 +259,12 @@ func (h *hostEnv) install(payload, config, version string) error {
 		return h.writeState(&state{Version: version, Files: files})
 	}
 	if err != nil {
+		h.restore(prev)
 		return err
 	}
+	upgrade := changed[binPath] || changed[unitPath]
 	switch {
-	case changed[binPath] || changed[unitPath]:
+	case upgrade:
 		h.logf("armorshim %s -> %s: restarting armorshim (the kubelet keeps running)", old.Version, version)
 		err = h.sysctl("restart", "armorshim.service")
 	case changed[configPath]:
@@ -220,7 +274,18 @@ func (h *hostEnv) install(payload, config, version string) error {
 		err = h.sysctl("start", "armorshim.service")
 	}
 	if err == nil {
-		err = h.active("armorshim.service")
+		err = h.stable("armorshim.service")
+	}
+	if err != nil && upgrade {
+		h.logf("armorshim %s does not run (%v): putting %s back", version, err, old.Version)
+		h.restore(prev)
+		if rerr := errors.Join(h.sysctl("daemon-reload"), h.sysctl("restart", "armorshim.service")); rerr != nil {
+			h.logf("restarting the previous armorshim failed too: %v", rerr)
+		}
+		return err
+	}
+	if err == nil {
+		err = h.sysctl("enable", "armorshim.service")
 	}
 	if err == nil && !exists(h.path(dropinsRecord)) {
 		err = h.switchKubelet()
@@ -240,6 +305,9 @@ func (h *hostEnv) firstStart() error {
 	if err := h.sysctl("start", "armorshim.service"); err != nil {
 		return err
 	}
+	if err := h.stable("armorshim.service"); err != nil {
+		return err
+	}
 	return h.switchKubelet()
 }
 
@@ -254,13 +322,44 @@ func (h *hostEnv) switchKubelet() error {
 	if err := h.sysctl("restart", "kubelet.service"); err != nil {
 		return err
 	}
-	return h.active("kubelet.service")
+	return h.stable("kubelet.service")
+}
+
+// stable waits until unit is active and then checks it stays so for
+// h.settle without systemd restarting it: a kubelet that exits at once
+// (a configuration it refuses) is "active" between its restarts.
+func (h *hostEnv) stable(unit string) error {
+	if err := h.active(unit); err != nil {
+		return err
+	}
+	n0 := h.restarts(unit)
+	time.Sleep(h.settle)
+	if n := h.restarts(unit); n != n0 {
+		return fmt.Errorf("%s restarted %s time(s) within %v of starting: it does not run", unit, strconv.Itoa(n-n0), h.settle)
+	}
+	return h.active(unit)
+}
+
+// restarts is systemd's count of unit's automatic restarts.
+func (h *hostEnv) restarts(unit string) int {
+	out, _ := exec.Command(h.systemctl, "show", "-p", "NRestarts", "--value", unit).Output()
+	n, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+	return n
 }
 
 // uninstall puts the kubelet back on containerd first, then stops armorshim
 // and removes what the installer placed. The profile directory and what
 // others put in /etc/armorshim stay.
 func (h *hostEnv) uninstall() error {
+	unlock, err := h.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return h.uninstallLocked()
+}
+
+func (h *hostEnv) uninstallLocked() error {
 	st, err := h.readState()
 	if err != nil {
 		return err
@@ -281,7 +380,7 @@ func (h *hostEnv) uninstall() error {
 			if err := h.sysctl("restart", "kubelet.service"); err != nil {
 				return err
 			}
-			if err := h.active("kubelet.service"); err != nil {
+			if err := h.stable("kubelet.service"); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -297,6 +396,11 @@ func (h *hostEnv) uninstall() error {
 	}
 	for _, d := range []string{shareDir + "/kubelet.conf.d", shareDir + "/kubelet.service.d", shareDir, filepath.Dir(shareDir), filepath.Dir(libexecPath)} {
 		os.Remove(h.path(d)) // only if empty
+	}
+	if exists(h.path(configBackup)) {
+		if err := os.Rename(h.path(configBackup), h.path(configPath)); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := os.Remove(h.path(statePath)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)

@@ -37,6 +37,10 @@ echo "$*" >>` + dir + `/calls
 case "$*" in
 "cat kubelet.service") cat ` + unit + ` ;;
 "start armorshim.service") [ ! -e ` + dir + `/fail-start ] || { echo "Job for armorshim.service failed" >&2; exit 1; } ;;
+"restart armorshim.service") [ ! -e ` + dir + `/fail-restart ] || { rm ` + dir + `/fail-restart; echo "Job for armorshim.service failed" >&2; exit 1; } ;;
+"show -p NRestarts --value kubelet.service")
+	# a kubelet that exits at once: systemd restarts it over and over
+	if [ -e ` + dir + `/flap ]; then echo x >>` + dir + `/flap; wc -l <` + dir + `/flap; else echo 0; fi ;;
 esac
 exit 0
 `
@@ -185,12 +189,82 @@ func TestInstallRollsBack(t *testing.T) {
 	}
 	var left []string
 	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
+		if err == nil && !d.IsDir() && p != filepath.Join(root, "/run/armorshim-installer.lock") {
 			left = append(left, strings.TrimPrefix(p, root))
 		}
 		return nil
 	})
 	if len(left) > 0 {
 		t.Errorf("files left after a failed install: %q\n%s", left, out.String())
+	}
+}
+
+// A kubelet that does not run on armorshim (systemd restarting it over and
+// over) undoes the first install: the kubelet goes back to containerd.
+func TestInstallRollsBackWhenTheKubeletFlaps(t *testing.T) {
+	root, tools := t.TempDir(), t.TempDir()
+	var out bytes.Buffer
+	h := &hostEnv{root: root, systemctl: fakeSystemctl(t, tools), out: &out, wait: time.Second, settle: time.Millisecond}
+	os.WriteFile(filepath.Join(tools, "flap"), nil, 0o644)
+	if err := h.install(payloadDir(t, "v1"), "", "v1"); err == nil || !strings.Contains(err.Error(), "restarted") {
+		t.Fatalf("install with a flapping kubelet: %v\n%s", err, out.String())
+	}
+	cs := calls(t, tools)
+	first := index(t, cs, "restart kubelet.service")
+	if !slices.Contains(cs[first+1:], "restart kubelet.service") || !slices.Contains(cs, "disable --now armorshim.service") {
+		t.Errorf("the kubelet was not put back on containerd: %q", cs)
+	}
+	for _, f := range []string{binPath, statePath, dropinsRecord, "/etc/kubernetes/kubelet.conf.d/90-armorshim.conf"} {
+		if exists(filepath.Join(root, f)) {
+			t.Errorf("%s left", f)
+		}
+	}
+}
+
+// An upgrade whose armorshim does not start puts the previous one back.
+func TestUpgradePutsBack(t *testing.T) {
+	root, tools := t.TempDir(), t.TempDir()
+	var out bytes.Buffer
+	h := &hostEnv{root: root, systemctl: fakeSystemctl(t, tools), out: &out, wait: time.Second}
+	if err := h.install(payloadDir(t, "v1"), "", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	calls(t, tools)
+	os.WriteFile(filepath.Join(tools, "fail-restart"), nil, 0o644)
+	if err := h.install(payloadDir(t, "v2"), "", "v2"); err == nil {
+		t.Fatal("an upgrade whose armorshim fails succeeded")
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, binPath)); string(b) != "v1" {
+		t.Errorf("binary after a failed upgrade: %q, want v1 back", b)
+	}
+	if st, _ := h.readState(); st == nil || st.Version != "v1" {
+		t.Errorf("state after a failed upgrade: %+v", st)
+	}
+	cs := calls(t, tools)
+	if n := strings.Count(strings.Join(cs, "\n"), "restart armorshim.service"); n != 2 {
+		t.Errorf("want the failed restart and the previous one's: %q", cs)
+	}
+}
+
+// A configuration that was there before the installer comes back with the
+// uninstall.
+func TestUninstallRestoresTheConfiguration(t *testing.T) {
+	root, tools := t.TempDir(), t.TempDir()
+	var out bytes.Buffer
+	h := &hostEnv{root: root, systemctl: fakeSystemctl(t, tools), out: &out, wait: time.Second}
+	writeAtomic(filepath.Join(root, configPath), []byte("theirs\n"), 0o644)
+	config := filepath.Join(tools, "config.yaml")
+	os.WriteFile(config, []byte("ours\n"), 0o644)
+	if err := h.install(payloadDir(t, "v1"), config, "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, configPath)); string(b) != "ours\n" {
+		t.Errorf("installed configuration: %q", b)
+	}
+	if err := h.uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, configPath)); string(b) != "theirs\n" {
+		t.Errorf("configuration after uninstall: %q, want theirs back", b)
 	}
 }

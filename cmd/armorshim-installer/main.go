@@ -10,6 +10,7 @@
 //
 //	armorshim-installer run       the DaemonSet's container (default)
 //	armorshim-installer cleanup   uninstall, then idle (the cleanup mode)
+//	armorshim-installer ready     the readiness probe
 //	armorshim-installer host-install|host-uninstall   the host side, run
 //	                              by the two above under systemd-run
 package main
@@ -23,7 +24,13 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/armorshim/armorshim/shim"
 )
+
+// kubeletSocket is where the kubelet drop-in
+// (systemd/kubelet.conf.d/90-armorshim.conf) points the kubelet.
+const kubeletSocket = "unix:///run/armorshim/armorshim.sock"
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
@@ -47,11 +54,34 @@ func run(args []string) error {
 	case "version":
 		fmt.Println(version)
 		return nil
+	case "check-config":
+		// Run on the host by the pod: the ConfigMap's configuration, loaded
+		// as armorshim loads it, on the socket the kubelet drop-in names.
+		if len(args) != 1 {
+			return fmt.Errorf("usage: check-config FILE")
+		}
+		cfg, err := shim.LoadConfig(args[0])
+		if err != nil {
+			return err
+		}
+		if cfg.Listen != kubeletSocket {
+			return fmt.Errorf("listen is %s: the kubelet drop-in points the kubelet at %s", cfg.Listen, kubeletSocket)
+		}
+		return nil
+	case "ready":
+		// The readiness probe: the pod installed armorshim, or reported
+		// why it left the node untouched.
+		_, err := os.Stat(readyFile)
+		return err
 	case "host-install", "host-uninstall":
+		// The output goes to the journal; a reader gone must not end an
+		// install half-way.
+		signal.Ignore(syscall.SIGPIPE)
 		h := &hostEnv{out: os.Stdout}
 		fs.StringVar(&h.root, "root", "/", "the host's root (tests)")
 		fs.StringVar(&h.systemctl, "systemctl", "systemctl", "systemctl command (tests)")
 		fs.DurationVar(&h.wait, "wait", time.Minute, "how long armorshim and the kubelet may take to become active")
+		fs.DurationVar(&h.settle, "settle", 10*time.Second, "how long they must then run without systemd restarting them")
 		payload := fs.String("payload", "", "host-install: the staged payload directory")
 		config := fs.String("config", "", "host-install: armorshim's configuration file to install")
 		ver := fs.String("version", version, "host-install: the version installed")
@@ -88,7 +118,7 @@ func run(args []string) error {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
 		if cmd == "cleanup" {
-			if err := p.cleanup(ctx); err != nil {
+			if err := p.cleanup(); err != nil {
 				return err
 			}
 			<-ctx.Done()
@@ -96,5 +126,5 @@ func run(args []string) error {
 		}
 		return p.run(ctx)
 	}
-	return fmt.Errorf("unknown command %q (run, cleanup, host-install, host-uninstall, version)", cmd)
+	return fmt.Errorf("unknown command %q (run, cleanup, ready, host-install, host-uninstall, version)", cmd)
 }

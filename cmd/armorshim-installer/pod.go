@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -17,6 +16,10 @@ import (
 )
 
 // Node labels the installer sets.
+// readyFile, in the pod's own file system, tells the readiness probe
+// (armorshim-installer ready) that the pod did its work.
+const readyFile = "/installer-ready"
+
 const (
 	labelInstalled = "armorshim.io/installed"
 	labelBlocked   = "armorshim.io/install-blocked"
@@ -31,6 +34,7 @@ type pod struct {
 	node, namespace, daemonSet string
 	containerdSock             string
 	syncEvery                  time.Duration
+	refused                    []byte // the configuration last refused, said once
 	api                        *kube
 	out                        io.Writer
 }
@@ -70,14 +74,19 @@ func hostLookPath(root, name string) (string, error) {
 }
 
 // onHost runs the installer's host side as a transient systemd service, so
-// that neither the kubelet's restart nor this pod's end can cut it short;
-// its output comes back to the pod's log.
+// that neither the kubelet's restart nor this pod's end can cut it short.
+// Its output goes to the journal (a pipe to this pod could break under it)
+// and is copied to the pod's log once it ends.
 func (p *pod) onHost(bin string, args ...string) error {
 	unit := "armorshim-installer-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	argv := append([]string{"--unit=" + unit, "--wait", "--pipe", "--collect", "--quiet", "--service-type=exec", bin}, args...)
-	cmd := p.hostCommand("systemd-run", argv...)
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("systemd-run %s: %w", bin, err)
+	argv := append([]string{"--unit=" + unit, "--wait", "--collect", "--quiet", "--service-type=exec",
+		"-p", "StandardOutput=journal", "-p", "StandardError=journal", bin}, args...)
+	err := p.hostCommand("systemd-run", argv...).Run()
+	// what it wrote, in the pod's log (journald may lag a moment)
+	time.Sleep(500 * time.Millisecond)
+	_ = p.hostCommand("journalctl", "--no-pager", "-o", "cat", "-u", unit).Run()
+	if err != nil {
+		return fmt.Errorf("systemd-run %s (journalctl -u %s): %w", bin, unit, err)
 	}
 	return nil
 }
@@ -100,22 +109,31 @@ func (p *pod) stage() (dir, config string, err error) {
 	if err != nil {
 		return "", "", err
 	}
-	data, err := p.configData()
-	if err != nil {
+	config = filepath.Join(dir, "config.yaml")
+	if err := p.stageConfig(config, filepath.Join(dir, "armorshim-installer")); err != nil {
 		return "", "", err
 	}
-	config = filepath.Join(dir, "config.yaml")
-	return dir, config, writeAtomic(filepath.Join(p.hostRoot, config), data, 0o644)
+	return dir, config, nil
 }
 
-// configData is armorshim's configuration: the ConfigMap's file, or the
-// default one in the payload when the ConfigMap has none.
-func (p *pod) configData() ([]byte, error) {
+// stageConfig writes the ConfigMap's configuration to the host path
+// staged and has checker (the installer's binary on the host) load it as
+// armorshim would, there, where the files it names are.
+func (p *pod) stageConfig(staged, checker string) error {
 	data, err := os.ReadFile(p.config)
-	if errors.Is(err, os.ErrNotExist) {
-		return os.ReadFile(filepath.Join(p.payload, "systemd/config.yaml"))
+	if err != nil {
+		return fmt.Errorf("the ConfigMap's configuration: %w", err)
 	}
-	return data, err
+	if err := writeAtomic(filepath.Join(p.hostRoot, staged), data, 0o644); err != nil {
+		return err
+	}
+	var out bytes.Buffer
+	cmd := p.hostCommand(checker, "check-config", staged)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("the ConfigMap's configuration is refused: %s", bytes.TrimSpace(out.Bytes()))
+	}
+	return nil
 }
 
 func (p *pod) setLabels(ctx context.Context, labels map[string]*string) {
@@ -139,12 +157,17 @@ func (p *pod) run(ctx context.Context) error {
 		}
 		return b.String(), nil
 	}
+	installed := exists(filepath.Join(p.hostRoot, statePath))
 	if b := preflight(p.hostRoot, p.containerdSock, cat); b != nil {
 		p.logf("node %s left untouched: %v", p.node, b)
-		p.setLabels(ctx, map[string]*string{labelBlocked: strp(b.reason), labelInstalled: nil})
+		labels := map[string]*string{labelBlocked: strp(b.reason)}
+		if !installed {
+			labels[labelInstalled] = nil
+		}
+		p.setLabels(ctx, labels)
+		p.ready() // reported: the rollout goes on to the next node
 		<-ctx.Done()
-		p.setLabels(context.Background(), map[string]*string{labelBlocked: nil})
-		return nil
+		return p.stop(installed)
 	}
 	dir, config, err := p.stage()
 	if err == nil {
@@ -154,14 +177,14 @@ func (p *pod) run(ctx context.Context) error {
 	}
 	os.RemoveAll(filepath.Join(p.hostRoot, dir))
 	if err != nil {
-		p.logf("installation failed, node %s left as it was: %v", p.node, err)
+		// Not ready, and the pod fails: an update's rollout stops here.
+		p.logf("installation of %s failed on node %s (a first install is undone, an upgrade put back): %v", p.version, p.node, err)
 		p.setLabels(ctx, map[string]*string{labelBlocked: strp("install-failed")})
-		<-ctx.Done()
-		p.setLabels(context.Background(), map[string]*string{labelBlocked: nil})
 		return err
 	}
 	p.setLabels(ctx, map[string]*string{labelInstalled: strp(labelValue(p.version)), labelBlocked: nil})
 	p.logf("armorshim %s runs on node %s", p.version, p.node)
+	p.ready()
 
 	tick := time.NewTicker(p.syncEvery)
 	defer tick.Stop()
@@ -170,22 +193,33 @@ func (p *pod) run(ctx context.Context) error {
 		case <-tick.C:
 			p.syncConfig()
 		case <-ctx.Done():
-			return p.stop()
+			return p.stop(true)
 		}
 	}
 }
 
-// syncConfig puts a changed configuration in place and reloads armorshim.
+// syncConfig puts a changed configuration in place, once the host's
+// installer loaded it as armorshim would, and reloads armorshim.
 func (p *pod) syncConfig() {
-	want, err := p.configData()
+	want, err := os.ReadFile(p.config)
 	if err != nil {
-		p.logf("reading the configuration: %v", err)
+		p.logf("the ConfigMap's configuration: %v", err)
 		return
 	}
 	host := filepath.Join(p.hostRoot, configPath)
 	if have, err := os.ReadFile(host); err == nil && bytes.Equal(have, want) {
 		return
 	}
+	if bytes.Equal(want, p.refused) {
+		return // said once
+	}
+	staged := filepath.Join(stagingDir, "config.yaml")
+	if err := p.stageConfig(staged, libexecPath); err != nil {
+		p.logf("%v; armorshim keeps its configuration", err)
+		p.refused = want
+		return
+	}
+	p.refused = nil
 	if err := writeAtomic(host, want, 0o644); err != nil {
 		p.logf("writing %s: %v", configPath, err)
 		return
@@ -197,27 +231,38 @@ func (p *pod) syncConfig() {
 	p.logf("configuration changed: armorshim reloaded (SIGHUP)")
 }
 
+// ready tells the readiness probe the pod did its work.
+func (p *pod) ready() {
+	if err := os.WriteFile(readyFile, nil, 0o644); err != nil {
+		p.logf("readiness: %v", err)
+	}
+}
+
 // stop ends the pod: when the DaemonSet is deleted, armorshim is
 // uninstalled; when only the pod goes (an update, a deletion by hand),
-// armorshim stays and the next pod takes over.
-func (p *pod) stop() error {
+// armorshim stays and the next pod takes over. installed says whether
+// armorshim is installed here by the installer.
+func (p *pod) stop(installed bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	going, err := p.api.daemonSetGoing(ctx, p.namespace, p.daemonSet)
-	if err != nil {
-		p.logf("cannot tell whether DaemonSet %s/%s is being deleted (%v): armorshim stays installed; run the installer in cleanup mode to remove it", p.namespace, p.daemonSet, err)
+	switch {
+	case err != nil:
+		p.logf("cannot tell whether DaemonSet %s/%s is being deleted (%v): armorshim stays as it is; run the installer in cleanup mode to remove it", p.namespace, p.daemonSet, err)
+		return nil
+	case !going:
+		p.logf("pod ending, DaemonSet %s/%s stays: armorshim stays as it is", p.namespace, p.daemonSet)
+		return nil
+	case !installed:
+		p.setLabels(ctx, map[string]*string{labelBlocked: nil})
 		return nil
 	}
-	if !going {
-		p.logf("pod ending, DaemonSet %s/%s stays: armorshim stays installed", p.namespace, p.daemonSet)
-		return nil
-	}
-	return p.cleanup(ctx)
+	return p.cleanup()
 }
 
 // cleanup uninstalls armorshim (the kubelet back on containerd first) and
-// removes the node's label.
-func (p *pod) cleanup(ctx context.Context) error {
+// removes the node's labels.
+func (p *pod) cleanup() error {
 	if !exists(filepath.Join(p.hostRoot, statePath)) {
 		p.logf("armorshim is not installed by the installer on node %s", p.node)
 	} else {
@@ -227,6 +272,9 @@ func (p *pod) cleanup(ctx context.Context) error {
 			return err
 		}
 	}
+	// a context of its own: the uninstall may have taken a while
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	p.setLabels(ctx, map[string]*string{labelInstalled: nil, labelBlocked: nil})
 	return nil
 }

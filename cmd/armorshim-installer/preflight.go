@@ -57,16 +57,21 @@ func preflight(root, containerdSock string, catKubelet func() (string, error)) *
 
 var (
 	execStartRE = regexp.MustCompile(`(?m)^[ \t]*ExecStart[ \t]*=[ \t]*(.*)$`)
+	commentRE   = regexp.MustCompile(`(?m)^[ \t]*[#;].*$`)
 	envRE       = regexp.MustCompile(`(?m)^[ \t]*Environment[ \t]*=[ \t]*"?KUBELET_CONFIG_ARGS=([^"\n]*)"?`)
 )
 
 // kubeletLayout says why the kubelet unit (systemctl cat output) is not one
-// the installer knows how to point at armorshim, or "" when it is: its
-// ExecStart passes $KUBELET_CONFIG_ARGS (kubeadm's layout, which the
-// drop-in extends with --config-dir), or the kubelet already has a
-// --config-dir. defaultConfig says whether /var/lib/kubelet/config.yaml
-// exists, the --config the drop-in gives when KUBELET_CONFIG_ARGS is unset.
+// the installer knows how to point at armorshim, or "" when it is: kubeadm's
+// layout, an ExecStart passing $KUBELET_CONFIG_ARGS, which the drop-in
+// extends with --config-dir (or whose --config-dir it uses). A --config-dir
+// anywhere else (on ExecStart, in another variable) would come after ours
+// or be one the drop-in script does not see: the kubelet would not read
+// the drop-in, so such a unit is refused. defaultConfig says whether
+// /var/lib/kubelet/config.yaml exists, the --config the drop-in gives when
+// KUBELET_CONFIG_ARGS is unset.
 func kubeletLayout(unit string, defaultConfig bool) string {
+	unit = commentRE.ReplaceAllString(unit, "")
 	var exec string
 	for _, m := range execStartRE.FindAllStringSubmatch(unit, -1) {
 		exec = m[1] // the last one wins (an empty one resets)
@@ -74,15 +79,16 @@ func kubeletLayout(unit string, defaultConfig bool) string {
 	if exec == "" {
 		return "the kubelet unit has no ExecStart"
 	}
-	if strings.Contains(exec, "--config-dir") {
-		return ""
-	}
 	if !strings.Contains(exec, "$KUBELET_CONFIG_ARGS") && !strings.Contains(exec, "${KUBELET_CONFIG_ARGS}") {
-		return fmt.Sprintf("the kubelet's ExecStart (%.120s) passes neither $KUBELET_CONFIG_ARGS nor --config-dir: add --config-dir=/etc/kubernetes/kubelet.conf.d to the kubelet, or use kubeadm's drop-in", exec)
+		return fmt.Sprintf("the kubelet's ExecStart (%.200s) does not pass $KUBELET_CONFIG_ARGS: use kubeadm's drop-in (10-kubeadm.conf), or install by hand (README, \"Installing on a node\")", exec)
 	}
 	var args string
 	for _, m := range envRE.FindAllStringSubmatch(unit, -1) {
 		args = m[1]
+	}
+	rest := envRE.ReplaceAllString(unit, "")
+	if strings.Contains(rest, "--config-dir") {
+		return "the kubelet unit sets --config-dir outside KUBELET_CONFIG_ARGS (on ExecStart or in another variable): move it into KUBELET_CONFIG_ARGS, where the drop-in finds it"
 	}
 	if args == "" && !defaultConfig {
 		return "KUBELET_CONFIG_ARGS is unset and /var/lib/kubelet/config.yaml is missing: the kubelet's configuration file is unknown"

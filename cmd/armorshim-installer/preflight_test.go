@@ -98,12 +98,19 @@ func TestKubeletLayout(t *testing.T) {
 		ok            bool
 	}{
 		{kubeadmUnit, false, true},
+		// kubeadm's, once installed: our drop-in's comments name --config-dir.
+		{kubeadmUnit + "\n# /etc/systemd/system/kubelet.service.d/90-armorshim.conf\n# extends it with --config-dir\n[Service]\nEnvironment=\"KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml --config-dir=/etc/kubernetes/kubelet.conf.d\"\n", false, true},
 		// kubeadm's layout without KUBELET_CONFIG_ARGS: the default file must exist.
 		{"[Service]\nExecStart=/usr/bin/kubelet $KUBELET_CONFIG_ARGS\n", true, true},
 		{"[Service]\nExecStart=/usr/bin/kubelet $KUBELET_CONFIG_ARGS\n", false, false},
 		{"[Service]\nExecStart=/usr/bin/kubelet ${KUBELET_CONFIG_ARGS}\n", true, true},
-		// A --config-dir already there: the drop-in goes into it.
-		{"[Service]\nExecStart=/usr/bin/kubelet --config-dir=/etc/kubelet.d\n", false, true},
+		// A --config-dir in KUBELET_CONFIG_ARGS: the drop-in goes into it.
+		{"[Service]\nEnvironment=\"KUBELET_CONFIG_ARGS=--config=/k.yaml --config-dir=/etc/kubelet.d\"\nExecStart=/usr/bin/kubelet $KUBELET_CONFIG_ARGS\n", false, true},
+		// Elsewhere the drop-in script would not see it, and the kubelet
+		// would not read the drop-in.
+		{"[Service]\nExecStart=/usr/bin/kubelet --config-dir=/etc/kubelet.d\n", false, false},
+		{"[Service]\nExecStart=/usr/bin/kubelet $KUBELET_CONFIG_ARGS --config-dir=/etc/kubelet.d\n", true, false},
+		{"[Service]\nEnvironment=\"KUBELET_EXTRA_ARGS=--config-dir=/x\"\nExecStart=/usr/bin/kubelet $KUBELET_CONFIG_ARGS $KUBELET_EXTRA_ARGS\n", true, false},
 		{"[Service]\nExecStart=/usr/bin/kubelet --config=/etc/kubelet.yaml\n", true, false},
 		// The last ExecStart counts.
 		{"[Service]\nExecStart=/usr/bin/kubelet $KUBELET_CONFIG_ARGS\n[Service]\nExecStart=\nExecStart=/opt/kubelet --config=/k.yaml\n", true, false},

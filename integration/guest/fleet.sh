@@ -72,8 +72,9 @@ unit_pid() { systemctl show -p MainPID --value "$1" 2>/dev/null; }
 unit_state() { systemctl is-active "$1" 2>/dev/null; }
 # configz_endpoint: the kubelet's runtime endpoint, as the kubelet reports it
 configz_endpoint() { kc get --raw "/api/v1/nodes/$NODE_NAME/proxy/configz" 2>/dev/null | jq -r .kubeletconfig.containerRuntimeEndpoint; }
+# node_label NAME: the node's label armorshim.io/NAME; fails when kubectl does
 node_label() { kc get node $NODE_NAME -o jsonpath="{.metadata.labels.armorshim\.io/$1}" 2>/dev/null; }
-label_is() { [ "$(node_label "$1")" = "$2" ]; }
+label_is() { local v; v=$(node_label "$1") && [ "$v" = "$2" ]; }
 # pods_state: every default-namespace pod's containers' IDs and restart
 # counts, one line each
 pods_state() {
@@ -94,10 +95,11 @@ node_tx() {
 		echo
 	} >>$C_TRANSCRIPT
 }
+installer_pods() { kc get pods -n $F_NS -l app.kubernetes.io/name=$F_DS -o name 2>/dev/null; }
 installer_pod() { kc get pods -n $F_NS -l app.kubernetes.io/name=$F_DS -o jsonpath='{.items[0].metadata.name}' 2>/dev/null; }
 installer_log() { local p; p=$(installer_pod) && [ -n "$p" ] && kc logs -n $F_NS "$p" 2>/dev/null; }
 installer_logged() { installer_log | grep -qF "$1"; }
-no_installer_pod() { [ -z "$(installer_pod)" ]; }
+no_installer_pod() { local p; p=$(installer_pods) && [ -z "$p" ]; }
 
 fleet_setup() {
 	local ok=false t0
@@ -179,8 +181,10 @@ fleet_install() {
 	local ok=false kpid0 t0 t1 ep v pods
 	section "The kubelet unit in kubeadm's layout: installed"
 	fleet_kubelet_unit kubeadm
+	local hb
+	hb=$(heartbeat)
 	node_tx systemctl restart kubelet.service
-	wait_for 120 node_ready
+	wait_for 120 beat_after "$hb"
 	F_PODS0=$(pods_state)
 	kpid0=$(unit_pid kubelet.service)
 	t0=$(date +%s)
@@ -188,6 +192,7 @@ fleet_install() {
 	ktx kubectl delete pod -n $F_NS -l app.kubernetes.io/name=$F_DS --wait=true --timeout=120s
 	wait_for 300 label_is installed "$F_V1"
 	t1=$(date +%s)
+	# the installer saw the restarted kubelet run 10 s
 	wait_for 120 node_ready
 	ktx kubectl get node $NODE_NAME -L armorshim.io/installed -L armorshim.io/install-blocked
 	ktx kubectl logs -n $F_NS -l app.kubernetes.io/name=$F_DS --tail=20
@@ -199,11 +204,19 @@ fleet_install() {
 	wait_for 60 pod_running default hello-apparmor
 	pods=$(pods_state)
 	ktx kubectl get pods -o wide
+	# the installer's own token (bound to its pod, hence its node) may set
+	# armorshim.io/ labels only
+	local tok deny
+	tok=$(kc create token -n $F_NS $F_DS --bound-object-kind Pod --bound-object-name "$(installer_pod)" 2>>"$LOG")
+	ktx kubectl --token="$tok" label node $NODE_NAME example.com/not-armorshims=1
+	deny=$(oneline <<<"$KOUT")
 	[ "$(node_label installed)" = "$F_V1" ] && [ -z "$(node_label install-blocked)" ] && [ "$(unit_state armorshim.service)" = active ] &&
-		[ "$ep" = $F_SHIM_SOCK ] && [[ $v == *"$F_V1"* ]] && [ "$pods" = "$F_PODS0" ] && [ "$(unit_pid kubelet.service)" != "$kpid0" ] && ok=true
+		[ "$ep" = $F_SHIM_SOCK ] && [[ $v == *"$F_V1"* ]] && [ "$pods" = "$F_PODS0" ] && [ "$(unit_pid kubelet.service)" != "$kpid0" ] &&
+		[[ $deny == *"armorshim-installer may change only armorshim.io/ labels"* ]] && ok=true
 	result f3-install $ok "armorshim.io/installed=$(node_label installed) $((t1 - t0)) s after the installer's pod started" \
 		"node: armorshim.service $(unit_state armorshim.service), $(oneline <<<"$v"); the kubelet (restarted: pid $kpid0 -> $(unit_pid kubelet.service)) on $ep" \
-		"running pods before: $(oneline <<<"$F_PODS0")" "after: $(oneline <<<"$pods")"
+		"running pods before: $(oneline <<<"$F_PODS0")" "after: $(oneline <<<"$pods")" \
+		"the installer's token, another label: $deny"
 }
 
 # A new pod is decided by armorshim: its words, not containerd's.
@@ -291,13 +304,16 @@ fleet_upgrade() {
 	F_PODS0=$(pods_state)
 	t0=$(date +%s)
 	ktx kubectl set image -n $F_NS daemonset/$F_DS installer=$F_IMAGE:$F_V2
-	ktx kubectl rollout status -n $F_NS daemonset/$F_DS --timeout=300s
+	ktx kubectl rollout status -n $F_NS daemonset/$F_DS --timeout=110s
 	wait_for 300 label_is installed "$F_V2"
 	t1=$(date +%s)
 	ktx kubectl get node $NODE_NAME -L armorshim.io/installed
 	ktx kubectl logs -n $F_NS -l app.kubernetes.io/name=$F_DS --tail=5
 	node_tx armorshim version
 	v=$NOUT
+	# how long the kubelet had no armorshim: from the old one stopping to
+	# the new one serving
+	node_tx journalctl -u armorshim.service --no-pager -o short-precise --since "@$t0" --grep 'Stopping|Stopped|Started'
 	pods=$(pods_state)
 	[ "$(node_label installed)" = "$F_V2" ] && [[ $v == *"$F_V2"* ]] && [ "$(unit_pid kubelet.service)" = "$kpid0" ] &&
 		[ "$(unit_pid armorshim.service)" != "$spid0" ] && [ "$(unit_state armorshim.service)" = active ] && node_ready &&
@@ -314,13 +330,14 @@ fleet_uninstall() {
 	section "Removing armorshim: deleting the DaemonSet"
 	F_PODS0=$(pods_state)
 	t0=$(date +%s)
-	ktx kubectl delete daemonset -n $F_NS $F_DS --wait=true --timeout=300s
+	ktx kubectl delete daemonset -n $F_NS $F_DS --wait=true --timeout=110s
 	wait_for 300 no_installer_pod
-	wait_for 120 sh -c "[ -z \"\$(kubectl get node $NODE_NAME -o jsonpath='{.metadata.labels.armorshim\.io/installed}')\" ]"
+	wait_for 120 label_is installed ""
 	t1=$(date +%s)
 	wait_for 120 node_ready
 	ktx kubectl get node $NODE_NAME -L armorshim.io/installed
 	ep=$(configz_endpoint)
+	node_tx journalctl --no-pager -o cat -u 'armorshim-installer-*' --since "@$t0"
 	node_tx systemctl status --no-pager --lines=0 armorshim.service
 	node_tx systemctl cat kubelet.service
 	files=$(ls /usr/local/bin/armorshim /etc/systemd/system/armorshim.service /etc/kubernetes/kubelet.conf.d/90-armorshim.conf \
@@ -330,7 +347,7 @@ fleet_uninstall() {
 	# and a new pod still starts, on containerd
 	ktx kubectl run after-armorshim --image=busybox:1.28 --image-pull-policy=Never -- sleep 3600
 	wait_for 180 pod_running default after-armorshim
-	[ -z "$(node_label installed)" ] && [ "$ep" = $CTRD_EP ] && [ -z "$files" ] && [ "$(unit_state armorshim.service)" != active ] &&
+	label_is installed "" && [ "$ep" = $CTRD_EP ] && [ -z "$files" ] && [ "$(unit_state armorshim.service)" != active ] &&
 		[ "$pods" = "$F_PODS0" ] && pod_running default after-armorshim && ok=true
 	result f8-uninstall $ok "label gone $((t1 - t0)) s after kubectl delete daemonset; the kubelet on $ep" \
 		"armorshim.service: $(unit_state armorshim.service); files left: ${files:-none}" \
