@@ -36,6 +36,9 @@ type Processes interface {
 type Attestation struct {
 	Mode      string
 	Processes Processes
+	// Events, if not nil, gives the process ids of started containers
+	// without a ContainerStatus call (see TaskEvents).
+	Events *TaskEvents
 }
 
 // WithAttestation checks, when StartContainer succeeds and before it
@@ -93,6 +96,10 @@ func (p *Proxy) inspectStart(_ context.Context, in []byte) h2relay.Verdict {
 		}
 		return refusal(status.Errorf(codes.InvalidArgument, "armorshim: cannot decode StartContainerRequest: %v", err))
 	}
+	var w startWatch // the task events known before the start
+	if p.attest != nil {
+		w = p.attest.Events.watch()
+	}
 	return h2relay.Verdict{Response: func(ctx context.Context, _ []byte, st *status.Status) *status.Status {
 		if st.Code() != codes.OK {
 			return nil
@@ -101,7 +108,7 @@ func (p *Proxy) inspectStart(_ context.Context, in []byte) h2relay.Verdict {
 		if p.attest == nil {
 			return nil
 		}
-		return p.attestStarted(ctx, req.ContainerId)
+		return p.attestStarted(ctx, req.ContainerId, w)
 	}}
 }
 
@@ -131,8 +138,8 @@ type attestation struct {
 
 // attestStarted attests a started container; in enforce mode a mismatch
 // stops it and becomes StartContainer's answer.
-func (p *Proxy) attestStarted(ctx context.Context, id string) *status.Status {
-	a := p.attestStart(ctx, id)
+func (p *Proxy) attestStarted(ctx context.Context, id string, w startWatch) *status.Status {
+	a := p.attestStart(ctx, id, w)
 	p.metrics.observeAttestation(a.outcome)
 	switch a.outcome {
 	case outcomeAttested:
@@ -162,8 +169,10 @@ func (p *Proxy) attestStarted(ctx context.Context, id string) *status.Status {
 }
 
 // attestStart compares the started container's confinement with what was
-// decided for it.
-func (p *Proxy) attestStart(ctx context.Context, id string) attestation {
+// decided for it. The process id comes from the task start event that
+// arrived after w, else from a verbose ContainerStatus, which also gives
+// the config of a container created before armorshim started.
+func (p *Proxy) attestStart(ctx context.Context, id string, w startWatch) attestation {
 	exp, known := p.attest.take(id)
 	snap := p.host.Snapshot()
 	switch {
@@ -174,22 +183,32 @@ func (p *Proxy) attestStart(ctx context.Context, id string) attestation {
 	case known && exp.Profile == "":
 		return attestation{outcome: outcomeSkipped, detail: noRuntimeDefault}
 	}
-	info, err := containerInfoJSON(ctx, p.runtime, id)
-	if err != nil {
-		return attestation{outcome: outcomeUnverified, detail: "no container status: " + err.Error()}
+	var pid int
+	var cfg *runtimeapi.ContainerConfig
+	fromEvent := false
+	if known {
+		pid, fromEvent = p.attest.Events.pid(ctx, id, w)
+	} else {
+		p.attest.Events.forget(id)
 	}
-	if info == nil {
-		return attestation{outcome: outcomeUnverified, detail: "the runtime's verbose container status has no info (it is not containerd's)"}
-	}
-	// Created before armorshim started (not known): derive the expectation
-	// from the runtime's copy of the container config.
-	pid, cfg, err := parseInfo(info, !known)
-	if err != nil {
-		return attestation{outcome: outcomeUnverified, detail: "cannot read the runtime's container info: " + err.Error()}
-	}
-	if !known {
-		if a, ok := p.expectFromConfig(cfg, &exp); !ok {
-			return a
+	if !fromEvent {
+		p.attest.Events.count(pidFromStatus)
+		info, err := containerInfoJSON(ctx, p.runtime, id)
+		if err != nil {
+			return attestation{outcome: outcomeUnverified, detail: "no container status: " + err.Error()}
+		}
+		if info == nil {
+			return attestation{outcome: outcomeUnverified, detail: "the runtime's verbose container status has no info (it is not containerd's)"}
+		}
+		// Created before armorshim started (not known): derive the
+		// expectation from the runtime's copy of the container config.
+		if pid, cfg, err = parseInfo(info, !known); err != nil {
+			return attestation{outcome: outcomeUnverified, detail: "cannot read the runtime's container info: " + err.Error()}
+		}
+		if !known {
+			if a, ok := p.expectFromConfig(cfg, &exp); !ok {
+				return a
+			}
 		}
 	}
 	if pid <= 0 {

@@ -39,6 +39,7 @@ type Server struct {
 	obs        *observer
 	loader     *host.Loader
 	denials    *cri.Denials
+	taskEvents *cri.TaskEvents // nil without attestation
 	runtime    *grpc.ClientConn
 	image      *grpc.ClientConn // the runtime connection when the endpoints are one
 	// auditLog is the audit log of Pod Security and of the AppArmor
@@ -88,8 +89,9 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 		opts = append(opts, cri.WithDenials(s.denials))
 	}
 	if cfg.Attestation.Mode != "off" {
+		s.taskEvents = cri.NewTaskEvents(s.runtime, s.obs.reg)
 		opts = append(opts, cri.WithAttestation(cri.Attestation{
-			Mode: cfg.Attestation.Mode, Processes: s.host,
+			Mode: cfg.Attestation.Mode, Processes: s.host, Events: s.taskEvents,
 		}))
 	}
 	if s.auditLog != nil {
@@ -182,6 +184,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 	if s.denials != nil {
 		s.followDenials(watchCtx)
+	}
+	if s.taskEvents != nil {
+		go s.taskEvents.Run(watchCtx)
 	}
 	if s.cfg.MetricsAddress != "" {
 		if err := s.obs.serveMetrics(watchCtx, s.cfg.MetricsAddress); err != nil {
