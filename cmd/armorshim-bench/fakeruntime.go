@@ -10,12 +10,19 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
+	eventtypes "github.com/containerd/containerd/api/events"
+	eventsapi "github.com/containerd/containerd/api/services/events/v1"
+	"github.com/containerd/containerd/api/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -26,10 +33,12 @@ const maxMessageSize = 16 << 20
 // fakeRuntime is a lightweight CRI runtime holding a fixed node state. Like
 // containerd it encodes each response with the generated types on every call,
 // but it does no other work, so the cost measured is the RPC path's. All its
-// state is built at start and only read afterwards: it takes no lock.
+// state is built at start and only read afterwards: it takes no lock, but
+// for its subscribers to containerd's events (events).
 type fakeRuntime struct {
 	runtimeapi.UnimplementedRuntimeServiceServer
 	runtimeapi.UnimplementedImageServiceServer
+	events *fakeEvents
 
 	sandboxes    []*runtimeapi.PodSandbox
 	containers   []*runtimeapi.Container
@@ -56,6 +65,7 @@ func fakeID(kind string, i int) string {
 // with the labels and annotations the kubelet sets.
 func newFakeRuntime(n int) *fakeRuntime {
 	f := &fakeRuntime{
+		events:       &fakeEvents{subs: map[chan *types.Envelope]struct{}{}},
 		byID:         map[string]*runtimeapi.Container{},
 		bySandbox:    map[string][]*runtimeapi.Container{},
 		sandboxByID:  map[string]*runtimeapi.PodSandbox{},
@@ -188,12 +198,65 @@ func (f *fakeRuntime) ContainerStatus(_ context.Context, req *runtimeapi.Contain
 	return resp, nil
 }
 
-// StartContainer succeeds for the node's containers (they stay running).
+// StartContainer succeeds for the node's containers (they stay running),
+// and publishes the task start event, as containerd's shim does while the
+// start is answered.
 func (f *fakeRuntime) StartContainer(_ context.Context, req *runtimeapi.StartContainerRequest) (*runtimeapi.StartContainerResponse, error) {
-	if _, ok := f.byID[req.GetContainerId()]; !ok {
+	i, ok := f.indexByID[req.GetContainerId()]
+	if !ok {
 		return nil, status.Errorf(codes.NotFound, "container %q not found", req.GetContainerId())
 	}
+	f.events.publishStart(req.GetContainerId(), fakePid(i))
 	return &runtimeapi.StartContainerResponse{}, nil
+}
+
+// fakeEvents is containerd's event service: subscribers get the task start
+// events (the bench's only events), whatever their filters.
+type fakeEvents struct {
+	eventsapi.UnimplementedEventsServer
+	mu   sync.Mutex
+	subs map[chan *types.Envelope]struct{}
+}
+
+func (e *fakeEvents) Subscribe(_ *eventsapi.SubscribeRequest, stream eventsapi.Events_SubscribeServer) error {
+	ch := make(chan *types.Envelope, 1024)
+	e.mu.Lock()
+	e.subs[ch] = struct{}{}
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		delete(e.subs, ch)
+		e.mu.Unlock()
+	}()
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case env := <-ch:
+			if err := stream.Send(env); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// publishStart sends a TaskStart event, as containerd's envelope holds it,
+// to every subscriber that has room (containerd's exchange drops too).
+func (e *fakeEvents) publishStart(id string, pid int) {
+	v, err := proto.Marshal(&eventtypes.TaskStart{ContainerID: id, Pid: uint32(pid)})
+	if err != nil {
+		return
+	}
+	env := &types.Envelope{Timestamp: timestamppb.Now(), Namespace: "k8s.io", Topic: "/tasks/start",
+		Event: &anypb.Any{TypeUrl: "containerd.events.TaskStart", Value: v}}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for ch := range e.subs {
+		select {
+		case ch <- env:
+		default:
+		}
+	}
 }
 
 // ListPodSandbox honours the ID filter and the pod UID label selector.
@@ -246,7 +309,15 @@ func (f *fakeRuntime) ListContainerStats(_ context.Context, req *runtimeapi.List
 	return out, nil
 }
 
+// CreateContainer answers with the ID of the node's container of that name
+// in that sandbox (created again, as the kubelet's sequence before a start
+// is), else with a new ID.
 func (f *fakeRuntime) CreateContainer(_ context.Context, req *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
+	for _, c := range f.bySandbox[req.GetPodSandboxId()] {
+		if c.Metadata.Name == req.GetConfig().GetMetadata().GetName() {
+			return &runtimeapi.CreateContainerResponse{ContainerId: c.Id}, nil
+		}
+	}
 	return &runtimeapi.CreateContainerResponse{ContainerId: fakeID("new", len(req.GetConfig().GetMetadata().GetName()))}, nil
 }
 
@@ -271,6 +342,7 @@ func runFakeRuntime(args []string) error {
 	srv := grpc.NewServer(grpc.MaxRecvMsgSize(maxMessageSize), grpc.MaxSendMsgSize(maxMessageSize))
 	runtimeapi.RegisterRuntimeServiceServer(srv, rt)
 	runtimeapi.RegisterImageServiceServer(srv, rt)
+	eventsapi.RegisterEventsServer(srv, rt.events)
 	return serveUntilSignal(srv, *listen)
 }
 

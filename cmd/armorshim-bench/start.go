@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,10 +21,12 @@ import (
 	"github.com/armorshim/armorshim/host"
 )
 
-// P6: StartContainer with start attestation (issue 7). armorshim forwards
-// StartContainer and, once it succeeded, asks the runtime for the verbose
-// ContainerStatus, reads the pid from containerd's info JSON and reads the
-// process's comm and AppArmor label below --procfs.
+// P6: StartContainer with start attestation, after a CreateContainer as the
+// kubelet sends them. armorshim forwards StartContainer and, once it
+// succeeded, takes the pid from containerd's task start event (which the
+// fake runtime publishes as it answers) and reads the process's comm and
+// AppArmor label below --procfs. For a container it did not see created
+// (P6i) it asks the verbose ContainerStatus for the config and the pid.
 
 // runtimeDefaultProfile is containerd's default AppArmor profile, which a
 // container asking no profile runs under (armorshim's default expectation).
@@ -86,31 +89,46 @@ func freeLoopbackPort() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// attestations scrapes armorshim's /metrics and returns
-// armorshim_start_attestations_total by outcome.
-func attestations(addr string) (map[string]float64, error) {
+// attestationMetrics is what armorshim's /metrics says of attestation:
+// armorshim_start_attestations_total by outcome, and
+// armorshim_start_attestation_pids_total by source.
+type attestationMetrics struct {
+	outcomes, pidSources map[string]float64
+}
+
+// attestations scrapes armorshim's /metrics.
+func attestations(addr string) (attestationMetrics, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
 	if err != nil {
-		return nil, err
+		return attestationMetrics{}, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, err
+		return attestationMetrics{}, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("GET /metrics: %s: %s", resp.Status, b)
+		return attestationMetrics{}, fmt.Errorf("GET /metrics: %s: %s", resp.Status, b)
 	}
-	return parseAttestations(resp.Body)
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return attestationMetrics{}, err
+	}
+	var m attestationMetrics
+	if m.outcomes, err = parseSamples(bytes.NewReader(b), `armorshim_start_attestations_total{outcome="`); err != nil {
+		return m, err
+	}
+	m.pidSources, err = parseSamples(bytes.NewReader(b), `armorshim_start_attestation_pids_total{source="`)
+	return m, err
 }
 
-// parseAttestations reads armorshim_start_attestations_total{outcome="..."}
-// samples from a Prometheus text exposition.
-func parseAttestations(r io.Reader) (map[string]float64, error) {
-	const prefix = `armorshim_start_attestations_total{outcome="`
+// parseSamples reads the samples of a counter with one label from a
+// Prometheus text exposition, by label value; prefix is the series up to
+// the value's opening quote.
+func parseSamples(r io.Reader, prefix string) (map[string]float64, error) {
 	out := map[string]float64{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -119,7 +137,7 @@ func parseAttestations(r io.Reader) (map[string]float64, error) {
 		if !ok {
 			continue
 		}
-		outcome, value, ok := strings.Cut(rest, `"} `)
+		label, value, ok := strings.Cut(rest, `"} `)
 		if !ok {
 			return nil, fmt.Errorf("cannot parse metrics line %q", sc.Text())
 		}
@@ -127,7 +145,7 @@ func parseAttestations(r io.Reader) (map[string]float64, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cannot parse metrics line %q: %w", sc.Text(), err)
 		}
-		out[outcome] = v
+		out[label] = v
 	}
 	return out, sc.Err()
 }
@@ -183,6 +201,36 @@ func startCalls(ctx context.Context, c *client, nd *node, offset, n int) ([]floa
 		_, err := c.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: nd.containers[(offset+i)%set]})
 		return err
 	})
+}
+
+// createStartCalls makes n kubelet sequences on c: a CreateContainer (the
+// runtime's default profile; the fake runtime answers with the node's
+// container of that name and sandbox), not timed, then its
+// StartContainer, timed; microseconds.
+func createStartCalls(ctx context.Context, c *client, nd *node, offset, n int) ([]float64, error) {
+	set := min(len(nd.containers), startSet)
+	out := make([]float64, 0, n)
+	for i := 0; i < n; i++ {
+		k := (offset + i) % set
+		req := createRequest(nd.sandboxOf[k], "")
+		req.Config.Metadata.Name = nd.nameOf[k]
+		req.Config.Linux.SecurityContext.Apparmor = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
+		req.Config.Linux.SecurityContext.ApparmorProfile = ""
+		resp, err := c.rt.CreateContainer(ctx, req)
+		if err != nil {
+			return nil, fmt.Errorf("CreateContainer: %w", err)
+		}
+		if resp.ContainerId != nd.containers[k] {
+			return nil, fmt.Errorf("CreateContainer answered %s, want %s", resp.ContainerId, nd.containers[k])
+		}
+		t0 := time.Now()
+		_, err = c.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: nd.containers[k]})
+		out = append(out, float64(time.Since(t0))/float64(time.Microsecond))
+		if err != nil {
+			return nil, fmt.Errorf("StartContainer: %w", err)
+		}
+	}
+	return out, nil
 }
 
 // containerdInfo is the JSON containerd puts in a verbose ContainerStatus's
@@ -372,6 +420,12 @@ type p6Result struct {
 	infoBytes int     // size of the verbose info JSON
 	attested  float64 // attestations counted by armorshim during P6
 	calls     int     // StartContainer calls through armorshim with attestation on
+	// restartCalls: of calls, those of containers armorshim did not see
+	// created (P6i).
+	restartCalls int
+	// pidSources: where armorshim took the pids from during P6 (task
+	// start event, awaited event, ContainerStatus).
+	pidSources map[string]float64
 }
 
 // measureStarts runs P6: per run, o.startCalls serial StartContainer calls
@@ -415,22 +469,35 @@ func measureStarts(ctx context.Context, o options, dir string, nd *node, rows *r
 	names := []string{"direct", "armorshim", "armorshim (attestation off)"}
 	for run := 0; run < o.runs; run++ {
 		fmt.Fprintf(os.Stderr, "run %d/%d: P6 ...\n", run+1, o.runs)
-		var p50 [3]float64
+		var p50, restartP50 [3]float64
 		for k := range paths {
 			p := (run + k) % len(paths)
 			c := paths[p]
 			for i := 0; i < warmStarts; i++ {
 				c.rt.Version(ctx, &runtimeapi.VersionRequest{})
 			}
-			if _, err := startCalls(ctx, c, nd, startSet/2, warmStarts); err != nil {
-				return nil, fmt.Errorf("%s: StartContainer: %w", names[p], err)
+			if _, err := createStartCalls(ctx, c, nd, startSet/2, warmStarts); err != nil {
+				return nil, fmt.Errorf("%s: %w", names[p], err)
 			}
-			times, err := startCalls(ctx, c, nd, run*o.startCalls, o.startCalls)
+			times, err := createStartCalls(ctx, c, nd, run*o.startCalls, o.startCalls)
 			if err != nil {
-				return nil, fmt.Errorf("%s: StartContainer: %w", names[p], err)
+				return nil, fmt.Errorf("%s: %w", names[p], err)
 			}
 			if p == 1 {
 				res.calls += warmStarts + o.startCalls
+			}
+			// Starts of containers armorshim did not see created (as
+			// after its restart): on and off only, for P6i.
+			if p > 0 {
+				restart, err := startCalls(ctx, c, nd, run*o.startCalls+startSet/3, o.startCalls)
+				if err != nil {
+					return nil, fmt.Errorf("%s: StartContainer: %w", names[p], err)
+				}
+				if p == 1 {
+					res.calls += o.startCalls
+					res.restartCalls += o.startCalls
+				}
+				restartP50[p] = quantile(restart, 0.5)
 			}
 			p50[p] = quantile(times, 0.5)
 			p99 := quantile(times, 0.99)
@@ -449,6 +516,7 @@ func measureStarts(ctx context.Context, o options, dir string, nd *node, rows *r
 			}
 		}
 		r("P6e").vals[armorshim] = append(r("P6e").vals[armorshim], p50[1]-p50[2])
+		r("P6i").vals[armorshim] = append(r("P6i").vals[armorshim], restartP50[1]-restartP50[2])
 
 		// The yardsticks, same run.
 		statuses, err := timeCalls(o.startCalls, func(i int) error {
@@ -475,11 +543,15 @@ func measureStarts(ctx context.Context, o options, dir string, nd *node, rows *r
 	if err != nil {
 		return nil, fmt.Errorf("armorshim metrics: %w (log %s)", err, shim.log)
 	}
-	res.attested = after["attested"] - before["attested"]
-	for outcome, v := range after {
-		if outcome != "attested" && v != before[outcome] {
-			return nil, fmt.Errorf("armorshim counted %v %q attestations during P6, want none (log %s)", v-before[outcome], outcome, shim.log)
+	res.attested = after.outcomes["attested"] - before.outcomes["attested"]
+	for outcome, v := range after.outcomes {
+		if outcome != "attested" && v != before.outcomes[outcome] {
+			return nil, fmt.Errorf("armorshim counted %v %q attestations during P6, want none (log %s)", v-before.outcomes[outcome], outcome, shim.log)
 		}
+	}
+	res.pidSources = map[string]float64{}
+	for source, v := range after.pidSources {
+		res.pidSources[source] = v - before.pidSources[source]
 	}
 	if res.attested != float64(res.calls) {
 		return nil, fmt.Errorf(`attestation did not run: armorshim_start_attestations_total{outcome="attested"} grew by %v during P6, want %d, one per StartContainer (log %s)`,
@@ -503,7 +575,9 @@ func (res *p6Result) print(w io.Writer, rows *rowSet) {
 	v, verdict := e.verdict()
 	lo, hi := minMax(e.vals[armorshim])
 	fmt.Fprintf(w, "P6 attestation adds ≤ 1 ContainerStatus call + a few file reads: %s — +%s µs per start p50 (armorshim on − off, median of runs; %s–%s), "+
-		"vs 1 verbose ContainerStatus direct %s µs + decoding its info JSON (%.1f KB) %s µs + file reads %s µs = %s µs; %v of %d starts attested\n",
+		"vs 1 verbose ContainerStatus direct %s µs + decoding its info JSON (%.1f KB) %s µs + file reads %s µs = %s µs; %v of %d starts attested; "+
+		"pids from the task start event %v (there at the answer) + %v (awaited), from ContainerStatus %v (%d starts of containers created before armorshim, P6i, take it there)\n",
 		verdict, num(v), num(lo), num(hi), num(median(f.vals[direct])), float64(res.infoBytes)/1024, num(median(g.vals[armorshim])),
-		num(median(h.vals[armorshim])), num(e.target.limit), res.attested, res.calls)
+		num(median(h.vals[armorshim])), num(e.target.limit), res.attested, res.calls,
+		res.pidSources["event"], res.pidSources["awaited-event"], res.pidSources["status"], res.restartCalls)
 }

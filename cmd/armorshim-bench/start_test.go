@@ -12,19 +12,28 @@ import (
 	"github.com/armorshim/armorshim/shim"
 )
 
-func TestParseAttestations(t *testing.T) {
+func TestParseSamples(t *testing.T) {
 	text := `# HELP armorshim_start_attestations_total StartContainer confinement attestations.
 # TYPE armorshim_start_attestations_total counter
 armorshim_start_attestations_total{outcome="attested"} 1520
 armorshim_start_attestations_total{outcome="unverified"} 3
 armorshim_cri_requests_total{code="OK",method="/runtime.v1.RuntimeService/Version"} 12
+armorshim_start_attestation_pids_total{source="event"} 1500
+armorshim_start_attestation_pids_total{source="status"} 23
 `
-	got, err := parseAttestations(strings.NewReader(text))
+	got, err := parseSamples(strings.NewReader(text), `armorshim_start_attestations_total{outcome="`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 2 || got["attested"] != 1520 || got["unverified"] != 3 {
-		t.Errorf("parseAttestations = %v", got)
+		t.Errorf("outcomes = %v", got)
+	}
+	got, err = parseSamples(strings.NewReader(text), `armorshim_start_attestation_pids_total{source="`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got["event"] != 1500 || got["status"] != 23 {
+		t.Errorf("pid sources = %v", got)
 	}
 }
 
