@@ -23,7 +23,7 @@ var (
 		"s1-field", "s1-string", "s1-annotation", "s2-refused", "s2-after-load",
 		"s3-runtime-default", "s4-unconfined", "s6-invalid", "s7-critest-apparmor", "s8-oci-spec",
 		// issues 4, 6, 7 and 13 (guest/node.sh)
-		"n4-default-profile", "n7-attested", "n7-denial-attributed", "n4-allowed-refused", "n4-profile-directory",
+		"n4-default-profile", "n7-attested", "n7-attest-event-pid", "n7-denial-attributed", "n4-allowed-refused", "n4-profile-directory",
 		"n4-nfd-labels", "n4-check", "n13-refused-owner", "n13-refused-symlink", "n13-reloaded", "n4-complain-refused", "n7-swap-detected", "n7-attested-from-config",
 		"n4-disabled",
 		"n6-hostnetwork-refused", "n6-privileged-refused", "n6-exempt-namespace", "n6-nginx-warned",

@@ -45,6 +45,7 @@ var stepTitle = map[string]string{
 	"n6-exempt-namespace":     "Pod Security: the same pod in the exempt kube-system namespace runs",
 	"n6-nginx-warned":         "Pod Security: the documentation's nginx pod admitted, restricted warning logged and audited",
 	"n7-attested":             "attestation: the documentation's deny-write container attested at start",
+	"n7-attest-event-pid":     "attestation: the started container's pid taken from containerd's task start event, no ContainerStatus",
 	"n7-swap-detected":        "attestation: a profile swapped under a created container stops it at start",
 	"n7-attested-from-config": "attestation: a container created around armorshim is attested from containerd's copy of its config",
 	"n7-denial-attributed":    "denials: touch /tmp/test gives exactly one denial attributed to the pod",

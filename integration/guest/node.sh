@@ -129,6 +129,16 @@ scenarios_node() {
 		[ "${n%.*}" -ge 1 ] && ok=true
 		result n7-attested $ok "armorshim_start_attestations_total{outcome=\"attested\"} = $n (want >= 1)" \
 			"$(grep -m1 'Container confinement attested' $NODE_LOG | oneline)"
+		# ---- and its pid came from containerd's task start event, not
+		# from a ContainerStatus
+		ev=$(metric 'armorshim_start_attestation_pids_total{source="event"}')
+		aw=$(metric 'armorshim_start_attestation_pids_total{source="awaited-event"}')
+		st=$(metric 'armorshim_start_attestation_pids_total{source="status"}')
+		ok=false
+		[ $((${ev%.*} + ${aw%.*})) -ge 1 ] && [ "${st%.*}" = 0 ] && ok=true
+		result n7-attest-event-pid $ok "pids of attested starts: from the task start event $ev (there at the answer) + $aw (awaited), from ContainerStatus $st (want >= 1 from events, 0 from ContainerStatus)" \
+			"armorshim_runtime_task_events_up = $(metric armorshim_runtime_task_events_up)" \
+			"$(grep -m1 "Following containerd's task start events" $NODE_LOG | oneline)"
 		sleep 2
 		out=$(metric "armorshim_apparmor_denials_total{container=\"hello\",namespace=\"armorshim-it\",operation=\"mknod\",pod=\"n4-default\",profile=\"$DENY\"}")
 		total=$(exec 3<>/dev/tcp/${NODE_METRICS%:*}/${NODE_METRICS#*:} && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3 |
