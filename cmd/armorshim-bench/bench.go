@@ -23,9 +23,9 @@ type node struct {
 	// sandboxOf and nameOf: each container's sandbox and name, in the
 	// order of containers (P6 creates them again before starting them).
 	sandboxOf, nameOf []string
-	sandboxes  []string // sandbox IDs
-	uids       []string // pod UIDs, as the kubelet's label selector uses them
-	listBytes  int      // encoded size of the full ListContainers response
+	sandboxes         []string // sandbox IDs
+	uids              []string // pod UIDs, as the kubelet's label selector uses them
+	listBytes         int      // encoded size of the full ListContainers response
 }
 
 func bench(o options) error {
