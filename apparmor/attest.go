@@ -1,6 +1,9 @@
 package apparmor
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // Expectation is the confinement a container's first process must run
 // under once started.
@@ -29,6 +32,8 @@ func Expect(p Profile, privileged bool, pol *Policy) (Expectation, bool) {
 	}
 	var e Expectation
 	switch {
+	case p.Type == Localhost && strings.HasPrefix(p.Name, LearningPrefix):
+		return Expectation{Profile: p.Name}, true // complain mode, whatever the policy
 	case p.Type == Localhost:
 		e.Profile = p.Name
 	case p.Type == Unconfined || privileged:

@@ -20,6 +20,7 @@ const (
 	SourceDeprecated Source = "apparmor_profile" // the deprecated string field
 	SourceAnnotation Source = "annotation"       // the pod's beta annotation
 	SourceDefault    Source = "policy default"   // the node policy's defaultProfile
+	SourceLearning   Source = "learning"         // the pod asks to learn a profile (LearnAnnotation)
 )
 
 // Host yields the host snapshot a decision checks against. It is only asked

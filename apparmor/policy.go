@@ -32,6 +32,9 @@ type Policy struct {
 	// enforced. The checks of the host (a profile not loaded, AppArmor off
 	// on the host) and Disabled are always enforced.
 	Modes map[Rule]RuleMode
+	// LearnNamespaces are the namespaces whose pods may ask to learn a
+	// profile (LearnAnnotation); none when empty.
+	LearnNamespaces []string
 }
 
 // Rule names a policy rule whose mode can be set, as the configuration
@@ -197,6 +200,9 @@ func forbidden(cause string, p Profile, format string, args ...any) *Refusal {
 // check applies the policy to the resolved profile p; allowedProfiles only
 // if allowed is set.
 func (pol *Policy) check(p Profile, allowed bool) *Refusal {
+	if p.Type == Localhost && strings.HasPrefix(p.Name, LearningPrefix) {
+		return forbidden("reserved", p, "AppArmor profile %s is reserved: armorshim runs containers that learn a profile under profiles named %s*", quoted(p.String()), LearningPrefix)
+	}
 	if pol.Disabled {
 		if p.Type == None {
 			return nil

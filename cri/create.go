@@ -3,6 +3,7 @@ package cri
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -22,7 +23,7 @@ func (p *Proxy) inspectCreate(ctx context.Context, msg []byte) h2relay.Verdict {
 	// One policy for the decision and for what is remembered of it: a
 	// reload in between must not give the start another expectation.
 	pol := p.policy.Load()
-	fwd, req, dec, err := p.decideCreate(msg, pol)
+	fwd, req, dec, err := p.decideCreate(ctx, msg, pol)
 	if err != nil {
 		return refusal(err)
 	}
@@ -30,14 +31,20 @@ func (p *Proxy) inspectCreate(ctx context.Context, msg []byte) h2relay.Verdict {
 		return refusal(err)
 	}
 	v := h2relay.Verdict{Request: fwd}
-	if p.attest != nil || p.denials != nil {
+	if p.attest != nil || p.denials != nil || dec.Source == apparmor.SourceLearning {
 		v.Response = func(_ context.Context, out []byte, st *status.Status) *status.Status {
 			resp := &runtimeapi.CreateContainerResponse{}
 			if st.Code() != codes.OK || proto.Unmarshal(out, resp) != nil {
+				if dec.Source == apparmor.SourceLearning && p.learning != nil {
+					p.learning.Stop(dec.Profile.Name) // no container runs under it
+				}
 				return nil
 			}
 			if p.attest != nil {
 				p.attest.remember(resp.ContainerId, dec.Profile, req, pol)
+			}
+			if dec.Source == apparmor.SourceLearning && p.learning != nil {
+				p.learning.created(resp.ContainerId, dec.Profile.Name)
 			}
 			if p.denials != nil {
 				p.denials.created(resp.ContainerId, req.GetPodSandboxId(), apparmor.TargetOf(req),
@@ -51,15 +58,27 @@ func (p *Proxy) inspectCreate(ctx context.Context, msg []byte) h2relay.Verdict {
 
 // decideCreate returns the request to forward instead of the caller's (nil
 // if unchanged), with the decoded request and the decision, or the refusal.
-func (p *Proxy) decideCreate(in []byte, pol *apparmor.Policy) ([]byte, *runtimeapi.CreateContainerRequest, apparmor.Decision, error) {
+func (p *Proxy) decideCreate(ctx context.Context, in []byte, pol *apparmor.Policy) ([]byte, *runtimeapi.CreateContainerRequest, apparmor.Decision, error) {
 	req := &runtimeapi.CreateContainerRequest{}
 	if err := proto.Unmarshal(in, req); err != nil {
 		return nil, nil, apparmor.Decision{}, status.Errorf(codes.InvalidArgument, "armorshim: cannot decode CreateContainerRequest: %v", err)
 	}
-	dec, err := apparmor.Decide(req, p.host, pol)
+	l, dec, learn, err := apparmor.DecideLearning(req, pol)
+	if learn && err == nil {
+		err = p.startLearning(ctx, l, req)
+	}
+	if !learn {
+		dec, err = apparmor.Decide(req, p.host, pol)
+	}
 	if err != nil {
 		var r *apparmor.Refusal
-		if errors.As(err, &r) {
+		if errors.As(err, &r) || learn {
+			if r == nil { // the learning profile could not be loaded
+				r = &apparmor.Refusal{Reason: apparmor.ReasonBlocked, Cause: "learning-load", Target: apparmor.TargetOf(req), Message: status.Convert(err).Message()}
+				if strings.HasPrefix(r.Message, apparmor.ReasonForbidden) {
+					r.Reason, r.Cause = apparmor.ReasonForbidden, "learning-unavailable"
+				}
+			}
 			p.metrics.observeDecision("refused", r.Reason, r.Cause)
 			// Never log the request itself: its environment holds secrets.
 			p.logs.InfoS("Refused CreateContainer",

@@ -31,6 +31,9 @@ type Denials struct {
 	runtime        runtimeapi.RuntimeServiceClient
 	containers     Containers
 	runtimeDefault string
+	// learner takes the ALLOWED records of learning profiles (nil: they
+	// are ignored, as every other ALLOWED record).
+	learner Learner
 
 	total    *prometheus.CounterVec
 	overruns prometheus.Counter
@@ -252,6 +255,14 @@ func backoffWait(ctx context.Context, failures int) error {
 // Handle attributes and records one denial. A record already seen (in the
 // other log) is skipped.
 func (d *Denials) Handle(ctx context.Context, den host.Denial) {
+	if den.Allowed {
+		if d.learner != nil {
+			if _, err := d.learner.Record(den.Profile, den.Access(), time.Now()); err != nil {
+				klog.ErrorS(err, "Recording what a learning profile allowed failed", "profile", den.Profile)
+			}
+		}
+		return
+	}
 	id, err := d.containers.ContainerID(den.Pid)
 	d.mu.Lock()
 	if !d.seen.add(den.Record) {

@@ -24,6 +24,9 @@ func (p *Proxy) inspectLifecycle(method string) h2relay.Inspector {
 		return h2relay.Verdict{Response: func(_ context.Context, _ []byte, st *status.Status) *status.Status {
 			if st.Code() == codes.OK {
 				p.denials.lifecycle(method, id)
+				if method == removeContainerMethod && p.learning != nil {
+					p.learning.removed(id)
+				}
 			}
 			return nil
 		}}

@@ -39,6 +39,7 @@ type Proxy struct {
 	metrics  *Metrics
 	attest   *attestor
 	denials  *Denials
+	learning *learning // nil: no pod may learn
 	// podSecurity is nil while Pod Security is off.
 	podSecurity atomic.Pointer[pss.Evaluator]
 	audit       io.Writer
@@ -68,6 +69,9 @@ func New(b Backends, host apparmor.Host, pol *apparmor.Policy, opts ...Option) *
 	p := &Proxy{backends: b, runtime: b.RuntimeConn, image: b.ImageConn, host: host, logs: newRepeatLog()}
 	for _, o := range opts {
 		o(p)
+	}
+	if p.learning != nil && p.denials != nil {
+		p.denials.learner = p.learning.Learner
 	}
 	p.SetPolicy(pol)
 	return p

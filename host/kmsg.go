@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"github.com/armorshim/armorshim/apparmor"
 	"io"
 	"os"
 	"strconv"
@@ -24,14 +25,41 @@ type Denial struct {
 	Comm       string
 	Pid        int
 	DeniedMask string
+	// Allowed: an ALLOWED record (a profile in complain mode), not a
+	// denial; only its learning profile wants it.
+	Allowed bool
+	// What an ALLOWED record also says (RequestedMask for files, signals,
+	// ptrace and sockets).
+	RequestedMask, Capname, Family, SockType, Signal, Peer, FsType, SrcName, Target string
+}
+
+// Access is what an ALLOWED record allowed, as a learned profile needs it.
+func (d Denial) Access() apparmor.Access {
+	return apparmor.Access{Class: d.Class, Operation: d.Operation, Name: d.Name, Mask: d.RequestedMask, Capname: d.Capname,
+		Family: d.Family, SockType: d.SockType, Signal: d.Signal, Peer: d.Peer, FsType: d.FsType, SrcName: d.SrcName, Target: d.Target}
 }
 
 // ParseDenial parses a kernel log line or /dev/kmsg record holding an
 // AppArmor audit message. It reports false for anything but a denial.
 func ParseDenial(line string) (Denial, bool) {
+	d, ok := ParseRecord(line)
+	if !ok || d.Allowed {
+		return Denial{}, false
+	}
+	return d, true
+}
+
+// ParseRecord parses a kernel log line or /dev/kmsg record holding an
+// AppArmor denial or ALLOWED record (Allowed set); false for anything
+// else.
+func ParseRecord(line string) (Denial, bool) {
+	allowed := false
 	i := strings.Index(line, `apparmor="DENIED"`)
 	if i < 0 {
-		return Denial{}, false
+		if i = strings.Index(line, `apparmor="ALLOWED"`); i < 0 {
+			return Denial{}, false
+		}
+		allowed = true
 	}
 	fields := auditFields(line[i:])
 	d := Denial{
@@ -41,6 +69,11 @@ func ParseDenial(line string) (Denial, bool) {
 		Class:      fields["class"],
 		Comm:       fields["comm"],
 		DeniedMask: fields["denied_mask"],
+		Allowed:    allowed,
+	}
+	if allowed {
+		d.RequestedMask, d.Capname, d.Family, d.SockType = fields["requested_mask"], fields["capname"], fields["family"], fields["sock_type"]
+		d.Signal, d.Peer, d.FsType, d.SrcName, d.Target = fields["signal"], fields["peer"], fields["fstype"], fields["srcname"], fields["target"]
 	}
 	pid, err := strconv.Atoi(fields["pid"])
 	if err != nil || d.Profile == "" {
@@ -123,8 +156,8 @@ type FollowStats struct {
 
 // FollowDenials reads kernel log records from r — /dev/kmsg opened
 // non-blocking and positioned at its end, or any reader of recorded lines —
-// and calls fn for each AppArmor denial until ctx ends or r is exhausted
-// (io.EOF returns nil). An overrun (EPIPE from /dev/kmsg) loses records but
+// and calls fn for each AppArmor denial and ALLOWED record (ParseRecord)
+// until ctx ends or r is exhausted (io.EOF returns nil). An overrun (EPIPE from /dev/kmsg) loses records but
 // does not stop it.
 func FollowDenials(ctx context.Context, r io.Reader, stats *FollowStats, fn func(Denial)) error {
 	buf := make([]byte, 64<<10)
@@ -142,7 +175,7 @@ func FollowDenials(ctx context.Context, r io.Reader, stats *FollowStats, fn func
 					continue
 				}
 				stats.Records++
-				if d, ok := ParseDenial(line); ok {
+				if d, ok := ParseRecord(line); ok {
 					fn(d)
 				}
 			}

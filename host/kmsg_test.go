@@ -6,6 +6,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/armorshim/armorshim/apparmor"
 )
 
 // Records as the 6.1 kernel writes them to /dev/kmsg and dmesg.
@@ -78,8 +80,9 @@ func TestFollowDenials(t *testing.T) {
 	if err := FollowDenials(context.Background(), src, &stats, func(d Denial) { got = append(got, d) }); err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || got[0].Pid != 4242 || got[1].Comm != "ping" {
-		t.Fatalf("denials = %+v", got)
+	// The complain-mode record comes as what it is, ALLOWED, for learning.
+	if len(got) != 3 || got[0].Pid != 4242 || got[0].Allowed || !got[1].Allowed || got[1].RequestedMask != "w" || got[2].Comm != "ping" || got[2].Allowed {
+		t.Fatalf("records = %+v", got)
 	}
 	if stats.Overruns != 1 || stats.Records != 4 {
 		t.Errorf("stats = %+v, want 4 records and 1 overrun", stats)
@@ -113,4 +116,33 @@ func FuzzParseDenial(f *testing.F) {
 			t.Fatalf("accepted %q as %+v", line, d)
 		}
 	})
+}
+
+// ALLOWED records of a learning profile, as Debian 12's kernel writes them
+// for a workload in complain mode.
+func TestParseAllowedRecords(t *testing.T) {
+	const prefix = `6,2201,98000000,-;audit: type=1400 audit(1764900000.100:301): apparmor="ALLOWED" `
+	for _, c := range []struct {
+		line string
+		want apparmor.Access
+	}{
+		{`operation="open" class="file" profile="armorshim-learn.web.u.c.0" name="/etc/app.conf" pid=4242 comm="cat" requested_mask="r" denied_mask="r" fsuid=0 ouid=0`,
+			apparmor.Access{Class: "file", Operation: "open", Name: "/etc/app.conf", Mask: "r"}},
+		{`operation="exec" class="file" profile="armorshim-learn.web.u.c.0" name="/bin/helper" pid=4243 comm="sh" requested_mask="x" denied_mask="x" fsuid=0 ouid=0 target="armorshim-learn.web.u.c.0//null-/bin/helper"`,
+			apparmor.Access{Class: "file", Operation: "exec", Name: "/bin/helper", Mask: "x", Target: "armorshim-learn.web.u.c.0//null-/bin/helper"}},
+		{`operation="capable" class="cap" profile="armorshim-learn.web.u.c.0" pid=4244 comm="nc" capability=10  capname="net_bind_service"`,
+			apparmor.Access{Class: "cap", Operation: "capable", Capname: "net_bind_service"}},
+		{`operation="create" class="net" profile="armorshim-learn.web.u.c.0" pid=4244 comm="nc" family="inet" sock_type="stream" protocol=6 requested_mask="create" denied_mask="create"`,
+			apparmor.Access{Class: "net", Operation: "create", Family: "inet", SockType: "stream", Mask: "create"}},
+		{`operation="signal" class="signal" profile="armorshim-learn.web.u.c.0" pid=4245 comm="sh" requested_mask="send" denied_mask="send" signal=term peer="armorshim-learn.web.u.c.0//null-/bin/helper"`,
+			apparmor.Access{Class: "signal", Operation: "signal", Mask: "send", Signal: "term", Peer: "armorshim-learn.web.u.c.0//null-/bin/helper"}},
+	} {
+		d, ok := ParseRecord(prefix + c.line)
+		if !ok || !d.Allowed || d.Access() != c.want {
+			t.Errorf("ParseRecord(%.50q...) = %+v, %v;\nwant access %+v", c.line, d.Access(), ok, c.want)
+		}
+		if _, ok := ParseDenial(prefix + c.line); ok {
+			t.Errorf("ParseDenial took an ALLOWED record for a denial: %.50q", c.line)
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"time"
@@ -70,6 +71,22 @@ type Config struct {
 	Attestation  AttestationConfig  `json:"attestation,omitempty"`
 	Denials      DenialsConfig      `json:"denials,omitempty"`
 	PodSecurity  PodSecurityConfig  `json:"podSecurity,omitempty"`
+	Learning     LearningConfig     `json:"learning,omitempty"`
+}
+
+// LearningConfig lets pods learn an AppArmor profile from what their
+// containers do (the armorshim.io/learn annotation).
+type LearningConfig struct {
+	// Namespaces whose pods may learn; none when empty (the default).
+	// SIGHUP applies a change.
+	Namespaces []string `json:"namespaces,omitempty"`
+	// Directory keeps what is learned and the profiles `armorshim profile
+	// generate` writes: a staging directory, never the profile directory.
+	Directory string `json:"directory,omitempty"`
+	// MaxActive bounds the containers learning at once on the node;
+	// MaxAccesses the distinct accesses kept per learned profile.
+	MaxActive   int `json:"maxActive,omitempty"`
+	MaxAccesses int `json:"maxAccesses,omitempty"`
 }
 
 // UnmarshalJSON reads the attestation section; YAML turns an unquoted
@@ -298,6 +315,11 @@ func DefaultConfig() *Config {
 			Mode:                  "enforce",
 			RuntimeDefaultProfile: "cri-containerd.apparmor.d",
 		},
+		Learning: LearningConfig{
+			Directory:   "/var/lib/armorshim/learning",
+			MaxActive:   32,
+			MaxAccesses: 20000,
+		},
 		Denials: DenialsConfig{KernelLog: "/dev/kmsg", AuditLog: "/var/log/audit/audit.log"},
 		PodSecurity: PodSecurityConfig{
 			KubeletRootDir: "/var/lib/kubelet",
@@ -395,6 +417,10 @@ func (c *Config) Validate() (*apparmor.Policy, error) {
 		return nil, err
 	}
 	pol.RuntimeDefault = c.Attestation.RuntimeDefaultProfile
+	if err := c.Learning.validate(c); err != nil {
+		return nil, err
+	}
+	pol.LearnNamespaces = c.Learning.Namespaces
 	if f := c.Policy.auditField(); f != "" && c.PodSecurity.AuditLog.Path == "" {
 		return nil, fmt.Errorf("%s: audit writes to the audit log, and podSecurity.auditLog.path is not set", f)
 	}
@@ -499,4 +525,30 @@ func socketPath(endpoint string) (string, error) {
 		return "", fmt.Errorf("endpoint %q: the socket path must be absolute", endpoint)
 	}
 	return endpoint, nil
+}
+
+func (l LearningConfig) validate(c *Config) error {
+	if len(l.Namespaces) == 0 {
+		return nil
+	}
+	for _, ns := range l.Namespaces {
+		if ns == "" {
+			return fmt.Errorf("learning.namespaces: an empty namespace")
+		}
+	}
+	if !c.Denials.Enabled() {
+		return fmt.Errorf("learning.namespaces: learning reads the kernel's records: set denials.kernelLog or denials.auditLog")
+	}
+	if !filepath.IsAbs(l.Directory) {
+		return fmt.Errorf("learning.directory: %q is not an absolute path", l.Directory)
+	}
+	if d := c.Profiles.Directory; d != "" {
+		if rel, err := filepath.Rel(d, l.Directory); err == nil && !strings.HasPrefix(rel, "..") {
+			return fmt.Errorf("learning.directory: %q is inside profiles.directory %q: learned profiles are staged, never enforced by themselves", l.Directory, d)
+		}
+	}
+	if l.MaxActive < 1 || l.MaxAccesses < 1 {
+		return fmt.Errorf("learning: maxActive and maxAccesses must be at least 1")
+	}
+	return nil
 }

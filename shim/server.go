@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -87,6 +88,12 @@ func New(cfg *Config, reload func() (*Config, error)) (*Server, error) {
 	if cfg.Denials.Enabled() {
 		s.denials = cri.NewDenials(s.runtime, s.host, s.obs.reg, cfg.Attestation.RuntimeDefaultProfile)
 		opts = append(opts, cri.WithDenials(s.denials))
+		// Pods learn only in the namespaces the policy lists (SIGHUP).
+		opts = append(opts, cri.WithLearning(&host.LearningStore{
+			Dir: cfg.Learning.Directory, Parser: cfg.Profiles.Parser,
+			Securityfs: filepath.Join(cfg.Sysfs, "kernel", "security", "apparmor"),
+			MaxActive:  cfg.Learning.MaxActive, MaxAccesses: cfg.Learning.MaxAccesses,
+		}))
 	}
 	if cfg.Attestation.Mode != "off" {
 		s.taskEvents = cri.NewTaskEvents(s.runtime, s.obs.reg)

@@ -25,6 +25,9 @@ Commands:
   serve          serve CRI between the kubelet and the runtime (the default)
   check          show the node's AppArmor state: [--profile NAME ...] [--output json]
   load DIR       load every profile file of DIR once
+  profile generate NAME
+                 write the profile NAME learned from pods (armorshim.io/learn)
+                 into learning.directory, after apparmor_parser accepted it
   pss check      list this node's pods that would violate a Pod Security level:
                  --level LEVEL [--version V] [--namespace N]; exits 1 if any would
   version        print the version (also --version)
@@ -72,6 +75,8 @@ func main() {
 		os.Exit(podSecurity(args))
 	case "load":
 		os.Exit(load(args))
+	case "profile":
+		os.Exit(profileCmd(args, os.Stdout, os.Stderr))
 	case "version":
 		fmt.Println("armorshim", versionString())
 	case "help":

@@ -1,0 +1,96 @@
+package cri
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/armorshim/armorshim/apparmor"
+	"github.com/armorshim/armorshim/host"
+)
+
+// Learner loads learning profiles and keeps what they allowed
+// (host.LearningStore).
+type Learner interface {
+	Start(ctx context.Context, l apparmor.Learning, t apparmor.Target) error
+	Stop(profile string) error
+	Record(label string, a apparmor.Access, at time.Time) (bool, error)
+}
+
+// WithLearning lets pods of the namespaces the policy lists learn a profile
+// (apparmor.LearnAnnotation): their containers run under learning profiles
+// l loads, and the kernel's ALLOWED records of those profiles go to l. It
+// needs WithDenials (the kernel log is followed there) and holds
+// RemoveContainer to remove a container's learning profile.
+func WithLearning(l Learner) Option {
+	return func(p *Proxy) { p.learning = &learning{Learner: l, byContainer: map[string]string{}} }
+}
+
+type learning struct {
+	Learner
+	mu          sync.Mutex
+	byContainer map[string]string // container ID -> its learning profile
+}
+
+// maxLearningContainers bounds byContainer (the store bounds the profiles
+// loaded at once far below it).
+const maxLearningContainers = 4096
+
+// startLearning loads the learning profile of a container about to be
+// created, or refuses it.
+func (p *Proxy) startLearning(ctx context.Context, l apparmor.Learning, req *runtimeapi.CreateContainerRequest) error {
+	t := apparmor.TargetOf(req)
+	if p.learning == nil || p.denials == nil {
+		return status.Errorf(codes.PermissionDenied, "Forbidden: %s: this node's armorshim does not follow the kernel log (denials), so it cannot learn", apparmor.LearnAnnotation)
+	}
+	if snap := p.host.Snapshot(); snap.Err != nil || !snap.Enabled {
+		return status.Errorf(codes.FailedPrecondition, "Blocked: Cannot enforce AppArmor: AppArmor is not enabled on the host, so the pod cannot learn profile %q", l.Name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := p.learning.Start(ctx, l, t); err != nil {
+		if errors.Is(err, host.ErrTooManyLearning) {
+			return status.Errorf(codes.ResourceExhausted, "Forbidden: %s: %v", apparmor.LearnAnnotation, err)
+		}
+		return status.Errorf(codes.Unavailable, "Blocked: cannot load the learning profile %q: %v", l.Profile.Name, err)
+	}
+	p.logs.InfoS("Container learning a profile", "pod", klog.KRef(t.Namespace, t.Pod), "container", t.Container,
+		"profile", l.Name, "learningProfile", l.Profile.Name)
+	return nil
+}
+
+// created remembers a learning container's profile, to remove it with the
+// container.
+func (l *learning) created(id, profile string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.byContainer) >= maxLearningContainers {
+		for k := range l.byContainer {
+			delete(l.byContainer, k)
+			break
+		}
+	}
+	l.byContainer[id] = profile
+}
+
+// removed removes a removed container's learning profile from the kernel.
+func (l *learning) removed(id string) {
+	l.mu.Lock()
+	profile, ok := l.byContainer[id]
+	delete(l.byContainer, id)
+	l.mu.Unlock()
+	if !ok {
+		return
+	}
+	if err := l.Stop(profile); err != nil {
+		klog.ErrorS(err, "Removing a learning profile failed", "containerID", id, "learningProfile", profile)
+		return
+	}
+	klog.InfoS("Learning profile removed with its container", "containerID", id, "learningProfile", profile)
+}
