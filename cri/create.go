@@ -44,7 +44,7 @@ func (p *Proxy) inspectCreate(ctx context.Context, msg []byte) h2relay.Verdict {
 				p.attest.remember(resp.ContainerId, dec.Profile, req, pol)
 			}
 			if dec.Source == apparmor.SourceLearning && p.learning != nil {
-				p.learning.created(resp.ContainerId, dec.Profile.Name)
+				p.learning.created(resp.ContainerId, dec.Profile.Name, req.GetPodSandboxId())
 			}
 			if p.denials != nil {
 				p.denials.created(resp.ContainerId, req.GetPodSandboxId(), apparmor.TargetOf(req),

@@ -29,13 +29,18 @@ type Learner interface {
 // needs WithDenials (the kernel log is followed there) and holds
 // RemoveContainer to remove a container's learning profile.
 func WithLearning(l Learner) Option {
-	return func(p *Proxy) { p.learning = &learning{Learner: l, byContainer: map[string]string{}} }
+	return func(p *Proxy) { p.learning = &learning{Learner: l, byContainer: map[string]learningContainer{}} }
 }
 
 type learning struct {
 	Learner
 	mu          sync.Mutex
-	byContainer map[string]string // container ID -> its learning profile
+	byContainer map[string]learningContainer
+}
+
+// learningContainer is a container that runs under a learning profile.
+type learningContainer struct {
+	profile, sandbox string
 }
 
 // maxLearningContainers bounds byContainer (the store bounds the profiles
@@ -66,8 +71,9 @@ func (p *Proxy) startLearning(ctx context.Context, l apparmor.Learning, req *run
 }
 
 // created remembers a learning container's profile, to remove it with the
-// container.
-func (l *learning) created(id, profile string) {
+// container (RemoveContainer) or its pod (RemovePodSandbox removes the
+// containers left in it).
+func (l *learning) created(id, profile, sandbox string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.byContainer) >= maxLearningContainers {
@@ -76,21 +82,29 @@ func (l *learning) created(id, profile string) {
 			break
 		}
 	}
-	l.byContainer[id] = profile
+	l.byContainer[id] = learningContainer{profile: profile, sandbox: sandbox}
 }
 
-// removed removes a removed container's learning profile from the kernel.
-func (l *learning) removed(id string) {
+// removed removes the learning profiles of a removed container, or of the
+// containers of a removed sandbox, from the kernel.
+func (l *learning) removed(method, id string) {
+	var gone map[string]string // container ID -> profile
 	l.mu.Lock()
-	profile, ok := l.byContainer[id]
-	delete(l.byContainer, id)
+	for cid, c := range l.byContainer {
+		if method == removeContainerMethod && cid == id || method == removePodSandboxMethod && c.sandbox == id {
+			if gone == nil {
+				gone = map[string]string{}
+			}
+			gone[cid] = c.profile
+			delete(l.byContainer, cid)
+		}
+	}
 	l.mu.Unlock()
-	if !ok {
-		return
+	for cid, profile := range gone {
+		if err := l.Stop(profile); err != nil {
+			klog.ErrorS(err, "Removing a learning profile failed", "containerID", cid, "learningProfile", profile)
+			continue
+		}
+		klog.InfoS("Learning profile removed with its container", "containerID", cid, "learningProfile", profile)
 	}
-	if err := l.Stop(profile); err != nil {
-		klog.ErrorS(err, "Removing a learning profile failed", "containerID", id, "learningProfile", profile)
-		return
-	}
-	klog.InfoS("Learning profile removed with its container", "containerID", id, "learningProfile", profile)
 }

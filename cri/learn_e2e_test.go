@@ -92,6 +92,19 @@ func TestLearningRunsThePodUnderItsLearningProfile(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(e.sysfs.root, "kernel/security/apparmor/.remove")); string(b) != profile {
 		t.Errorf(".remove got %q, want the learning profile removed", b)
 	}
+	// Removing the pod removes the learning profiles of the containers
+	// left in it (crictl rmp sends no RemoveContainer).
+	e.sysfs.write("kernel/security/apparmor/.remove", "")
+	if _, err := e.create(t, "dev", "k8s-learned-web", nil); err != nil {
+		t.Fatal(err)
+	}
+	reqs, _ = e.backend.createRequests()
+	if _, err := e.runtime.RemovePodSandbox(ctxTimeout(t, 10*time.Second), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: reqs[len(reqs)-1].PodSandboxId}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.sysfs.root, "kernel/security/apparmor/.remove")); string(b) != profile {
+		t.Errorf("after RemovePodSandbox .remove got %q, want the learning profile removed", b)
+	}
 }
 
 // Elsewhere, learning is refused, and so is a learning profile asked by

@@ -24,8 +24,8 @@ func (p *Proxy) inspectLifecycle(method string) h2relay.Inspector {
 		return h2relay.Verdict{Response: func(_ context.Context, _ []byte, st *status.Status) *status.Status {
 			if st.Code() == codes.OK {
 				p.denials.lifecycle(method, id)
-				if method == removeContainerMethod && p.learning != nil {
-					p.learning.removed(id)
+				if p.learning != nil && (method == removeContainerMethod || method == removePodSandboxMethod) {
+					p.learning.removed(method, id)
 				}
 			}
 			return nil

@@ -29,6 +29,8 @@ var (
 		"n6-hostnetwork-refused", "n6-privileged-refused", "n6-exempt-namespace", "n6-nginx-warned",
 		// attestation against the kernel's labels (guest.sh, scenarios_attest)
 		"n7-attest-child", "n7-attest-hat", "n7-attest-stack", "n7-attest-complain",
+		// a profile learned from a workload (guest/learn.sh)
+		"l1-learn-refused", "l2-learned", "l3-generated", "l4-enforced", "l5-undone-denied",
 		// the Debian package (guest/package.sh)
 		"deb-install", "deb-kubelet-untouched", "deb-serves", "deb-remove", "deb-purge"}
 	noaaSteps = []string{"setup-containerd", "setup-armorshim", "s5-refused", "s5-no-profile"}

@@ -53,6 +53,11 @@ var stepTitle = map[string]string{
 	"n7-attest-hat":           "attestation: a process moved into a hat (change_hat) is attested under its profile",
 	"n7-attest-stack":         "attestation: a process that stacked a second profile is attested under its profile",
 	"n7-attest-complain":      "attestation: its profiles reloaded in complain mode under requireEnforce: stopped at start, refused at create",
+	"l1-learn-refused":        "learning: a pod of a namespace the node does not list is refused with Forbidden",
+	"l2-learned":              "learning: the workload runs under its own learning profile in complain mode, its accesses recorded",
+	"l3-generated":            "learning: armorshim profile generate writes a profile apparmor_parser accepts (the profile below)",
+	"l4-enforced":             "learning: the same workload runs under the generated profile in enforce mode with zero denials",
+	"l5-undone-denied":        "learning: what the workload never did (touch /tmp/test, a write to /etc) is denied and attributed to the pod",
 
 	"deb-install":           "Debian package: dpkg -i puts binary, units, conffile and profiles.d in place; postinst only reloads systemd",
 	"deb-kubelet-untouched": "Debian package: installing it neither switches the kubelet nor enables armorshim, and says how",
@@ -309,6 +314,17 @@ func (r *report) markdown() string {
 			w("\n## %s\n\n````text\n%s````\n", title, tr)
 		} else {
 			w("\n## %s\n\nNo transcript: %v\n", title, err)
+		}
+	}
+	// the profile the main boot learned from its workload (guest/learn.sh)
+	for _, b := range r.boots {
+		if b.mode != "main" || b.artefacts == "" {
+			continue
+		}
+		if p, err := os.ReadFile(filepath.Join(b.artefacts, "learned-k8s-learned-app.profile")); err == nil {
+			w("\n## The profile learned from the workload (main boot, `l3-generated`)\n\n````text\n%s````\n", p)
+		} else {
+			w("\n## The profile learned from the workload (main boot)\n\nNo profile: %v\n", err)
 		}
 	}
 	w("\n## critest\n\n| run | passed | failed | skipped | guest seconds | console summary |\n|---|---|---|---|---|---|\n")

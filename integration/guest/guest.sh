@@ -273,6 +273,8 @@ confined_run() {
 . "$RUN/node.sh"
 # the Debian package installed, removed and purged: scenarios_package
 . "$RUN/package.sh"
+# a profile learned from a workload (armorshim.io/learn): scenarios_learn
+. "$RUN/learn.sh"
 
 # ---------------------------------------------------------------- scenarios
 profile_text() { # NAME DENY(yes|no): the documentation's profile, optionally without the deny rule
@@ -617,9 +619,10 @@ main)
 		scenarios_main
 		scenarios_node
 		scenarios_attest
+		scenarios_learn
 		critest_main
 	else
-		for s in s1-field s8-oci-spec s1-string s1-annotation s2-refused s2-after-load s3-runtime-default s4-unconfined s6-invalid s7-critest-apparmor $ATT_STEPS; do
+		for s in s1-field s8-oci-spec s1-string s1-annotation s2-refused s2-after-load s3-runtime-default s4-unconfined s6-invalid s7-critest-apparmor $ATT_STEPS $LEARN_STEPS; do
 			result "$s" false "not run: armorshim is not serving"
 		done
 		critest_run full-direct $CTRD_EP -parallel=$PARALLEL
