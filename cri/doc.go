@@ -10,4 +10,10 @@
 // StopPodSandbox and RemovePodSandbox, forwarded unchanged, to keep the
 // index of containers that attribution reads. It also reads the node's
 // running pods from the runtime for `armorshim pss check`.
+//
+// For attestation it follows containerd's task start events on the runtime
+// connection (TaskEvents), which give a started container's process id;
+// for learning (WithLearning) it runs a learning pod's containers under
+// their learning profiles and hands the kernel's ALLOWED records of those
+// profiles to the learning store.
 package cri

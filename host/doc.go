@@ -8,5 +8,7 @@
 // (DenialsVisible) is decided by pure functions.
 //
 // It also owns the profile directory: which of its files are trusted, and
-// keeping the trusted ones loaded with apparmor_parser.
+// keeping the trusted ones loaded with apparmor_parser; and the learning
+// store: learning profiles loaded and removed, and what they allowed kept
+// on disk (LearningStore).
 package host
