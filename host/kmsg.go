@@ -34,8 +34,27 @@ type Denial struct {
 }
 
 // Access is what an ALLOWED record allowed, as a learned profile needs it.
+// Kernels before 6.2 (Debian 12's 6.1) write no class= field; it is
+// inferred from the fields and the operation, as aa-logprof does.
 func (d Denial) Access() apparmor.Access {
-	return apparmor.Access{Class: d.Class, Operation: d.Operation, Name: d.Name, Mask: d.RequestedMask, Capname: d.Capname,
+	class := d.Class
+	if class == "" {
+		switch {
+		case d.Capname != "":
+			class = "cap"
+		case d.Family != "":
+			class = "net"
+		case d.Operation == "signal":
+			class = "signal"
+		case d.Operation == "ptrace":
+			class = "ptrace"
+		case d.Operation == "mount" || d.Operation == "umount" || d.Operation == "pivotroot" || d.Operation == "remount":
+			class = "mount"
+		default:
+			class = "file"
+		}
+	}
+	return apparmor.Access{Class: class, Operation: d.Operation, Name: d.Name, Mask: d.RequestedMask, Capname: d.Capname,
 		Family: d.Family, SockType: d.SockType, Signal: d.Signal, Peer: d.Peer, FsType: d.FsType, SrcName: d.SrcName, Target: d.Target}
 }
 
@@ -50,16 +69,27 @@ func ParseDenial(line string) (Denial, bool) {
 }
 
 // ParseRecord parses a kernel log line or /dev/kmsg record holding an
-// AppArmor denial or ALLOWED record (Allowed set); false for anything
-// else.
+// AppArmor denial, or a record of an access a profile allowed and logged
+// (ALLOWED in complain mode, AUDIT for an audit rule: Allowed set); false
+// for anything else.
+//
+// Only the kernel's own AVC records count (type=1400 in the kernel log,
+// type=AVC in auditd's), with the AppArmor fields right after the record's
+// audit(...) stamp: a process with CAP_AUDIT_WRITE (a container's default)
+// can log a USER_AVC (type=1107) whose text says anything, apparmor="..."
+// included.
 func ParseRecord(line string) (Denial, bool) {
+	i, ok := avcFields(line)
+	if !ok {
+		return Denial{}, false
+	}
 	allowed := false
-	i := strings.Index(line, `apparmor="DENIED"`)
-	if i < 0 {
-		if i = strings.Index(line, `apparmor="ALLOWED"`); i < 0 {
-			return Denial{}, false
-		}
+	switch {
+	case strings.HasPrefix(line[i:], `apparmor="DENIED"`):
+	case strings.HasPrefix(line[i:], `apparmor="ALLOWED"`), strings.HasPrefix(line[i:], `apparmor="AUDIT"`):
 		allowed = true
+	default:
+		return Denial{}, false
 	}
 	fields := auditFields(line[i:])
 	d := Denial{
@@ -84,6 +114,32 @@ func ParseRecord(line string) (Denial, bool) {
 	return d, true
 }
 
+// avcFields returns where the AppArmor fields of a kernel AVC record start:
+// the record's first type= must be the AVC type, and its audit(...) stamp
+// must be followed by apparmor=.
+func avcFields(line string) (int, bool) {
+	t := strings.Index(line, "type=")
+	if t < 0 {
+		return 0, false
+	}
+	rest := line[t:]
+	switch {
+	case strings.HasPrefix(rest, "type=1400 audit("): // the kernel log
+	case strings.HasPrefix(rest, "type=AVC msg=audit("): // auditd's log
+	default:
+		return 0, false
+	}
+	end := strings.Index(rest, "): ")
+	if end < 0 || end > 64 {
+		return 0, false
+	}
+	start := t + end + len("): ")
+	if !strings.HasPrefix(line[start:], "apparmor=") {
+		return 0, false
+	}
+	return start, true
+}
+
 // recordID returns the <time>:<serial> of the last audit(...) in s.
 func recordID(s string) string {
 	i := strings.LastIndex(s, "audit(")
@@ -100,7 +156,7 @@ func recordID(s string) string {
 
 // untrusted are the fields the kernel hex-encodes (unquoted) when they
 // hold spaces, quotes or control characters.
-var untrusted = map[string]bool{"profile": true, "name": true, "comm": true, "target": true, "peer": true, "name2": true}
+var untrusted = map[string]bool{"profile": true, "name": true, "comm": true, "target": true, "peer": true, "name2": true, "srcname": true}
 
 // fieldSeparators end a bare value: auditd's enriched format puts a GS
 // (0x1d) before the fields it adds (FSUID="root" ...).

@@ -39,9 +39,15 @@ func TestParseDenial(t *testing.T) {
 		{complainAllow, false, Denial{}},
 		{profileLoad, false, Denial{}},
 		{notAudit, false, Denial{}},
-		{`apparmor="DENIED" operation="open" profile="p" pid=notanumber`, false, Denial{}},
-		{`apparmor="DENIED" operation="open" profile="p" pid=5`, true, Denial{Operation: "open", Profile: "p", Pid: 5}},
-		{`apparmor="DENIED" operation="open" pid=5`, false, Denial{}},
+		{`audit: type=1400 audit(1:1): apparmor="DENIED" operation="open" profile="p" pid=notanumber`, false, Denial{}},
+		{`audit: type=1400 audit(1:1): apparmor="DENIED" operation="open" profile="p" pid=5`, true, Denial{Record: "1:1", Operation: "open", Profile: "p", Pid: 5}},
+		{`audit: type=1400 audit(1:1): apparmor="DENIED" operation="open" pid=5`, false, Denial{}},
+		// not the kernel's: no record type, or a USER_AVC any process with
+		// CAP_AUDIT_WRITE (a container) can log, whatever its text says
+		{`apparmor="DENIED" operation="open" profile="p" pid=5`, false, Denial{}},
+		{`5,1904,58600000,-;audit: type=1107 audit(1764121006.000:104): pid=5 uid=0 auid=4294967295 ses=4294967295 subj=unconfined msg='apparmor="DENIED" operation="open" profile="p" name="/x" pid=5 comm="x"'`, false, Denial{}},
+		{`5,1905,58700000,-;audit: type=1107 audit(1764121006.000:105): pid=5 uid=0 msg='type=1400 audit(1:1): apparmor="DENIED" operation="open" profile="p" pid=5'`, false, Denial{}},
+		{`type=USER_AVC msg=audit(1764121006.000:106): pid=5 uid=0 msg='apparmor="DENIED" operation="open" profile="p" pid=5'`, false, Denial{}},
 		{``, false, Denial{}},
 	} {
 		got, ok := ParseDenial(c.line)
@@ -118,8 +124,9 @@ func FuzzParseDenial(f *testing.F) {
 	})
 }
 
-// ALLOWED records of a learning profile, as Debian 12's kernel writes them
-// for a workload in complain mode.
+// ALLOWED records of a learning profile, as kernels from 6.2 write them
+// (with class=) for a workload in complain mode; Debian 12's 6.1 in
+// TestParseAllowedRecordsWithoutClass.
 func TestParseAllowedRecords(t *testing.T) {
 	const prefix = `6,2201,98000000,-;audit: type=1400 audit(1764900000.100:301): apparmor="ALLOWED" `
 	for _, c := range []struct {
@@ -144,5 +151,37 @@ func TestParseAllowedRecords(t *testing.T) {
 		if _, ok := ParseDenial(prefix + c.line); ok {
 			t.Errorf("ParseDenial took an ALLOWED record for a denial: %.50q", c.line)
 		}
+	}
+}
+
+// Debian 12's kernel (6.1) writes no class=: the class is inferred. An
+// audit rule's record (apparmor="AUDIT", the learning profile's exec rule)
+// is an allowed access too; a forged USER_AVC is none.
+func TestParseAllowedRecordsWithoutClass(t *testing.T) {
+	const prefix = `6,2201,98000000,-;audit: type=1400 audit(1764900000.100:301): `
+	for _, c := range []struct {
+		line string
+		want apparmor.Access
+	}{
+		{`apparmor="ALLOWED" operation="open" profile="armorshim-learn.web.u.c.0" name="/etc/app.conf" pid=4242 comm="cat" requested_mask="r" denied_mask="r" fsuid=0 ouid=0`,
+			apparmor.Access{Class: "file", Operation: "open", Name: "/etc/app.conf", Mask: "r"}},
+		{`apparmor="AUDIT" operation="exec" profile="armorshim-learn.web.u.c.0" name="/bin/date" pid=4243 comm="sh" requested_mask="x" fsuid=0 ouid=0`,
+			apparmor.Access{Class: "file", Operation: "exec", Name: "/bin/date", Mask: "x"}},
+		{`apparmor="ALLOWED" operation="capable" profile="armorshim-learn.web.u.c.0" pid=4244 comm="nc" capability=10  capname="net_bind_service"`,
+			apparmor.Access{Class: "cap", Operation: "capable", Capname: "net_bind_service"}},
+		{`apparmor="ALLOWED" operation="connect" profile="armorshim-learn.web.u.c.0" pid=4244 comm="nc" family="inet" sock_type="stream" protocol=6 requested_mask="connect" denied_mask="connect"`,
+			apparmor.Access{Class: "net", Operation: "connect", Family: "inet", SockType: "stream", Mask: "connect"}},
+		{`apparmor="ALLOWED" operation="signal" profile="armorshim-learn.web.u.c.0" pid=4245 comm="sh" requested_mask="send" denied_mask="send" signal=term peer="armorshim-learn.web.u.c.0"`,
+			apparmor.Access{Class: "signal", Operation: "signal", Mask: "send", Signal: "term", Peer: "armorshim-learn.web.u.c.0"}},
+		{`apparmor="ALLOWED" operation="mount" info="failed flags match" error=-13 profile="armorshim-learn.web.u.c.0" name="/mnt/" pid=4246 comm="mount" fstype="tmpfs" srcname=746D7066732031 flags="rw"`,
+			apparmor.Access{Class: "mount", Operation: "mount", Name: "/mnt/", FsType: "tmpfs", SrcName: "tmpfs 1"}},
+	} {
+		d, ok := ParseRecord(prefix + c.line)
+		if !ok || !d.Allowed || d.Access() != c.want {
+			t.Errorf("ParseRecord(%.50q...) = %+v, %v;\nwant access %+v", c.line, d.Access(), ok, c.want)
+		}
+	}
+	if _, ok := ParseRecord(`audit: type=1107 audit(1:2): pid=1 uid=0 msg='apparmor="ALLOWED" operation="open" profile="armorshim-learn.web.u.c.0" name="/**" pid=1 requested_mask="rw"'`); ok {
+		t.Error("a USER_AVC taken for the kernel's record")
 	}
 }

@@ -139,10 +139,15 @@ type DenialsConfig struct {
 	// AuditLog is auditd's log (auditd.conf log_file), followed across
 	// rotations.
 	AuditLog string `json:"auditLog,omitempty"`
+	// AuditNetlink also reads the kernel's audit multicast group, which
+	// carries every record (the kernel log only those printk's rate limit
+	// lets through, about 10 per 5 s, and none while auditd runs); it
+	// needs CAP_AUDIT_READ. Learning needs it.
+	AuditNetlink bool `json:"auditNetlink,omitempty"`
 }
 
 // Enabled says whether denials are attributed.
-func (c DenialsConfig) Enabled() bool { return c.KernelLog != "" || c.AuditLog != "" }
+func (c DenialsConfig) Enabled() bool { return c.KernelLog != "" || c.AuditLog != "" || c.AuditNetlink }
 
 // AttestationConfig is the check, after StartContainer, that a container's
 // process runs under the confinement decided at CreateContainer.
@@ -527,28 +532,40 @@ func socketPath(endpoint string) (string, error) {
 	return endpoint, nil
 }
 
+// validate checks the learning section whether or not learning is on: a
+// reload may turn it on, and the other fields need a restart.
 func (l LearningConfig) validate(c *Config) error {
-	if len(l.Namespaces) == 0 {
-		return nil
+	if !filepath.IsAbs(l.Directory) {
+		return fmt.Errorf("learning.directory: %q is not an absolute path", l.Directory)
+	}
+	if d := c.Profiles.Directory; d != "" {
+		if within(l.Directory, d) || within(d, l.Directory) {
+			return fmt.Errorf("learning.directory: %q and profiles.directory %q hold one another: learned profiles are staged, never enforced by themselves", l.Directory, d)
+		}
+	}
+	if l.MaxActive < 1 || l.MaxAccesses < 1 {
+		return fmt.Errorf("learning: maxActive and maxAccesses must be at least 1")
 	}
 	for _, ns := range l.Namespaces {
 		if ns == "" {
 			return fmt.Errorf("learning.namespaces: an empty namespace")
 		}
 	}
-	if !c.Denials.Enabled() {
-		return fmt.Errorf("learning.namespaces: learning reads the kernel's records: set denials.kernelLog or denials.auditLog")
-	}
-	if !filepath.IsAbs(l.Directory) {
-		return fmt.Errorf("learning.directory: %q is not an absolute path", l.Directory)
-	}
-	if d := c.Profiles.Directory; d != "" {
-		if rel, err := filepath.Rel(d, l.Directory); err == nil && !strings.HasPrefix(rel, "..") {
-			return fmt.Errorf("learning.directory: %q is inside profiles.directory %q: learned profiles are staged, never enforced by themselves", l.Directory, d)
-		}
-	}
-	if l.MaxActive < 1 || l.MaxAccesses < 1 {
-		return fmt.Errorf("learning: maxActive and maxAccesses must be at least 1")
+	if len(l.Namespaces) > 0 && !c.Denials.AuditNetlink {
+		return fmt.Errorf("learning.namespaces: learning reads every record the kernel makes of the workload: set denials.auditNetlink: true (the kernel log drops most of them)")
 	}
 	return nil
+}
+
+// within says whether path is dir or below it (after resolving symbolic
+// links where they exist).
+func within(path, dir string) bool {
+	resolve := func(p string) string {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return r
+		}
+		return filepath.Clean(p)
+	}
+	rel, err := filepath.Rel(resolve(dir), resolve(path))
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }

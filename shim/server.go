@@ -271,21 +271,24 @@ func (s *Server) Reload() error {
 func (c *Config) restartFields(n *Config) []string {
 	var out []string
 	for name, changed := range map[string]bool{
-		"listen":              c.Listen != n.Listen,
-		"socketGroup":         c.SocketGroup != n.SocketGroup,
-		"runtimeEndpoint":     c.RuntimeEndpoint != n.RuntimeEndpoint,
-		"imageEndpoint":       c.Image() != n.Image(),
-		"sysfs":               c.Sysfs != n.Sysfs,
-		"procfs":              c.Procfs != n.Procfs,
-		"maxMessageSize":      c.MaxMessageSize != n.MaxMessageSize,
-		"maxHeldRequestBytes": c.MaxHeldRequestBytes != n.MaxHeldRequestBytes,
-		"shutdownTimeout":     c.ShutdownTimeout != n.ShutdownTimeout,
-		"metricsAddress":      c.MetricsAddress != n.MetricsAddress,
-		"backendProbe":        c.BackendProbe != n.BackendProbe,
-		"profiles":            c.Profiles != n.Profiles,
-		"nodeFeatures":        c.NodeFeatures != n.NodeFeatures,
-		"attestation.mode":    c.Attestation.Mode != n.Attestation.Mode,
-		"denials":             c.Denials != n.Denials,
+		"listen":               c.Listen != n.Listen,
+		"socketGroup":          c.SocketGroup != n.SocketGroup,
+		"runtimeEndpoint":      c.RuntimeEndpoint != n.RuntimeEndpoint,
+		"imageEndpoint":        c.Image() != n.Image(),
+		"sysfs":                c.Sysfs != n.Sysfs,
+		"procfs":               c.Procfs != n.Procfs,
+		"maxMessageSize":       c.MaxMessageSize != n.MaxMessageSize,
+		"maxHeldRequestBytes":  c.MaxHeldRequestBytes != n.MaxHeldRequestBytes,
+		"shutdownTimeout":      c.ShutdownTimeout != n.ShutdownTimeout,
+		"metricsAddress":       c.MetricsAddress != n.MetricsAddress,
+		"backendProbe":         c.BackendProbe != n.BackendProbe,
+		"profiles":             c.Profiles != n.Profiles,
+		"nodeFeatures":         c.NodeFeatures != n.NodeFeatures,
+		"attestation.mode":     c.Attestation.Mode != n.Attestation.Mode,
+		"denials":              c.Denials != n.Denials,
+		"learning.directory":   c.Learning.Directory != n.Learning.Directory,
+		"learning.maxActive":   c.Learning.MaxActive != n.Learning.MaxActive,
+		"learning.maxAccesses": c.Learning.MaxAccesses != n.Learning.MaxAccesses,
 	} {
 		if changed {
 			out = append(out, name)
@@ -370,12 +373,19 @@ func (s *Server) followDenials(ctx context.Context) {
 	if d.AuditLog != "" {
 		go s.denials.Follow(ctx, "audit", d.AuditLog, openAuditLog(d.AuditLog), nil)
 	}
+	if d.AuditNetlink {
+		go s.denials.Follow(ctx, "netlink", host.AuditNetlinkLog, openAuditNetlink, nil)
+	}
 	kmsg, audit := host.ProbeDenialLogs(d.KernelLog, d.AuditLog)
 	auditd, err := s.host.AuditdPid()
 	if err != nil {
 		klog.InfoS("Cannot tell whether auditd runs", "err", err)
 	}
-	if v := host.DenialsVisible(auditd, kmsg, audit); v.Visible {
+	v := host.DenialsVisible(auditd, kmsg, audit)
+	if d.AuditNetlink {
+		v = host.NetlinkVisibility(host.ProbeAuditNetlink(), v)
+	}
+	if v.Visible {
 		klog.InfoS("Attributing AppArmor denials", "log", v.Log, "because", v.Reason)
 	} else {
 		klog.ErrorS(nil, "AppArmor denials are NOT VISIBLE to armorshim: armorshim_apparmor_denials_total stays 0", "because", v.Reason)
@@ -412,6 +422,16 @@ func openKernelLog(path string) func(context.Context) (io.ReadCloser, error) {
 		context.AfterFunc(ctx, func() { f.Close() })
 		return f, nil
 	}
+}
+
+// openAuditNetlink joins the audit multicast group for Denials.Follow.
+func openAuditNetlink(ctx context.Context) (io.ReadCloser, error) {
+	a, err := host.OpenAuditNetlink()
+	if err != nil {
+		return nil, err
+	}
+	context.AfterFunc(ctx, func() { a.Close() })
+	return a, nil
 }
 
 // openAuditLog opens auditd's log for Denials.Follow, from its end.

@@ -277,6 +277,9 @@ func (r *checkReport) addDenials(h *host.Reader, d shim.DenialsConfig) {
 	auditd, err := h.AuditdPid()
 	kmsg, audit := host.ProbeDenialLogs(d.KernelLog, d.AuditLog)
 	v := host.DenialsVisible(auditd, kmsg, audit)
+	if d.AuditNetlink {
+		v = host.NetlinkVisibility(host.ProbeAuditNetlink(), v)
+	}
 	r.Denials = denialsReport{Visible: v.Visible, Log: v.Log, Reason: v.Reason}
 	if err != nil {
 		r.Denials.Reason += " (cannot tell whether auditd runs: " + err.Error() + ")"
