@@ -107,7 +107,7 @@ func TestGenerateProfile(t *testing.T) {
 	got := GenerateProfile("k8s-learned-web", accesses, from)
 	for _, want := range []string{
 		"# Learned from: dev/web-1 (container web)\n",
-		"# Between 2026-12-05T10:00:00Z and 2026-12-05T10:30:00Z (30m0s), 40 kernel records.\n",
+		"# Between 2026-12-05T10:00:00Z and 2026-12-05T10:30:00Z (30m0s), 40 distinct accesses.\n",
 		"abi <abi/3.0>,\n\ninclude <tunables/global>\n",
 		"profile k8s-learned-web flags=(attach_disconnected,mediate_deleted) {\n  include <abstractions/base>\n",
 		"  capability net_bind_service,\n",
@@ -138,5 +138,37 @@ func TestGenerateProfile(t *testing.T) {
 	got = GenerateProfile("p", []Access{{Name: "/tmp/a1", Mask: "r", Operation: "open"}, {Name: "/tmp/a2", Mask: "r", Operation: "open"}}, LearnedFrom{})
 	if !strings.Contains(got, "/tmp/a1 r,") || !strings.Contains(got, "/tmp/a2 r,") {
 		t.Errorf("two files collapsed:\n%s", got)
+	}
+}
+
+// File names are written as AppArmor reads them: its pattern characters
+// escaped (a Next.js page [id].js is that file, not a character class),
+// names with control characters left out; mount operations by kind.
+func TestGenerateProfileEscapesAndMounts(t *testing.T) {
+	got := GenerateProfile("p", []Access{
+		{Class: "file", Operation: "open", Name: "/app/pages/[id].js", Mask: "r"},
+		{Class: "file", Operation: "open", Name: "/app/a*b?{c}@d^e", Mask: "r"},
+		{Class: "file", Operation: "open", Name: `/app/q"uote\`, Mask: "r"},
+		{Class: "file", Operation: "open", Name: "/app/new\nline", Mask: "r"},
+		{Class: "file", Operation: "open", Name: "/proc/12/fd/[x]", Mask: "r"},
+		{Class: "mount", Operation: "mount", FsType: "tmpfs", SrcName: "tmpfs", Name: "/mnt/"},
+		{Class: "mount", Operation: "umount", Name: "/mnt/"},
+		{Class: "mount", Operation: "pivotroot", Name: "/new/"},
+	}, LearnedFrom{})
+	for _, want := range []string{
+		`  "/app/pages/\[id\].js" r,`,
+		`  "/app/a\*b\?\{c\}\@d\^e" r,`,
+		`  "/app/q\"uote\\" r,`,
+		`  "@{PROC}/@{pid}/fd/\[x\]" r,`,
+		"  mount fstype=tmpfs tmpfs -> /mnt/,",
+		"  umount /mnt/,",
+		"  pivot_root,",
+	} {
+		if !strings.Contains(got, want+"\n") {
+			t.Errorf("no %q in:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "line") {
+		t.Errorf("a name with a newline was written:\n%s", got)
 	}
 }

@@ -23,27 +23,38 @@ func (p *Proxy) inspectCreate(ctx context.Context, msg []byte) h2relay.Verdict {
 	// One policy for the decision and for what is remembered of it: a
 	// reload in between must not give the start another expectation.
 	pol := p.policy.Load()
-	fwd, req, dec, err := p.decideCreate(ctx, msg, pol)
+	fwd, req, dec, learn, err := p.decideCreate(msg, pol)
 	if err != nil {
 		return refusal(err)
 	}
 	if err := p.checkContainer(ctx, req, dec.Profile); err != nil {
 		return refusal(err)
 	}
+	// Loaded last: a call refused above leaves no learning profile behind.
+	if learn != nil {
+		if err := p.startLearning(ctx, *learn, req); err != nil {
+			r := &apparmor.Refusal{Reason: apparmor.ReasonBlocked, Cause: "learning-load", Target: apparmor.TargetOf(req), Message: status.Convert(err).Message()}
+			if strings.HasPrefix(r.Message, apparmor.ReasonForbidden) {
+				r.Reason, r.Cause = apparmor.ReasonForbidden, "learning-unavailable"
+			}
+			p.logRefusal(r)
+			return refusal(err)
+		}
+	}
 	v := h2relay.Verdict{Request: fwd}
-	if p.attest != nil || p.denials != nil || dec.Source == apparmor.SourceLearning {
+	if p.attest != nil || p.denials != nil || learn != nil {
 		v.Response = func(_ context.Context, out []byte, st *status.Status) *status.Status {
 			resp := &runtimeapi.CreateContainerResponse{}
 			if st.Code() != codes.OK || proto.Unmarshal(out, resp) != nil {
-				if dec.Source == apparmor.SourceLearning && p.learning != nil {
-					p.learning.Stop(dec.Profile.Name) // no container runs under it
+				if learn != nil {
+					p.learning.abandon(dec.Profile.Name) // unless a container runs under it
 				}
 				return nil
 			}
 			if p.attest != nil {
 				p.attest.remember(resp.ContainerId, dec.Profile, req, pol)
 			}
-			if dec.Source == apparmor.SourceLearning && p.learning != nil {
+			if learn != nil {
 				p.learning.created(resp.ContainerId, dec.Profile.Name, req.GetPodSandboxId())
 			}
 			if p.denials != nil {
@@ -57,35 +68,28 @@ func (p *Proxy) inspectCreate(ctx context.Context, msg []byte) h2relay.Verdict {
 }
 
 // decideCreate returns the request to forward instead of the caller's (nil
-// if unchanged), with the decoded request and the decision, or the refusal.
-func (p *Proxy) decideCreate(ctx context.Context, in []byte, pol *apparmor.Policy) ([]byte, *runtimeapi.CreateContainerRequest, apparmor.Decision, error) {
+// if unchanged), with the decoded request and the decision, or the refusal;
+// and, for a pod that learns a profile, its learning (the profile is not
+// loaded yet).
+func (p *Proxy) decideCreate(in []byte, pol *apparmor.Policy) ([]byte, *runtimeapi.CreateContainerRequest, apparmor.Decision, *apparmor.Learning, error) {
 	req := &runtimeapi.CreateContainerRequest{}
 	if err := proto.Unmarshal(in, req); err != nil {
-		return nil, nil, apparmor.Decision{}, status.Errorf(codes.InvalidArgument, "armorshim: cannot decode CreateContainerRequest: %v", err)
+		return nil, nil, apparmor.Decision{}, nil, status.Errorf(codes.InvalidArgument, "armorshim: cannot decode CreateContainerRequest: %v", err)
 	}
-	l, dec, learn, err := apparmor.DecideLearning(req, pol)
-	if learn && err == nil {
-		err = p.startLearning(ctx, l, req)
+	var learn *apparmor.Learning
+	l, dec, learns, err := apparmor.DecideLearning(req, pol)
+	if learns && err == nil {
+		learn = &l
 	}
-	if !learn {
+	if !learns {
 		dec, err = apparmor.Decide(req, p.host, pol)
 	}
 	if err != nil {
 		var r *apparmor.Refusal
-		if errors.As(err, &r) || learn {
-			if r == nil { // the learning profile could not be loaded
-				r = &apparmor.Refusal{Reason: apparmor.ReasonBlocked, Cause: "learning-load", Target: apparmor.TargetOf(req), Message: status.Convert(err).Message()}
-				if strings.HasPrefix(r.Message, apparmor.ReasonForbidden) {
-					r.Reason, r.Cause = apparmor.ReasonForbidden, "learning-unavailable"
-				}
-			}
-			p.metrics.observeDecision("refused", r.Reason, r.Cause)
-			// Never log the request itself: its environment holds secrets.
-			p.logs.InfoS("Refused CreateContainer",
-				"pod", klog.KRef(r.Target.Namespace, r.Target.Pod), "container", r.Target.Container,
-				"profile", r.Profile, "reason", r.Reason, "cause", r.Cause, "message", r.Message)
+		if errors.As(err, &r) {
+			p.logRefusal(r)
 		}
-		return nil, nil, apparmor.Decision{}, err
+		return nil, nil, apparmor.Decision{}, nil, err
 	}
 	p.metrics.observeDecision("forwarded", "", dec.Profile.Type.String())
 	if dec.DryRun != nil {
@@ -97,13 +101,22 @@ func (p *Proxy) decideCreate(ctx context.Context, in []byte, pol *apparmor.Polic
 			"container", t.Container, "profile", dec.Profile.String(), "source", string(dec.Source))
 	}
 	if !dec.Modified {
-		return nil, req, dec, nil
+		return nil, req, dec, learn, nil
 	}
 	b, err := proto.Marshal(req)
 	if err != nil {
-		return nil, nil, apparmor.Decision{}, status.Errorf(codes.Internal, "armorshim: cannot encode CreateContainerRequest: %v", err)
+		return nil, nil, apparmor.Decision{}, nil, status.Errorf(codes.Internal, "armorshim: cannot encode CreateContainerRequest: %v", err)
 	}
-	return b, req, dec, nil
+	return b, req, dec, learn, nil
+}
+
+// logRefusal counts and logs a refused CreateContainer.
+func (p *Proxy) logRefusal(r *apparmor.Refusal) {
+	p.metrics.observeDecision("refused", r.Reason, r.Cause)
+	// Never log the request itself: its environment holds secrets.
+	p.logs.InfoS("Refused CreateContainer",
+		"pod", klog.KRef(r.Target.Namespace, r.Target.Pod), "container", r.Target.Container,
+		"profile", r.Profile, "reason", r.Reason, "cause", r.Cause, "message", r.Message)
 }
 
 // reportDryRun counts what enforcing every rule would have done to a

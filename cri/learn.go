@@ -85,6 +85,23 @@ func (l *learning) created(id, profile, sandbox string) {
 	l.byContainer[id] = learningContainer{profile: profile, sandbox: sandbox}
 }
 
+// abandon removes a learning profile loaded for a container the runtime
+// did not create, unless a container created earlier (the same pod,
+// container and attempt) runs under it.
+func (l *learning) abandon(profile string) {
+	l.mu.Lock()
+	for _, c := range l.byContainer {
+		if c.profile == profile {
+			l.mu.Unlock()
+			return
+		}
+	}
+	l.mu.Unlock()
+	if err := l.Stop(profile); err != nil {
+		klog.ErrorS(err, "Removing a learning profile failed", "learningProfile", profile)
+	}
+}
+
 // removed removes the learning profiles of a removed container, or of the
 // containers of a removed sandbox, from the kernel.
 func (l *learning) removed(method, id string) {

@@ -38,7 +38,7 @@ func newLearnEnv(t *testing.T) *learnEnv {
 		t.Fatal(err)
 	}
 	e.shim = startArmorshim(t, e.backend.sock, e.sysfs, func(c *shim.Config) {
-		c.Denials.KernelLog = filepath.Join(e.dir, "no-kmsg") // on, never read here
+		c.Denials.AuditNetlink = true // followed, nothing comes in these tests
 		c.Profiles.Parser = parser
 		c.Learning.Namespaces = []string{"dev"}
 		c.Learning.Directory = filepath.Join(e.dir, "learning")
@@ -141,11 +141,16 @@ func TestLearningRecordsTheKernelsAllowedRecords(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(store.Dir, "web", "sessions.jsonl"), []byte(`{"profile":"armorshim-learn.web.u.app.0","namespace":"dev","pod":"web-1","container":"app","started":"2026-12-05T10:00:00Z"}`+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// armorshim loaded that learning profile (records of others are forged)
+	if err := os.WriteFile(filepath.Join(store.Dir, "web", "armorshim-learn.web.u.app.0.learning"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	const p = `6,2201,98000000,-;audit: type=1400 audit(1764900000.100:%d): apparmor="%s" operation="open" class="file" profile="%s" name="%s" pid=4242 comm="cat" requested_mask="r" denied_mask="r" fsuid=0 ouid=0`
 	lines := []string{
 		fmt.Sprintf(p, 1, "ALLOWED", "armorshim-learn.web.u.app.0", "/etc/app.conf"),
 		fmt.Sprintf(p, 2, "ALLOWED", "armorshim-learn.web.u.app.0//null-/bin/helper", "/etc/helper.conf"),
 		fmt.Sprintf(p, 3, "ALLOWED", "k8s-nginx", "/etc/nginx.conf"),
+		fmt.Sprintf(p, 5, "ALLOWED", "armorshim-learn.web.other.app.0", "/etc/forged.conf"), // not loaded by armorshim
 		fmt.Sprintf(p, 4, "DENIED", "k8s-apparmor-example-deny-write", "/tmp/test"),
 	}
 	if err := d.Run(context.Background(), strings.NewReader(strings.Join(lines, "\n")+"\n")); err != nil {

@@ -36,9 +36,9 @@ type LearningStore struct {
 	MaxAccesses, MaxActive int
 
 	mu      sync.Mutex
-	active  map[string]bool // learning profiles loaded
+	active  map[string]bool // learning profiles loaded (or being loaded)
 	seen    map[string]map[apparmor.Access]bool
-	dropped map[string]bool // past MaxAccesses: logged once
+	dropped map[string]int // accesses not kept, past MaxAccesses
 	// failed: the last write failed; errs counts records not written.
 	failed bool
 	errs   uint64
@@ -64,7 +64,7 @@ var ErrTooManyLearning = errors.New("too many containers are learning on this no
 
 func (s *LearningStore) init() {
 	if s.active == nil {
-		s.active, s.seen, s.dropped = map[string]bool{}, map[string]map[apparmor.Access]bool{}, map[string]bool{}
+		s.active, s.seen, s.dropped = map[string]bool{}, map[string]map[apparmor.Access]bool{}, map[string]int{}
 	}
 }
 
@@ -73,11 +73,23 @@ func (s *LearningStore) init() {
 func (s *LearningStore) Start(ctx context.Context, l apparmor.Learning, t apparmor.Target) error {
 	s.mu.Lock()
 	s.init()
-	if !s.active[l.Profile.Name] && s.MaxActive > 0 && len(s.active) >= s.MaxActive {
+	reserved := !s.active[l.Profile.Name]
+	if reserved && s.MaxActive > 0 && len(s.active) >= s.MaxActive {
 		s.mu.Unlock()
 		return fmt.Errorf("%w (%d)", ErrTooManyLearning, s.MaxActive)
 	}
+	s.active[l.Profile.Name] = true // its place, while it loads
 	s.mu.Unlock()
+	err := s.start(ctx, l, t)
+	if err != nil && reserved {
+		s.mu.Lock()
+		delete(s.active, l.Profile.Name)
+		s.mu.Unlock()
+	}
+	return err
+}
+
+func (s *LearningStore) start(ctx context.Context, l apparmor.Learning, t apparmor.Target) error {
 	dir := filepath.Join(s.Dir, l.Name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -94,9 +106,6 @@ func (s *LearningStore) Start(ctx context.Context, l apparmor.Learning, t apparm
 	if err != nil {
 		return fmt.Errorf("apparmor_parser: %v: %s", err, strings.TrimSpace(string(out)))
 	}
-	s.mu.Lock()
-	s.active[l.Profile.Name] = true
-	s.mu.Unlock()
 	line, _ := json.Marshal(Session{Profile: l.Profile.Name, Namespace: t.Namespace, Pod: t.Pod, Container: t.Container, Started: time.Now().UTC()})
 	return appendLine(filepath.Join(dir, "sessions.jsonl"), line)
 }
@@ -136,12 +145,27 @@ func (s *LearningStore) Active() []string {
 // its children).
 func (s *LearningStore) Record(label string, a apparmor.Access, at time.Time) (bool, error) {
 	name, ok := apparmor.LearnedName(label)
-	if !ok {
+	if !ok || apparmor.ValidLearnName(name) != "" {
 		return false, nil
+	}
+	root := apparmor.LabelRoot(label)
+	// A peer or an exec target in the learning profile (or the children
+	// the kernel made of it) is the profile itself, whichever container.
+	if _, ok := apparmor.LearnedName(a.Peer); ok {
+		a.Peer = apparmor.SelfPeer
+	}
+	if _, ok := apparmor.LearnedName(a.Target); ok {
+		a.Target = apparmor.SelfPeer
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.init()
+	if !s.active[root] {
+		// Only profiles armorshim loaded: before a restart, those it wrote.
+		if _, err := os.Stat(filepath.Join(s.Dir, name, root+".learning")); err != nil {
+			return false, nil
+		}
+	}
 	seen := s.seen[name]
 	if seen == nil {
 		seen = s.loadSeen(name)
@@ -151,8 +175,12 @@ func (s *LearningStore) Record(label string, a apparmor.Access, at time.Time) (b
 		return false, nil
 	}
 	if s.MaxAccesses > 0 && len(seen) >= s.MaxAccesses {
-		if !s.dropped[name] {
-			s.dropped[name] = true
+		s.dropped[name]++
+		n := s.dropped[name]
+		if n == 1 || n%1000 == 0 { // the count on disk, for the profile's header
+			writeAtomic(filepath.Join(s.Dir, name, "dropped"), []byte(fmt.Sprintf("%d\n", n)))
+		}
+		if n == 1 {
 			return false, fmt.Errorf("profile %q: %d distinct accesses learned, the most kept; later ones are dropped", name, s.MaxAccesses)
 		}
 		return false, nil
@@ -259,6 +287,9 @@ func ReadLearned(dir, name string) ([]apparmor.Access, apparmor.LearnedFrom, err
 	}
 	if from.Last.Before(from.First) {
 		from.Last = from.First
+	}
+	if b, err := os.ReadFile(filepath.Join(base, "dropped")); err == nil {
+		fmt.Sscan(string(b), &from.Dropped)
 	}
 	return out, from, nil
 }

@@ -64,6 +64,16 @@ func TestLearningStore(t *testing.T) {
 	if isNew, _ := s2.Record(l.Profile.Name, a, at); isNew {
 		t.Error("recorded again after a restart")
 	}
+	// Records of profiles armorshim did not load, or whose name would leave
+	// the directory, are not kept.
+	for _, label := range []string{"armorshim-learn.web.other-uid.app.0", "armorshim-learn.../../../x.a.b.0", "armorshim-learn.web/../../x.a.b.0"} {
+		if isNew, err := s.Record(label, apparmor.Access{Class: "file", Name: "/**", Mask: "rw"}, at); isNew || err != nil {
+			t.Errorf("record of %s kept: %v, %v", label, isNew, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "..", "x")); err == nil {
+		t.Error("a record wrote outside the learning directory")
+	}
 	// Past MaxActive containers, no more learning profiles are loaded.
 	l2 := l
 	l2.Profile.Name = apparmor.LearningProfileName("web", "uid-2", "app", 0)

@@ -30,7 +30,7 @@ func GenerateProfile(ctx context.Context, cfg *Config, name string) (*GeneratedP
 		return nil, err
 	}
 	if len(accesses) == 0 {
-		return nil, fmt.Errorf("nothing learned for %q yet: its pods recorded no access (is the kernel log followed, denials.kernelLog?)", name)
+		return nil, fmt.Errorf("nothing learned for %q yet: its pods recorded no access (is denials.auditNetlink on?)", name)
 	}
 	g := &GeneratedProfile{Text: apparmor.GenerateProfile(name, accesses, from), From: from,
 		Path: filepath.Join(cfg.Learning.Directory, name, name)}

@@ -72,7 +72,9 @@ scenarios_learn() {
 	local ok out attr records gen state n before learning denied
 	mkdir -p $LEARN_APP $PROFILES_D
 	echo "greeting=hello" >$LEARN_APP/app.conf
-	node_config "" "learning:
+	node_config "" "denials:
+  auditNetlink: true
+learning:
   namespaces: [$LEARN_NS]
   directory: $LEARN_DIR"
 	if ! node_start; then
