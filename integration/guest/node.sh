@@ -68,7 +68,7 @@ metric() {
 	local body
 	body=$(exec 3<>/dev/tcp/${NODE_METRICS%:*}/${NODE_METRICS#*:} &&
 		printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 && cat <&3)
-	echo "$body" | grep -F "$1 " | awk '{print $2}' | head -n 1 | grep . || echo 0
+	echo "$body" | grep -v '^#' | grep -F "$1 " | awk '{print $2}' | head -n 1 | grep . || echo 0
 }
 
 # node_create NAME SC ANNOTATIONS [POD-SC]: RunPodSandbox + CreateContainer
