@@ -2,6 +2,8 @@ package host
 
 import (
 	"bufio"
+	"encoding/binary"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,6 +26,12 @@ func TestFormatAuditMessages(t *testing.T) {
 		h.Len, h.Type = uint32(syscall.NLMSG_HDRLEN+len(data)), typ
 		return b
 	}
+	// as the audit subsystem sends a record: unpadded
+	unpadded := msg(1400, `audit(1764900000.300:303): apparmor="ALLOWED" operation="open" profile="p" name="/abc" pid=1`)
+	unpadded = unpadded[:binary.NativeEndian.Uint32(unpadded)]
+	if got := string(FormatAuditMessages(unpadded)); got != `audit: type=1400 audit(1764900000.300:303): apparmor="ALLOWED" operation="open" profile="p" name="/abc" pid=1`+"\n" {
+		t.Errorf("unpadded record: %q", got)
+	}
 	in := append(msg(1400, `audit(1764900000.100:301): apparmor="ALLOWED" operation="open" profile="armorshim-learn.web.u.c.0" name="/etc/app.conf" pid=4242 comm="cat" requested_mask="r" denied_mask="r" fsuid=0 ouid=0`+"\x00"),
 		msg(1107, `audit(1764900000.200:302): pid=5 uid=0 msg='apparmor="DENIED" operation="open" profile="p" pid=5'`)...)
 	out := string(FormatAuditMessages(in))
@@ -39,9 +47,9 @@ func TestFormatAuditMessages(t *testing.T) {
 	}
 }
 
-// The multicast group, live: a record a process logs (a USER_AVC, which
-// any process with CAP_AUDIT_WRITE can send) arrives, whole, and is not
-// taken for AppArmor's.
+// The multicast group, live: records a process logs (USER_AVCs, which any
+// process with CAP_AUDIT_WRITE can send), a burst of them of every length,
+// all arrive, whole, and none is taken for AppArmor's.
 func TestAuditNetlinkLive(t *testing.T) {
 	a, err := OpenAuditNetlink()
 	if err != nil {
@@ -53,38 +61,48 @@ func TestAuditNetlinkLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(send)
-	const text = `apparmor="ALLOWED" operation="open" profile="armorshim-learn.web.u.c.0" name="/**" pid=1 requested_mask="rw" armorshim-test`
-	data := []byte(text + "\x00")
-	b := make([]byte, syscall.NLMSG_HDRLEN, syscall.NLMSG_HDRLEN+len(data)+4)
-	b = append(b, data...)
-	h := (*syscall.NlMsghdr)(unsafePointer(&b[0]))
-	h.Len, h.Type, h.Flags = uint32(len(b)), 1107, syscall.NLM_F_REQUEST // AUDIT_USER_AVC
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
-	if err := unix.Sendto(send, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		t.Fatalf("sending a USER_AVC: %v", err)
-	}
-	got := make(chan string, 1)
+	const n = 200
+	got := make(chan []string, 1)
 	go func() {
+		var lines []string
 		sc := bufio.NewScanner(a)
 		for sc.Scan() {
-			if strings.Contains(sc.Text(), "armorshim-test") {
-				got <- sc.Text()
-				return
+			if strings.Contains(sc.Text(), "armorshim-test-") {
+				lines = append(lines, sc.Text())
+				if len(lines) == n {
+					break
+				}
 			}
 		}
+		got <- lines
 	}()
-	select {
-	case line := <-got:
-		if !strings.HasPrefix(line, "audit: type=1107 audit(") {
-			t.Errorf("line %q", line)
+	for i := 0; i < n; i++ {
+		text := `apparmor="ALLOWED" operation="open" profile="armorshim-learn.web.u.c.0" name="/**" pid=1 requested_mask="rw" armorshim-test-` + strings.Repeat("x", i%7) + strconv.Itoa(i)
+		data := []byte(text + "\x00")
+		b := make([]byte, syscall.NLMSG_HDRLEN, syscall.NLMSG_HDRLEN+len(data)+4)
+		b = append(b, data...)
+		h := (*syscall.NlMsghdr)(unsafePointer(&b[0]))
+		h.Len, h.Type, h.Flags = uint32(len(b)), 1107, syscall.NLM_F_REQUEST // AUDIT_USER_AVC
+		for len(b)%4 != 0 {
+			b = append(b, 0)
 		}
-		if _, ok := ParseRecord(line); ok {
-			t.Errorf("a forged USER_AVC taken for the kernel's record: %q", line)
+		if err := unix.Sendto(send, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			t.Fatalf("sending a USER_AVC: %v", err)
+		}
+	}
+	select {
+	case lines := <-got:
+		for _, line := range lines {
+			if !strings.HasPrefix(line, "audit: type=1107 audit(") {
+				t.Errorf("line %q", line)
+			}
+			if _, ok := ParseRecord(line); ok {
+				t.Errorf("a forged USER_AVC taken for the kernel's record: %q", line)
+			}
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("the record did not arrive on the multicast group (is audit disabled, audit=0?)")
+		a.Close()
+		t.Fatalf("not all %d records arrived on the multicast group: %d (is audit disabled, audit=0?)", n, len(<-got))
 	}
 }
 

@@ -374,6 +374,13 @@ func (s *Server) followDenials(ctx context.Context) {
 		go s.denials.Follow(ctx, "audit", d.AuditLog, openAuditLog(d.AuditLog), nil)
 	}
 	if d.AuditNetlink {
+		// The kernel drops records past its backlog limit while its audit
+		// thread catches up; it boots with 64, auditd's rules set 8192.
+		if before, err := host.RaiseAuditBacklog(auditBacklog); err != nil {
+			klog.ErrorS(err, "Cannot read or raise the kernel's audit backlog limit: bursts of records may be lost", "want", auditBacklog)
+		} else if before < auditBacklog && before != 0 {
+			klog.InfoS("Raised the kernel's audit backlog limit", "from", before, "to", auditBacklog)
+		}
 		go s.denials.Follow(ctx, "netlink", host.AuditNetlinkLog, openAuditNetlink, nil)
 	}
 	kmsg, audit := host.ProbeDenialLogs(d.KernelLog, d.AuditLog)
@@ -423,6 +430,10 @@ func openKernelLog(path string) func(context.Context) (io.ReadCloser, error) {
 		return f, nil
 	}
 }
+
+// auditBacklog is the least audit backlog limit armorshim sets while it
+// reads the audit multicast group (auditd's rules: -b 8192).
+const auditBacklog = 8192
 
 // openAuditNetlink joins the audit multicast group for Denials.Follow.
 func openAuditNetlink(ctx context.Context) (io.ReadCloser, error) {
