@@ -176,6 +176,7 @@ type Access struct {
 	Peer      string `json:"peer,omitempty"`
 	FsType    string `json:"fstype,omitempty"`
 	SrcName   string `json:"srcname,omitempty"`
+	Flags     string `json:"flags,omitempty"`  // a mount's, as the kernel logs them: "rw, remount"
 	Target    string `json:"target,omitempty"` // a link's target
 }
 
@@ -212,6 +213,8 @@ func GenerateProfile(name string, accesses []Access, from LearnedFrom) string {
 
 	var caps, nets, signals, ptraces, mounts, unixes []string
 	files := map[string]string{} // path pattern -> permissions
+	created := map[string]bool{} // patterns of files the workload created
+	made := map[string]bool{}    // directories it made (mkdir)
 	for _, a := range accesses {
 		switch a.Class {
 		case "cap":
@@ -242,26 +245,34 @@ func GenerateProfile(name string, accesses []Access, from LearnedFrom) string {
 			}
 			ptraces = append(ptraces, r+peerOf(a.Peer, name)+",")
 		case "mount":
-			name := quotePath(procPattern(a.Name))
+			// Every path the record names must have a pattern, or the rule
+			// would lose that condition (a bare "mount," allows any mount).
+			name, src := procPattern(a.Name), procPattern(a.SrcName)
+			if a.Name != "" && name == "" || a.SrcName != "" && src == "" || !strings.HasPrefix(a.Name, "/") {
+				continue
+			}
+			name, src = quotePath(name), quotePath(src)
 			switch a.Operation {
 			case "umount":
-				mounts = append(mounts, "  "+strings.TrimSpace("umount "+name)+",")
-			case "pivotroot":
-				mounts = append(mounts, "  pivot_root,")
-			case "remount":
-				mounts = append(mounts, "  "+strings.TrimSpace("remount "+name)+",")
-			default:
-				r := "  mount"
-				if a.FsType != "" {
-					r += " fstype=" + a.FsType
+				mounts = append(mounts, "  umount "+name+",")
+			case "pivotroot": // name: the new root, srcname: where the old goes
+				r := "  pivot_root"
+				if strings.HasPrefix(a.SrcName, "/") {
+					r += " oldroot=" + src
 				}
-				if src := quotePath(procPattern(a.SrcName)); src != "" {
+				mounts = append(mounts, r+" "+name+",")
+			default: // mount, and remounts, binds, moves and propagation changes (flags)
+				r := "  mount"
+				if opts := mountOptions(a.Flags); opts != "" {
+					r += " options=(" + opts + ")"
+				}
+				if fs := escapePattern(a.FsType); fs != "" && procPattern(a.FsType) != "" {
+					r += " fstype=" + quotePath(fs)
+				}
+				if src != "" {
 					r += " " + src
 				}
-				if name != "" {
-					r += " -> " + name
-				}
-				mounts = append(mounts, r+",")
+				mounts = append(mounts, r+" -> "+name+",")
 			}
 		case "unix":
 			unixes = append(unixes, unixRule(a))
@@ -275,6 +286,12 @@ func GenerateProfile(name string, accesses []Access, from LearnedFrom) string {
 				continue
 			}
 			files[p] = mergePerms(files[p], perms)
+			if strings.Contains(a.Mask, "c") {
+				created[p] = true
+				if a.Operation == "mkdir" {
+					made[strings.TrimSuffix(p, "/")+"/"] = true
+				}
+			}
 			if a.Operation == "link" && strings.HasPrefix(a.Target, "/") {
 				if t := procPattern(a.Target); t != "" {
 					files[t] = mergePerms(files[t], "l")
@@ -299,7 +316,7 @@ func GenerateProfile(name string, accesses []Access, from LearnedFrom) string {
 	section("ptrace", ptraces)
 	section("mounts", mounts)
 	var fileRules []string
-	for p, perms := range collapseFiles(files) {
+	for p, perms := range collapseFiles(files, created, made) {
 		fileRules = append(fileRules, "  "+quotePath(p)+" "+perms+",")
 	}
 	section("files", fileRules)
@@ -392,19 +409,53 @@ func procPattern(p string) string {
 }
 
 // escapePattern escapes what AppArmor's parser reads as a pattern or
-// variable in a file name: * ? [ ] { } ^ @ and the backslash and quote.
+// variable in a file name (* ? [ ] { } ^ @ !), byte by byte; the backslash
+// and the quote are written as octal escapes, which read the same quoted
+// or not (a quoted name ending in "\\" would swallow its closing quote).
 func escapePattern(s string) string {
-	if !strings.ContainsAny(s, `*?[]{}^@\"`) {
+	if !strings.ContainsAny(s, `*?[]{}^@!\"`) {
 		return s
 	}
 	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]{}^@\"`, r) {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '\\':
+			b.WriteString(`\134`)
+		case '"':
+			b.WriteString(`\042`)
+		case '*', '?', '[', ']', '{', '}', '^', '@', '!':
 			b.WriteByte('\\')
+			b.WriteByte(c)
+		default:
+			b.WriteByte(c)
 		}
-		b.WriteRune(r)
 	}
 	return b.String()
+}
+
+// mountFlags are the mount flags AppArmor logs that a rule's options=
+// takes as they are.
+var mountFlags = map[string]bool{
+	"ro": true, "rw": true, "nosuid": true, "suid": true, "nodev": true, "dev": true, "noexec": true, "exec": true,
+	"sync": true, "async": true, "remount": true, "mand": true, "nomand": true, "dirsync": true, "noatime": true,
+	"atime": true, "nodiratime": true, "diratime": true, "bind": true, "rbind": true, "move": true, "verbose": true,
+	"silent": true, "loud": true, "acl": true, "noacl": true, "unbindable": true, "runbindable": true, "private": true,
+	"rprivate": true, "slave": true, "rslave": true, "shared": true, "rshared": true, "relatime": true, "norelatime": true,
+	"iversion": true, "noiversion": true, "strictatime": true, "nostrictatime": true, "lazytime": true, "nolazytime": true,
+	"make-unbindable": true, "make-runbindable": true, "make-private": true, "make-rprivate": true, "make-slave": true,
+	"make-rslave": true, "make-shared": true, "make-rshared": true,
+}
+
+// mountOptions turns a record's flags ("rw, remount") into a rule's
+// options, those AppArmor knows, in order.
+func mountOptions(flags string) string {
+	var out []string
+	for _, f := range strings.FieldsFunc(flags, func(r rune) bool { return r == ',' || r == ' ' }) {
+		if mountFlags[f] {
+			out = append(out, f)
+		}
+	}
+	return strings.Join(out, ",")
 }
 
 func isDigits(s string) bool {
@@ -421,9 +472,12 @@ func isDigits(s string) bool {
 
 // collapseFiles gives one rule to three or more files of one directory
 // that share a name prefix of at least three characters and the same
-// permissions (temporary files, numbered files); other paths keep a rule
-// each.
-func collapseFiles(files map[string]string) map[string]string {
+// permissions, where the workload created them all (temporary files,
+// numbered files) and the directory is a temporary one or one it made:
+// elsewhere a prefix could take in files it never touched (/etc/sha1,
+// /etc/sha2 and /etc/sha3 are no pattern for /etc/sha*: /etc/shadow).
+// Other paths keep a rule each.
+func collapseFiles(files map[string]string, created, made map[string]bool) map[string]string {
 	type group struct {
 		dir, perms string
 		names      []string
@@ -431,13 +485,17 @@ func collapseFiles(files map[string]string) map[string]string {
 	groups := map[[2]string]*group{}
 	for p, perms := range files {
 		i := strings.LastIndexByte(p, '/')
-		if i < 0 || i == len(p)-1 || strings.ContainsAny(p[i+1:], `*?[{@\`) {
-			continue // a pattern, or a name with escapes
+		if i < 0 || i == len(p)-1 || !created[p] || strings.ContainsAny(p[i+1:], `*?[{@\`) {
+			continue // a pattern, a name with escapes, or not the workload's
 		}
-		k := [2]string{p[:i+1], perms}
+		dir := p[:i+1]
+		if !made[dir] && !slices.ContainsFunc(tempDirs, func(t string) bool { return strings.HasPrefix(dir, t) }) {
+			continue
+		}
+		k := [2]string{dir, perms}
 		g := groups[k]
 		if g == nil {
-			g = &group{dir: p[:i+1], perms: perms}
+			g = &group{dir: dir, perms: perms}
 			groups[k] = g
 		}
 		g.names = append(g.names, p[i+1:])
@@ -462,6 +520,9 @@ func collapseFiles(files map[string]string) map[string]string {
 	return out
 }
 
+// tempDirs are where workloads make temporary files.
+var tempDirs = []string{"/tmp/", "/var/tmp/", "/dev/shm/", "/run/"}
+
 func commonPrefix(names []string) string {
 	p := names[0]
 	for _, n := range names[1:] {
@@ -484,8 +545,11 @@ func peerOf(peer, name string) string {
 	if peer == "" {
 		return ""
 	}
-	if _, ok := LearnedName(peer); ok || peer == SelfPeer {
+	if peer == SelfPeer {
 		return " peer=" + name
+	}
+	if other, ok := LearnedName(peer); ok { // another pod learning: what it learns
+		return " peer=" + other
 	}
 	return " peer=" + quotePath(labelRoot(peer))
 }
@@ -504,7 +568,7 @@ func unixRule(a Access) string {
 // quotePath quotes a pattern that holds characters AppArmor's parser
 // would not take bare (its quotes are escaped already: escapePattern).
 func quotePath(p string) string {
-	if strings.ContainsAny(p, " \t#,\\") { // bare, a trailing \\ is refused
+	if strings.ContainsAny(p, " \t#,!\\") {
 		return `"` + p + `"`
 	}
 	return p

@@ -99,7 +99,7 @@ func TestGenerateProfile(t *testing.T) {
 		{Class: "cap", Operation: "capable", Capname: "net_bind_service"},
 		{Class: "net", Operation: "create", Family: "inet", SockType: "stream", Mask: "create"},
 		{Class: "net", Operation: "connect", Family: "inet", SockType: "stream", Mask: "connect"},
-		{Class: "signal", Operation: "signal", Mask: "send", Signal: "term", Peer: "armorshim-learn.web.u.c.0//null-/usr/local/bin/helper"},
+		{Class: "signal", Operation: "signal", Mask: "send", Signal: "term", Peer: SelfPeer},
 		{Class: "ptrace", Operation: "ptrace", Mask: "read", Peer: "unconfined"},
 	}
 	from := LearnedFrom{Pods: []string{"dev/web-1 (container web)"}, First: time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC),
@@ -154,21 +154,48 @@ func TestGenerateProfileEscapesAndMounts(t *testing.T) {
 		{Class: "mount", Operation: "mount", FsType: "tmpfs", SrcName: "tmpfs", Name: "/mnt/"},
 		{Class: "mount", Operation: "umount", Name: "/mnt/"},
 		{Class: "mount", Operation: "pivotroot", Name: "/new/"},
+		{Class: "mount", Operation: "mount", Flags: "rw, remount", Name: "/srv/"},
+		{Class: "mount", Operation: "umount", Name: "/mnt/\x01"}, // no pattern: no rule, never a bare umount
+		{Class: "file", Operation: "open", Name: "/go/pkg/mod/github.com/!burnt!sushi/toml", Mask: "r"},
 	}, LearnedFrom{})
 	for _, want := range []string{
 		`  "/app/pages/\[id\].js" r,`,
 		`  "/app/a\*b\?\{c\}\@d\^e" r,`,
-		`  "/app/q\"uote\\" r,`,
+		`  "/app/q\042uote\134" r,`,
 		`  "@{PROC}/@{pid}/fd/\[x\]" r,`,
 		"  mount fstype=tmpfs tmpfs -> /mnt/,",
 		"  umount /mnt/,",
-		"  pivot_root,",
+		"  pivot_root /new/,",
+		"  mount options=(rw,remount) -> /srv/,",
+		`  "/go/pkg/mod/github.com/\!burnt\!sushi/toml" r,`,
 	} {
 		if !strings.Contains(got, want+"\n") {
 			t.Errorf("no %q in:\n%s", want, got)
 		}
 	}
-	if strings.Contains(got, "line") {
-		t.Errorf("a name with a newline was written:\n%s", got)
+	if strings.Contains(got, "line") || strings.Contains(got, "umount,") || strings.Count(got, "umount") != 1 {
+		t.Errorf("a name with a control character was written, or its rule without it:\n%s", got)
+	}
+}
+
+// Files are collapsed only where the workload made them in a temporary
+// directory or one it made: three files it created in /etc never make
+// /etc/sha*, which would allow /etc/shadow.
+func TestGenerateProfileCollapsesOnlyItsOwnFiles(t *testing.T) {
+	var accesses []Access
+	for _, n := range []string{"/etc/sha1", "/etc/sha2", "/etc/sha3", "/work/out.1", "/work/out.2", "/work/out.3", "/var/log/app.1", "/var/log/app.2", "/var/log/app.3"} {
+		accesses = append(accesses, Access{Class: "file", Operation: "open", Name: n, Mask: "wc"})
+	}
+	accesses = append(accesses, Access{Class: "file", Operation: "mkdir", Name: "/work/", Mask: "c"},
+		Access{Class: "file", Operation: "open", Name: "/tmp/r1.x", Mask: "r"}, Access{Class: "file", Operation: "open", Name: "/tmp/r2.x", Mask: "r"},
+		Access{Class: "file", Operation: "open", Name: "/tmp/r3.x", Mask: "r"})
+	got := GenerateProfile("p", accesses, LearnedFrom{})
+	for _, want := range []string{"  /work/out.* w,\n", "  /etc/sha1 w,\n", "  /var/log/app.3 w,\n", "  /tmp/r1.x r,\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no %q in:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "/etc/sha*") || strings.Contains(got, "/var/log/app.*") || strings.Contains(got, "/tmp/r*") {
+		t.Errorf("collapsed files the workload did not make where it makes them:\n%s", got)
 	}
 }

@@ -40,6 +40,7 @@ func (p *Proxy) inspectCreate(ctx context.Context, msg []byte) h2relay.Verdict {
 			p.logRefusal(r)
 			return refusal(err)
 		}
+		p.metrics.observeDecision("forwarded", "", "learning")
 	}
 	v := h2relay.Verdict{Request: fwd}
 	if p.attest != nil || p.denials != nil || learn != nil {
@@ -91,7 +92,9 @@ func (p *Proxy) decideCreate(in []byte, pol *apparmor.Policy) ([]byte, *runtimea
 		}
 		return nil, nil, apparmor.Decision{}, nil, err
 	}
-	p.metrics.observeDecision("forwarded", "", dec.Profile.Type.String())
+	if learn == nil { // a learning container's once its profile is loaded
+		p.metrics.observeDecision("forwarded", "", dec.Profile.Type.String())
+	}
 	if dec.DryRun != nil {
 		p.reportDryRun(dec.DryRun, apparmor.TargetOf(req))
 	}

@@ -29,14 +29,24 @@ type Learner interface {
 // needs WithDenials (the kernel log is followed there) and holds
 // RemoveContainer to remove a container's learning profile.
 func WithLearning(l Learner) Option {
-	return func(p *Proxy) { p.learning = &learning{Learner: l, byContainer: map[string]learningContainer{}} }
+	return func(p *Proxy) {
+		p.learning = &learning{Learner: l, byContainer: map[string]learningContainer{}, loading: map[string]time.Time{}}
+	}
 }
 
 type learning struct {
 	Learner
 	mu          sync.Mutex
 	byContainer map[string]learningContainer
+	// loading: learning profiles loaded for a CreateContainer whose answer
+	// has not come back (by when they were loaded). An answer the relay
+	// never gets (the call aborted) would leave one loaded for good: past
+	// orphanAfter it is removed.
+	loading map[string]time.Time
 }
+
+// orphanAfter is how long a learning profile may wait for its container.
+const orphanAfter = 5 * time.Minute
 
 // learningContainer is a container that runs under a learning profile.
 type learningContainer struct {
@@ -57,6 +67,7 @@ func (p *Proxy) startLearning(ctx context.Context, l apparmor.Learning, req *run
 	if snap := p.host.Snapshot(); snap.Err != nil || !snap.Enabled {
 		return status.Errorf(codes.FailedPrecondition, "Blocked: Cannot enforce AppArmor: AppArmor is not enabled on the host, so the pod cannot learn profile %q", l.Name)
 	}
+	p.learning.sweep()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := p.learning.Start(ctx, l, t); err != nil {
@@ -65,6 +76,9 @@ func (p *Proxy) startLearning(ctx context.Context, l apparmor.Learning, req *run
 		}
 		return status.Errorf(codes.Unavailable, "Blocked: cannot load the learning profile %q: %v", l.Profile.Name, err)
 	}
+	p.learning.mu.Lock()
+	p.learning.loading[l.Profile.Name] = time.Now()
+	p.learning.mu.Unlock()
 	p.logs.InfoS("Container learning a profile", "pod", klog.KRef(t.Namespace, t.Pod), "container", t.Container,
 		"profile", l.Name, "learningProfile", l.Profile.Name)
 	return nil
@@ -83,6 +97,24 @@ func (l *learning) created(id, profile, sandbox string) {
 		}
 	}
 	l.byContainer[id] = learningContainer{profile: profile, sandbox: sandbox}
+	delete(l.loading, profile)
+}
+
+// sweep removes the learning profiles whose CreateContainer never came
+// back (see loading).
+func (l *learning) sweep() {
+	var orphans []string
+	l.mu.Lock()
+	for profile, at := range l.loading {
+		if time.Since(at) > orphanAfter {
+			orphans = append(orphans, profile)
+			delete(l.loading, profile)
+		}
+	}
+	l.mu.Unlock()
+	for _, profile := range orphans {
+		l.abandon(profile)
+	}
 }
 
 // abandon removes a learning profile loaded for a container the runtime
@@ -90,6 +122,7 @@ func (l *learning) created(id, profile, sandbox string) {
 // container and attempt) runs under it.
 func (l *learning) abandon(profile string) {
 	l.mu.Lock()
+	delete(l.loading, profile)
 	for _, c := range l.byContainer {
 		if c.profile == profile {
 			l.mu.Unlock()

@@ -35,10 +35,14 @@ type LearningStore struct {
 	// MaxActive the containers learning at once.
 	MaxAccesses, MaxActive int
 
-	mu      sync.Mutex
-	active  map[string]bool // learning profiles loaded (or being loaded)
-	seen    map[string]map[apparmor.Access]bool
-	dropped map[string]int // accesses not kept, past MaxAccesses
+	mu     sync.Mutex
+	active map[string]bool // learning profiles loaded (or being loaded)
+	seen   map[string]map[apparmor.Access]bool
+	// dropped: distinct accesses not kept, past MaxAccesses (at most
+	// MaxAccesses of them remembered; their count before a restart is
+	// droppedBefore).
+	dropped       map[string]map[apparmor.Access]bool
+	droppedBefore map[string]int
 	// failed: the last write failed; errs counts records not written.
 	failed bool
 	errs   uint64
@@ -64,7 +68,8 @@ var ErrTooManyLearning = errors.New("too many containers are learning on this no
 
 func (s *LearningStore) init() {
 	if s.active == nil {
-		s.active, s.seen, s.dropped = map[string]bool{}, map[string]map[apparmor.Access]bool{}, map[string]int{}
+		s.active, s.seen = map[string]bool{}, map[string]map[apparmor.Access]bool{}
+		s.dropped, s.droppedBefore = map[string]map[apparmor.Access]bool{}, map[string]int{}
 	}
 }
 
@@ -151,10 +156,10 @@ func (s *LearningStore) Record(label string, a apparmor.Access, at time.Time) (b
 	root := apparmor.LabelRoot(label)
 	// A peer or an exec target in the learning profile (or the children
 	// the kernel made of it) is the profile itself, whichever container.
-	if _, ok := apparmor.LearnedName(a.Peer); ok {
+	if n, ok := apparmor.LearnedName(a.Peer); ok && n == name {
 		a.Peer = apparmor.SelfPeer
 	}
-	if _, ok := apparmor.LearnedName(a.Target); ok {
+	if n, ok := apparmor.LearnedName(a.Target); ok && n == name {
 		a.Target = apparmor.SelfPeer
 	}
 	s.mu.Lock()
@@ -175,12 +180,19 @@ func (s *LearningStore) Record(label string, a apparmor.Access, at time.Time) (b
 		return false, nil
 	}
 	if s.MaxAccesses > 0 && len(seen) >= s.MaxAccesses {
-		s.dropped[name]++
-		n := s.dropped[name]
-		if n == 1 || n%1000 == 0 { // the count on disk, for the profile's header
-			writeAtomic(filepath.Join(s.Dir, name, "dropped"), []byte(fmt.Sprintf("%d\n", n)))
+		d := s.dropped[name]
+		if d == nil {
+			d = map[apparmor.Access]bool{}
+			s.dropped[name] = d
 		}
-		if n == 1 {
+		if d[a] || len(d) >= s.MaxAccesses {
+			return false, nil
+		}
+		d[a] = true
+		n := s.droppedBefore[name] + len(d)
+		// the count on disk, for the profile's header: once per distinct access
+		writeAtomic(filepath.Join(s.Dir, name, "dropped"), []byte(fmt.Sprintf("%d\n", n)))
+		if len(d) == 1 {
 			return false, fmt.Errorf("profile %q: %d distinct accesses learned, the most kept; later ones are dropped", name, s.MaxAccesses)
 		}
 		return false, nil
@@ -205,10 +217,11 @@ func (s *LearningStore) Record(label string, a apparmor.Access, at time.Time) (b
 // loadSeen reads what was learned before armorshim started (bounded).
 func (s *LearningStore) loadSeen(name string) map[apparmor.Access]bool {
 	seen := map[apparmor.Access]bool{}
-	accesses, _, err := ReadLearned(s.Dir, name)
+	accesses, from, err := ReadLearned(s.Dir, name)
 	if err != nil {
 		return seen
 	}
+	s.droppedBefore[name] = from.Dropped
 	for _, a := range accesses {
 		seen[a] = true
 	}

@@ -51,12 +51,15 @@ func TestLearningStore(t *testing.T) {
 	if isNew, err := s.Record(l.Profile.Name, apparmor.Access{Class: "cap", Capname: "kill"}, at); isNew || err == nil || !strings.Contains(err.Error(), "3 distinct accesses") {
 		t.Errorf("past the bound: new %v, %v", isNew, err)
 	}
+	// the same dropped access again, and another: two distinct dropped
+	s.Record(l.Profile.Name, apparmor.Access{Class: "cap", Capname: "kill"}, at)
+	s.Record(l.Profile.Name, apparmor.Access{Class: "cap", Capname: "setuid"}, at)
 	accesses, from, err := ReadLearned(dir, "web")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(accesses) != 3 || accesses[0] != a || from.Records != 3 || len(from.Pods) != 1 || from.Pods[0] != "dev/web-1 (container app)" ||
-		!from.Last.Equal(at.Add(4*time.Minute)) || from.First.IsZero() {
+		!from.Last.Equal(at.Add(4*time.Minute)) || from.First.IsZero() || from.Dropped != 2 {
 		t.Errorf("ReadLearned: %+v, %+v", accesses, from)
 	}
 	// A new store (armorshim restarted) does not record twice what is on disk.
