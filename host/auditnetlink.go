@@ -26,6 +26,7 @@ const auditNlgrpReadlog = 1
 // as syscall.EPIPE, as /dev/kmsg reports one.
 type AuditNetlink struct {
 	f       *os.File
+	rc      syscall.RawConn
 	buf     []byte
 	pending []byte
 }
@@ -40,21 +41,47 @@ func OpenAuditNetlink() (*AuditNetlink, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("audit netlink multicast group (needs CAP_AUDIT_READ): %w", err)
 	}
-	// A larger receive buffer rides out bursts; ENOBUFS says what was lost.
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	// A larger receive buffer rides out bursts (past net.core.rmem_max
+	// where armorshim may); ENOBUFS says what was lost.
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, auditRcvBuf) != nil {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, auditRcvBuf)
+	}
+	f := os.NewFile(uintptr(fd), "audit-netlink")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
 	// Non-blocking: reads wait in Go's poller, and Close ends them.
-	return &AuditNetlink{f: os.NewFile(uintptr(fd), "audit-netlink"), buf: make([]byte, 1<<16)}, nil
+	return &AuditNetlink{f: f, rc: rc, buf: make([]byte, 1<<16)}, nil
 }
 
-// Read returns the next records as kernel log lines.
+// auditRcvBuf is the receive buffer asked for the multicast group.
+const auditRcvBuf = 8 << 20
+
+// Read returns the next records as kernel log lines. Only the kernel's
+// messages count (sender port 0): a process with CAP_NET_ADMIN can send
+// to the group too.
 func (a *AuditNetlink) Read(p []byte) (int, error) {
 	for len(a.pending) == 0 {
-		n, err := a.f.Read(a.buf)
+		var n int
+		var from unix.Sockaddr
+		var rerr error
+		err := a.rc.Read(func(fd uintptr) bool {
+			n, from, rerr = unix.Recvfrom(int(fd), a.buf, 0)
+			return rerr != unix.EAGAIN
+		})
+		if err == nil {
+			err = rerr
+		}
 		if errors.Is(err, syscall.ENOBUFS) {
 			return 0, syscall.EPIPE
 		}
 		if err != nil {
 			return 0, err
+		}
+		if nl, ok := from.(*unix.SockaddrNetlink); !ok || nl.Pid != 0 {
+			continue
 		}
 		a.pending = FormatAuditMessages(a.buf[:n])
 	}

@@ -61,6 +61,16 @@ func TestAuditNetlinkLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(send)
+	// A forged kernel record sent to the group by a process (root here;
+	// CAP_NET_ADMIN will do) is dropped: its sender is not the kernel.
+	forged := []byte(`audit(1:1): apparmor="ALLOWED" operation="open" profile="armorshim-learn.web.u.c.0" name="/**" pid=1 requested_mask="rw" armorshim-test-forged` + "\x00")
+	fb := make([]byte, syscall.NLMSG_HDRLEN, syscall.NLMSG_HDRLEN+len(forged)+4)
+	fb = append(fb, forged...)
+	fh := (*syscall.NlMsghdr)(unsafePointer(&fb[0]))
+	fh.Len, fh.Type = uint32(len(fb)), 1400
+	if err := unix.Sendto(send, fb, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1 << (auditNlgrpReadlog - 1)}); err != nil {
+		t.Fatalf("sending to the group: %v", err)
+	}
 	const n = 200
 	got := make(chan []string, 1)
 	go func() {
@@ -93,6 +103,9 @@ func TestAuditNetlinkLive(t *testing.T) {
 	select {
 	case lines := <-got:
 		for _, line := range lines {
+			if strings.Contains(line, "forged") {
+				t.Errorf("a record a process sent to the group was read: %q", line)
+			}
 			if !strings.HasPrefix(line, "audit: type=1107 audit(") {
 				t.Errorf("line %q", line)
 			}

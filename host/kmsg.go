@@ -30,7 +30,7 @@ type Denial struct {
 	Allowed bool
 	// What an ALLOWED record also says (RequestedMask for files, signals,
 	// ptrace and sockets).
-	RequestedMask, Capname, Family, SockType, Signal, Peer, FsType, SrcName, Target string
+	RequestedMask, Capname, Family, SockType, Signal, Peer, FsType, SrcName, Target, Flags string
 }
 
 // Access is what an ALLOWED record allowed, as a learned profile needs it.
@@ -55,7 +55,7 @@ func (d Denial) Access() apparmor.Access {
 		}
 	}
 	return apparmor.Access{Class: class, Operation: d.Operation, Name: d.Name, Mask: d.RequestedMask, Capname: d.Capname,
-		Family: d.Family, SockType: d.SockType, Signal: d.Signal, Peer: d.Peer, FsType: d.FsType, SrcName: d.SrcName, Target: d.Target}
+		Family: d.Family, SockType: d.SockType, Signal: d.Signal, Peer: d.Peer, FsType: d.FsType, SrcName: d.SrcName, Target: d.Target, Flags: d.Flags}
 }
 
 // ParseDenial parses a kernel log line or /dev/kmsg record holding an
@@ -103,7 +103,7 @@ func ParseRecord(line string) (Denial, bool) {
 	}
 	if allowed {
 		d.RequestedMask, d.Capname, d.Family, d.SockType = fields["requested_mask"], fields["capname"], fields["family"], fields["sock_type"]
-		d.Signal, d.Peer, d.FsType, d.SrcName, d.Target = fields["signal"], fields["peer"], fields["fstype"], fields["srcname"], fields["target"]
+		d.Signal, d.Peer, d.FsType, d.SrcName, d.Target, d.Flags = fields["signal"], fields["peer"], fields["fstype"], fields["srcname"], fields["target"], fields["flags"]
 	}
 	pid, err := strconv.Atoi(fields["pid"])
 	if err != nil || d.Profile == "" {
@@ -121,6 +121,14 @@ func avcFields(line string) (int, bool) {
 	t := strings.Index(line, "type=")
 	if t < 0 {
 		return 0, false
+	}
+	// A /dev/kmsg record "<priority>,<seq>,...;" a process wrote carries a
+	// user facility (priority 8 and up): only the kernel's count.
+	if head, _, ok := strings.Cut(line[:t], ";"); ok && strings.Contains(head, ",") {
+		prio, _, _ := strings.Cut(head, ",")
+		if n, err := strconv.Atoi(prio); err != nil || n >= 8 {
+			return 0, false
+		}
 	}
 	rest := line[t:]
 	switch {
@@ -156,7 +164,7 @@ func recordID(s string) string {
 
 // untrusted are the fields the kernel hex-encodes (unquoted) when they
 // hold spaces, quotes or control characters.
-var untrusted = map[string]bool{"profile": true, "name": true, "comm": true, "target": true, "peer": true, "name2": true, "srcname": true}
+var untrusted = map[string]bool{"profile": true, "name": true, "comm": true, "target": true, "peer": true, "name2": true, "srcname": true, "fstype": true}
 
 // fieldSeparators end a bare value: auditd's enriched format puts a GS
 // (0x1d) before the fields it adds (FSUID="root" ...).

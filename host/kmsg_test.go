@@ -47,6 +47,7 @@ func TestParseDenial(t *testing.T) {
 		{`apparmor="DENIED" operation="open" profile="p" pid=5`, false, Denial{}},
 		{`5,1904,58600000,-;audit: type=1107 audit(1764121006.000:104): pid=5 uid=0 auid=4294967295 ses=4294967295 subj=unconfined msg='apparmor="DENIED" operation="open" profile="p" name="/x" pid=5 comm="x"'`, false, Denial{}},
 		{`5,1905,58700000,-;audit: type=1107 audit(1764121006.000:105): pid=5 uid=0 msg='type=1400 audit(1:1): apparmor="DENIED" operation="open" profile="p" pid=5'`, false, Denial{}},
+		{`14,1906,58800000,-;audit: type=1400 audit(1764121006.000:107): apparmor="DENIED" operation="open" profile="p" pid=5`, false, Denial{}}, // written to /dev/kmsg by a process
 		{`type=USER_AVC msg=audit(1764121006.000:106): pid=5 uid=0 msg='apparmor="DENIED" operation="open" profile="p" pid=5'`, false, Denial{}},
 		{``, false, Denial{}},
 	} {
@@ -174,7 +175,7 @@ func TestParseAllowedRecordsWithoutClass(t *testing.T) {
 		{`apparmor="ALLOWED" operation="signal" profile="armorshim-learn.web.u.c.0" pid=4245 comm="sh" requested_mask="send" denied_mask="send" signal=term peer="armorshim-learn.web.u.c.0"`,
 			apparmor.Access{Class: "signal", Operation: "signal", Mask: "send", Signal: "term", Peer: "armorshim-learn.web.u.c.0"}},
 		{`apparmor="ALLOWED" operation="mount" info="failed flags match" error=-13 profile="armorshim-learn.web.u.c.0" name="/mnt/" pid=4246 comm="mount" fstype="tmpfs" srcname=746D7066732031 flags="rw"`,
-			apparmor.Access{Class: "mount", Operation: "mount", Name: "/mnt/", FsType: "tmpfs", SrcName: "tmpfs 1"}},
+			apparmor.Access{Class: "mount", Operation: "mount", Name: "/mnt/", FsType: "tmpfs", SrcName: "tmpfs 1", Flags: "rw"}},
 	} {
 		d, ok := ParseRecord(prefix + c.line)
 		if !ok || !d.Allowed || d.Access() != c.want {

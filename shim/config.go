@@ -144,6 +144,12 @@ type DenialsConfig struct {
 	// lets through, about 10 per 5 s, and none while auditd runs); it
 	// needs CAP_AUDIT_READ. Learning needs it.
 	AuditNetlink bool `json:"auditNetlink,omitempty"`
+	// AuditBacklogLimit, if set, raises the kernel's audit backlog limit
+	// to at least this many records at start (auditd's rules set 8192; the
+	// kernel boots with 64 and drops records past it while its audit
+	// thread catches up). It needs CAP_AUDIT_CONTROL and outlives
+	// armorshim.
+	AuditBacklogLimit uint32 `json:"auditBacklogLimit,omitempty"`
 }
 
 // Enabled says whether denials are attributed.

@@ -373,14 +373,14 @@ func (s *Server) followDenials(ctx context.Context) {
 	if d.AuditLog != "" {
 		go s.denials.Follow(ctx, "audit", d.AuditLog, openAuditLog(d.AuditLog), nil)
 	}
-	if d.AuditNetlink {
-		// The kernel drops records past its backlog limit while its audit
-		// thread catches up; it boots with 64, auditd's rules set 8192.
-		if before, err := host.RaiseAuditBacklog(auditBacklog); err != nil {
-			klog.ErrorS(err, "Cannot read or raise the kernel's audit backlog limit: bursts of records may be lost", "want", auditBacklog)
-		} else if before < auditBacklog && before != 0 {
-			klog.InfoS("Raised the kernel's audit backlog limit", "from", before, "to", auditBacklog)
+	if want := d.AuditBacklogLimit; want > 0 {
+		if before, err := host.RaiseAuditBacklog(want); err != nil {
+			klog.ErrorS(err, "Cannot read or raise the kernel's audit backlog limit: bursts of records may be lost", "want", want)
+		} else if before < want && before != 0 {
+			klog.InfoS("Raised the kernel's audit backlog limit", "from", before, "to", want)
 		}
+	}
+	if d.AuditNetlink {
 		go s.denials.Follow(ctx, "netlink", host.AuditNetlinkLog, openAuditNetlink, nil)
 	}
 	kmsg, audit := host.ProbeDenialLogs(d.KernelLog, d.AuditLog)
@@ -430,10 +430,6 @@ func openKernelLog(path string) func(context.Context) (io.ReadCloser, error) {
 		return f, nil
 	}
 }
-
-// auditBacklog is the least audit backlog limit armorshim sets while it
-// reads the audit multicast group (auditd's rules: -b 8192).
-const auditBacklog = 8192
 
 // openAuditNetlink joins the audit multicast group for Denials.Follow.
 func openAuditNetlink(ctx context.Context) (io.ReadCloser, error) {

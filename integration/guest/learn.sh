@@ -74,6 +74,7 @@ scenarios_learn() {
 	echo "greeting=hello" >$LEARN_APP/app.conf
 	node_config "" "denials:
   auditNetlink: true
+  auditBacklogLimit: 8192
 learning:
   namespaces: [$LEARN_NS]
   directory: $LEARN_DIR"
