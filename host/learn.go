@@ -103,6 +103,11 @@ func (s *LearningStore) start(ctx context.Context, l apparmor.Learning, t apparm
 	if err := os.WriteFile(file, []byte(apparmor.LearningProfile(l.Profile.Name)), 0o600); err != nil {
 		return err
 	}
+	// The session first: a profile loaded is never left without one.
+	line, _ := json.Marshal(Session{Profile: l.Profile.Name, Namespace: t.Namespace, Pod: t.Pod, Container: t.Container, Started: time.Now().UTC()})
+	if err := appendLine(filepath.Join(dir, "sessions.jsonl"), line); err != nil {
+		return err
+	}
 	parser := s.Parser
 	if parser == "" {
 		parser = "apparmor_parser"
@@ -111,8 +116,7 @@ func (s *LearningStore) start(ctx context.Context, l apparmor.Learning, t apparm
 	if err != nil {
 		return fmt.Errorf("apparmor_parser: %v: %s", err, strings.TrimSpace(string(out)))
 	}
-	line, _ := json.Marshal(Session{Profile: l.Profile.Name, Namespace: t.Namespace, Pod: t.Pod, Container: t.Container, Started: time.Now().UTC()})
-	return appendLine(filepath.Join(dir, "sessions.jsonl"), line)
+	return nil
 }
 
 // Stop removes a learning profile from the kernel (its container is gone);
