@@ -134,3 +134,11 @@ func (l Label) Unconfined(modes map[string]Mode) bool {
 	}
 	return true
 }
+
+// LabelName is a process label without its mode suffix.
+func LabelName(label string) string {
+	if l := ParseLabel(label); l.Mode != "" {
+		return label[:len(label)-len(l.Mode)-3]
+	}
+	return label
+}

@@ -70,8 +70,7 @@ func LearningProfileName(name, podUID, container string, attempt uint32) string 
 // label (its root, for the child profiles the kernel makes while
 // learning), and false for labels of other profiles.
 func LearnedName(label string) (string, bool) {
-	root, _, _ := strings.Cut(labelRoot(label), "//")
-	rest, ok := strings.CutPrefix(root, LearningPrefix)
+	rest, ok := strings.CutPrefix(LabelRoot(label), LearningPrefix)
 	if !ok {
 		return "", false
 	}
@@ -92,16 +91,8 @@ const SelfPeer = "@self"
 // LabelRoot is a label's first profile: without its mode suffix, children
 // (//...) and stacked members.
 func LabelRoot(label string) string {
-	root, _, _ := strings.Cut(labelRoot(label), "//")
+	root, _, _ := strings.Cut(LabelName(label), "//")
 	return root
-}
-
-// labelRoot is a label without its mode suffix.
-func labelRoot(label string) string {
-	if l := ParseLabel(label); l.Mode != "" {
-		return label[:len(label)-len(l.Mode)-3]
-	}
-	return label
 }
 
 // Learning is a container that runs under a learning profile.
@@ -551,7 +542,7 @@ func peerOf(peer, name string) string {
 	if other, ok := LearnedName(peer); ok { // another pod learning: what it learns
 		return " peer=" + other
 	}
-	return " peer=" + quotePath(labelRoot(peer))
+	return " peer=" + quotePath(LabelName(peer))
 }
 
 func unixRule(a Access) string {

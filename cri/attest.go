@@ -224,7 +224,7 @@ func (p *Proxy) attestStart(ctx context.Context, id string, w startWatch) attest
 	if mismatch := exp.Check(label, snap.Profiles); mismatch != "" {
 		return attestation{outcome: outcomeMismatch, detail: mismatch, label: label}
 	}
-	p.denials.attested(id, targetOfConfig(cfg), labelName(label))
+	p.denials.attested(id, targetOfConfig(cfg), apparmor.LabelName(label))
 	a := attestation{outcome: outcomeAttested, label: label}
 	if exp.MoreConfined(label, snap.Profiles) {
 		a.detail = "decided unconfined, but a profile confines it (a host profile attached by path to its command): counted as attested, not stopped"
@@ -235,14 +235,6 @@ func (p *Proxy) attestStart(ctx context.Context, id string, w startWatch) attest
 // noRuntimeDefault says why a container on the runtime's default profile is
 // not attested.
 const noRuntimeDefault = "the runtime's default profile is not known (attestation.runtimeDefaultProfile is empty)"
-
-// labelName is a process label without its mode suffix.
-func labelName(label string) string {
-	if l := apparmor.ParseLabel(label); l.Mode != "" {
-		return label[:len(label)-len(l.Mode)-3]
-	}
-	return label
-}
 
 // expectFromConfig sets *exp from the runtime's copy of the container
 // config; when it cannot, it returns the outcome instead and false.

@@ -128,20 +128,26 @@ func (a *attestEnv) start(t *testing.T, id string) error {
 // outcomes returns armorshim_start_attestations_total by outcome.
 func (a *attestEnv) outcomes(t *testing.T) map[string]string {
 	t.Helper()
-	resp, err := http.Get("http://" + a.metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	out := map[string]string{}
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range a.scrape(t) {
 		if rest, ok := strings.CutPrefix(line, `armorshim_start_attestations_total{outcome="`); ok {
 			outcome, n, _ := strings.Cut(rest, `"} `)
 			out[outcome] = n
 		}
 	}
 	return out
+}
+
+// scrape returns the lines of armorshim's /metrics.
+func (a *attestEnv) scrape(t *testing.T) []string {
+	t.Helper()
+	resp, err := http.Get("http://" + a.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return strings.Split(string(b), "\n")
 }
 
 func (a *attestEnv) stopped() []string {

@@ -2,8 +2,6 @@ package cri_test
 
 import (
 	"context"
-	"io"
-	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -116,13 +114,7 @@ func (f *fakeEvents) publish(t *testing.T, namespace, id string) {
 // absent.
 func (a *attestEnv) metric(t *testing.T, series string) string {
 	t.Helper()
-	resp, err := http.Get("http://" + a.metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range a.scrape(t) {
 		if v, ok := strings.CutPrefix(line, series+" "); ok {
 			return v
 		}
